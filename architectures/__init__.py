@@ -1,0 +1,1 @@
+"""Bundled architectures (installed as stcnnt_dsl.architectures)."""

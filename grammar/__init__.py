@@ -1,0 +1,1 @@
+"""The Lark grammar of the stcnnt language (installed as stcnnt_dsl.grammar)."""

@@ -1,0 +1,96 @@
+"""What a parsed block string is: a list of cells, each with its kind, mixer flag and
+the options written inline on it.
+
+Repetition and group options are expanded by the parser, so a `BlockSpec` is flat:
+`(L1G1)[heads=4]*2` and `L1[heads=4] G1[heads=4] L1[heads=4] G1[heads=4]` are equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .options import (
+    KIND_TO_LETTER,
+    OPTIONS,
+    format_value,
+    options_for_kind,
+)
+
+__all__ = ["CellSpec", "BlockSpec"]
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell of a block: `kind` (local, global, temporal, vit, conv2d, conv3d),
+    `mixer` (the digit: 1 = with the conv mixer), and `options` set inline on it
+    (canonical values, see `stcnnt_dsl.options`).
+
+    Reading an option name as an attribute (`cell.window`) gives the inline value, or
+    the library default when the cell does not set it; use the spec's cascade
+    (`stcnnt explain`) for the value a compiled model really uses.
+    """
+
+    kind: str
+    mixer: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # C2/C3 have no mixer digit: one canonical value keeps text round trips exact.
+        if self.kind in ("conv2d", "conv3d") and self.mixer:
+            object.__setattr__(self, "mixer", False)
+
+    @property
+    def letter(self) -> str:
+        """`L`, `G`, `T`, `V`, `C2` or `C3`."""
+        return KIND_TO_LETTER[self.kind]
+
+    @property
+    def token(self) -> str:
+        """The cell as written in a block string, without options (`L1`, `C2`)."""
+        if self.kind in ("conv2d", "conv3d"):
+            return self.letter
+        return f"{self.letter}{int(self.mixer)}"
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names that are not real attributes: option look-ups.
+        if name.startswith("_") or name not in OPTIONS:
+            raise AttributeError(name)
+        if name in self.options:
+            return self.options[name]
+        if name not in options_for_kind(self.kind) and OPTIONS[name].level == "cell":
+            raise AttributeError(f"option {name!r} does not apply to {self.kind} cells")
+        return OPTIONS[name].default
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.mixer, tuple(sorted(self.options.items()))))
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.token
+        inner = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(self.options.items()))
+        return f"{self.token}[{inner}]"
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A parsed block string: `cells` in order (first maps C_in -> C_out)."""
+
+    cells: list[CellSpec]
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __iter__(self):
+        return iter(self.cells)
+
+    def __getitem__(self, index: int) -> CellSpec:
+        return self.cells[index]
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.cells))
+
+    def __str__(self) -> str:
+        from .language import format_block
+
+        return format_block(self)

@@ -1,0 +1,240 @@
+"""The ST-CNNT attentions: local (L), global (G), ViT-style (V) and temporal (T).
+
+All map [B, T, C_in, H, W] -> [B, T, C_out, H, W].
+
+- L: tokens are the patches of one window; attention runs within each window.
+- G: tokens are the patches at the same in-window position in every window: a strided
+  grid over the whole image whose spacing is the window size (MaxViT "grid").
+- V: tokens are whole windows; attention runs across all windows of a frame.
+- T: tokens are whole frames [C, H, W]; a T x T attention per head (heads are groups
+  of channels).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import SpecError
+from ..options import GLOBAL, LOCAL, VIT, as_pair
+from .functional import attend, auto_heads, partition, relative_position_index, unpartition
+
+__all__ = ["SpatialAttention", "TemporalAttention", "GLOBAL_BIAS_EXTENT"]
+
+# Without input_size, G's relative position table covers grid offsets up to +-(8-1)
+# windows; farther windows share the edge entry (clipped relative positions).
+GLOBAL_BIAS_EXTENT = 8
+
+
+def _conv(cin: int, cout: int, kernel: int, padding_mode: str, *, bias: bool, stride: int = 1):
+    return nn.Conv2d(
+        cin, cout, kernel, stride=stride, padding=kernel // 2, padding_mode=padding_mode, bias=bias
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_index(grid: tuple[int, int], extent: tuple[int, int], device: torch.device) -> Tensor:
+    return relative_position_index(grid, extent).to(device)
+
+
+class SpatialAttention(nn.Module):
+    """Local (L), global (G) or ViT-style (V) attention over windows and patches."""
+
+    def __init__(
+        self,
+        kind: str,
+        in_channels: int,
+        out_channels: int,
+        *,
+        heads: int | str = "auto",
+        window: int | tuple[int, int] = 8,
+        patch: int | tuple[int, int] = 2,
+        qkv: str = "conv",
+        cosine: bool = False,
+        qk_norm: bool = False,
+        rel_pos_bias: bool | str = False,
+        att_dropout: float = 0.0,
+        out_proj: bool = True,
+        qkv_kernel: int = 3,
+        padding: str = "zeros",
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in (LOCAL, GLOBAL, VIT):
+            raise SpecError(f"SpatialAttention kind must be local, global or vit, got {kind!r}")
+        self.kind = kind
+        self.window = as_pair(window)
+        # V: a token is a whole window, i.e. G with one patch per window.
+        self.patch = self.window if kind == VIT else as_pair(patch)
+        (wh, ww), (ph, pw) = self.window, self.patch
+        if wh % ph or ww % pw:
+            raise SpecError(
+                f"patch {ph}x{pw} must divide window {wh}x{ww} (a window is a whole "
+                "number of patches)",
+                "patch",
+            )
+        self.mode = "local" if kind == LOCAL else "global"
+        self.out_channels = out_channels
+        token = out_channels * ph * pw
+        self.heads = auto_heads(token) if heads == "auto" else int(heads)
+        if token % self.heads:
+            raise SpecError(
+                f"heads={self.heads} must divide the token size {token} "
+                f"(= out channels {out_channels} x patch {ph}x{pw}); "
+                f"e.g. heads={auto_heads(token)}",
+                "heads",
+            )
+        self.qkv_mode = qkv
+        if qkv == "conv":
+            self.qkv = _conv(in_channels, 3 * out_channels, qkv_kernel, padding, bias=False)
+        else:
+            self.qkv = nn.Linear(in_channels * ph * pw, 3 * token, bias=False)
+        self.cosine, self.qk_norm, self.att_dropout = cosine, qk_norm, att_dropout
+        self.bias_after_softmax = rel_pos_bias == "after_softmax"
+        self.rel_pos_bias = bool(rel_pos_bias) and kind != VIT
+        self.bias_table: nn.Parameter | None = None
+        if self.rel_pos_bias:
+            if self.mode == "local":
+                extent = (wh // ph, ww // pw)  # patches per window: fixed
+            elif input_size is not None:
+                extent = (max(1, input_size[0] // wh), max(1, input_size[1] // ww))
+            else:
+                extent = (GLOBAL_BIAS_EXTENT, GLOBAL_BIAS_EXTENT)
+            self.bias_extent = extent
+            table = torch.zeros((2 * extent[0] - 1) * (2 * extent[1] - 1), self.heads)
+            self.bias_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
+        self.proj = _conv(out_channels, out_channels, 3, padding, bias=True) if out_proj else None
+
+    def extra_repr(self) -> str:
+        bias = "after_softmax" if self.bias_after_softmax else self.rel_pos_bias
+        return (
+            f"{self.kind}, window={self.window}, patch={self.patch}, heads={self.heads}, "
+            f"qkv={self.qkv_mode}, cosine={self.cosine}, qk_norm={self.qk_norm}, "
+            f"rel_pos_bias={bias}"
+        )
+
+    def _bias(self, h: int, w: int, device: torch.device) -> Tensor | None:
+        if self.bias_table is None:
+            return None
+        (wh, ww), (ph, pw) = self.window, self.patch
+        grid = (wh // ph, ww // pw) if self.mode == "local" else (h // wh, w // ww)
+        if torch.compiler.is_compiling():
+            index = relative_position_index(grid, self.bias_extent).to(device)
+        else:
+            index = _cached_index(grid, self.bias_extent, device)
+        n = grid[0] * grid[1]
+        return self.bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _, h, w = x.shape
+        x = x.flatten(0, 1)
+        c = self.out_channels
+        if self.qkv_mode == "conv":
+            qkv = self.qkv(x).unflatten(1, (3, c))  # [N, 3, C, H, W]
+            tokens = partition(qkv, self.window, self.patch, self.mode)  # [3, Nb, S, D]
+        else:
+            tokens = self.qkv(partition(x, self.window, self.patch, self.mode))
+            tokens = tokens.unflatten(-1, (3, -1)).movedim(-2, 0)  # [3, Nb, S, D]
+        nb, s, d = tokens.shape[1:]
+        q, k, v = tokens.unflatten(-1, (self.heads, d // self.heads)).transpose(2, 3).unbind(0)
+        out = attend(
+            q, k, v,
+            cosine=self.cosine,
+            qk_norm=self.qk_norm,
+            bias=self._bias(h, w, x.device),
+            bias_after_softmax=self.bias_after_softmax,
+            dropout=self.att_dropout if self.training else 0.0,
+        )  # fmt: skip
+        out = out.transpose(1, 2).reshape(nb, s, d)
+        y = unpartition(out, (h, w), self.window, self.patch, self.mode)
+        if self.proj is not None:
+            y = self.proj(y)
+        return y.unflatten(0, (b, t))
+
+
+class TemporalAttention(nn.Module):
+    """Attention across frames: each [C, H, W] frame is one token (per head: a group of
+    C/heads channels over all pixels), giving a T x T attention per head."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        heads: int | str = "auto",
+        cosine: bool = False,
+        qk_norm: bool = False,
+        att_dropout: float = 0.0,
+        causal: bool = False,
+        qk_stride: int = 1,
+        out_proj: bool = True,
+        qkv_kernel: int = 3,
+        padding: str = "zeros",
+        qkv: str = "conv",
+    ) -> None:
+        super().__init__()
+        if qkv != "conv":
+            raise SpecError(
+                "qkv=linear is not available for temporal attention: a token is a whole "
+                "frame (C*H*W features), far too many for a linear map; use qkv=conv",
+                "qkv",
+            )
+        self.out_channels = out_channels
+        self.heads = auto_heads(out_channels) if heads == "auto" else int(heads)
+        if out_channels % self.heads:
+            raise SpecError(
+                f"heads={self.heads} must divide the out channels {out_channels} of a "
+                f"temporal cell (heads are groups of channels); e.g. heads="
+                f"{auto_heads(out_channels)}",
+                "heads",
+            )
+        self.stride = qk_stride
+        if qk_stride == 1:
+            self.qkv = _conv(in_channels, 3 * out_channels, qkv_kernel, padding, bias=False)
+        else:
+            self.qk = _conv(
+                in_channels, 2 * out_channels, qkv_kernel, padding, bias=False, stride=qk_stride
+            )
+            self.v = _conv(in_channels, out_channels, qkv_kernel, padding, bias=False)
+        self.cosine, self.qk_norm, self.causal = cosine, qk_norm, causal
+        self.att_dropout = att_dropout
+        self.proj = _conv(out_channels, out_channels, 3, padding, bias=True) if out_proj else None
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.heads}, causal={self.causal}, qk_stride={self.stride}, "
+            f"cosine={self.cosine}, qk_norm={self.qk_norm}"
+        )
+
+    def _tokens(self, y: Tensor, b: int, t: int, groups: int) -> Tensor:
+        """[B*T, G*C, h, w] -> [G, B, heads, T, C/heads*h*w] (order within a token is
+        free: q.k sums over it and the output is reassembled the same way)."""
+        _, _, h, w = y.shape
+        c = y.shape[1] // groups
+        y = y.view(b, t, groups, self.heads, c // self.heads, h, w)
+        return y.permute(2, 0, 3, 1, 5, 6, 4).reshape(groups, b, self.heads, t, -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _, h, w = x.shape
+        x = x.flatten(0, 1)
+        if self.stride == 1:
+            q, k, v = self._tokens(self.qkv(x), b, t, 3).unbind(0)
+        else:
+            q, k = self._tokens(self.qk(x), b, t, 2).unbind(0)
+            v = self._tokens(self.v(x), b, t, 1)[0]
+        out = attend(
+            q, k, v,
+            cosine=self.cosine,
+            qk_norm=self.qk_norm,
+            causal=self.causal,
+            dropout=self.att_dropout if self.training else 0.0,
+        )  # fmt: skip
+        c = self.out_channels
+        # [B, heads, T, h*w*c/heads] -> [B*T, C, H, W] (channels-last storage)
+        out = out.view(b, self.heads, t, h, w, c // self.heads).permute(0, 2, 3, 4, 1, 5)
+        y = out.reshape(b * t, h, w, c).permute(0, 3, 1, 2)
+        if self.proj is not None:
+            y = self.proj(y)
+        return y.unflatten(0, (b, t))

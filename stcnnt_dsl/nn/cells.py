@@ -1,0 +1,227 @@
+"""Cells: one attention (or convolution) with its norm, residual and optional mixer.
+
+Every cell maps [B, T, C_in, H, W] -> [B, T, C_out, H, W].
+
+Sequential attention cell (pre-norm transformer):
+    y = proj(x) + drop_path(att(norm1(x)))
+    y = y + drop_path(mixer(norm2(y)))                      (with mixer)
+Parallel attention cell (ViT-22B):
+    h = norm1(x);  y = proj(x) + drop_path(att(h)) + drop_path(mixer(h))
+Conv cell (C2: 3x3 conv over H, W; C3: 3x3x3 conv over T, H, W), as the reference:
+    h = norm1(x);  y = proj(x) + drop_path(act(norm2(conv(h))) [+ h when C_in == C_out])
+`proj` is the identity when C_in == C_out, else a convolution with bias
+(`proj_kernel`, 1 by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..errors import SpecError
+from ..options import CONV2D, CONV3D, TEMPORAL
+from .attention import SpatialAttention, TemporalAttention
+from .norms import Norm5d
+
+__all__ = ["AttentionCell", "ConvCell", "Mixer", "DropPath", "make_activation", "make_cell"]
+
+
+def make_activation(name: str) -> nn.Module:
+    """The activation called `name` (see the `activation` option)."""
+    factories = {
+        "gelu": nn.GELU,
+        "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+        "prelu": lambda: nn.PReLU(num_parameters=1, init=0.25),
+        "relu": nn.ReLU,
+        "relu6": nn.ReLU6,
+        "leaky_relu": lambda: nn.LeakyReLU(0.1),
+        "silu": nn.SiLU,
+        "elu": nn.ELU,
+        "selu": nn.SELU,
+        "celu": nn.CELU,
+        "tanh": nn.Tanh,
+        "identity": nn.Identity,
+    }
+    if name not in factories:
+        raise SpecError(f"unknown activation {name!r}; choose from {', '.join(factories)}",
+                        "activation")
+    return factories[name]()
+
+
+def frames(module: nn.Module, x: Tensor) -> Tensor:
+    """Apply a 2D module to every frame of [B, T, C, H, W]."""
+    return module(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
+def conv2d(cin: int, cout: int, kernel: int, padding: str, *, bias: bool) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, padding=kernel // 2, padding_mode=padding, bias=bias)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch for a whole sample (all its frames)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mixer(nn.Sequential):
+    """Conv MLP over (C, H, W): conv(k) -> activation -> conv(k) [-> dropout]."""
+
+    def __init__(
+        self, cin: int, cout: int, *, ratio: float, kernel: int, activation: str,
+        dropout: float, padding: str,
+    ) -> None:  # fmt: skip
+        hidden = max(1, int(ratio * cout))
+        layers = [
+            conv2d(cin, hidden, kernel, padding, bias=True),
+            make_activation(activation),
+            conv2d(hidden, cout, kernel, padding, bias=True),
+        ]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return frames(super().forward, x)
+
+
+class _Residual(nn.Module):
+    """Shared parts of all cells: the residual projection and stochastic depth."""
+
+    def _init_residual(self, cin: int, cout: int, opts: Mapping[str, Any]) -> None:
+        self.in_channels, self.out_channels = cin, cout
+        self.proj = (
+            None if cin == cout else conv2d(cin, cout, opts["proj_kernel"], opts["padding"], bias=True)
+        )
+        self.drop_path = DropPath(opts["drop_path"])
+
+    def residual(self, x: Tensor) -> Tensor:
+        return x if self.proj is None else frames(self.proj, x)
+
+
+class AttentionCell(_Residual):
+    """Norm + L/G/T/V attention + optional conv mixer, sequential or parallel."""
+
+    def __init__(
+        self,
+        kind: str,
+        in_channels: int,
+        out_channels: int,
+        options: Mapping[str, Any],
+        *,
+        mixer: bool = True,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self._init_residual(in_channels, out_channels, options)
+        self.parallel = options["cell"] == "parallel"
+        self.norm1 = Norm5d(options["norm"], in_channels, input_size)
+        common = dict(
+            heads=options["heads"],
+            qkv=options["qkv"],
+            cosine=options["cosine"],
+            qk_norm=options["qk_norm"],
+            att_dropout=options["att_dropout"],
+            out_proj=options["out_proj"],
+            qkv_kernel=options["qkv_kernel"],
+            padding=options["padding"],
+        )
+        if kind == TEMPORAL:
+            self.attn: nn.Module = TemporalAttention(
+                in_channels, out_channels, causal=options["causal"],
+                qk_stride=options["qk_stride"], **common,
+            )  # fmt: skip
+        else:
+            self.attn = SpatialAttention(
+                kind, in_channels, out_channels, window=options["window"],
+                patch=options.get("patch", options["window"]),
+                rel_pos_bias=options["rel_pos_bias"], input_size=input_size, **common,
+            )  # fmt: skip
+        self.mixer: Mixer | None = None
+        self.norm2: Norm5d | None = None
+        if mixer:
+            mixer_in = in_channels if self.parallel else out_channels
+            if not self.parallel:
+                self.norm2 = Norm5d(options["norm"], out_channels, input_size)
+            self.mixer = Mixer(
+                mixer_in, out_channels, ratio=options["mixer_ratio"],
+                kernel=options["mixer_kernel"], activation=options["activation"],
+                dropout=options["dropout"], padding=options["padding"],
+            )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm1(x)
+        y = self.residual(x) + self.drop_path(self.attn(h))
+        if self.mixer is None:
+            return y
+        if self.parallel:
+            return y + self.drop_path(self.mixer(h))
+        return y + self.drop_path(self.mixer(self.norm2(y)))
+
+
+class ConvCell(_Residual):
+    """C2 (3x3 conv over H, W) or C3 (3x3x3 conv over T, H, W) cell."""
+
+    def __init__(
+        self,
+        kind: str,
+        in_channels: int,
+        out_channels: int,
+        options: Mapping[str, Any],
+        *,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self._init_residual(in_channels, out_channels, options)
+        self.norm1 = Norm5d(options["norm"], in_channels, input_size)
+        conv_type = nn.Conv2d if kind == CONV2D else nn.Conv3d
+        self.conv = conv_type(
+            in_channels, out_channels, 3, padding=1, padding_mode=options["padding"], bias=False
+        )
+        self.norm2 = Norm5d(options["norm"], out_channels, input_size)
+        self.act = make_activation(options["activation"])
+
+    def _conv(self, x: Tensor) -> Tensor:
+        if self.kind == CONV3D:  # [B, T, C, H, W] -> [B, C, T, H, W] and back
+            return self.conv(x.transpose(1, 2)).transpose(1, 2)
+        return frames(self.conv, x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm1(x)
+        branch = self.act(self.norm2(self._conv(h)))
+        if self.proj is None:
+            branch = branch + h
+        return self.residual(x) + self.drop_path(branch)
+
+
+def make_cell(
+    kind: str,
+    in_channels: int,
+    out_channels: int,
+    options: Mapping[str, Any],
+    *,
+    mixer: bool = True,
+    input_size: tuple[int, int] | None = None,
+) -> nn.Module:
+    """Build the cell of `kind` from fully resolved options."""
+    if kind in (CONV2D, CONV3D):
+        return ConvCell(kind, in_channels, out_channels, options, input_size=input_size)
+    return AttentionCell(
+        kind, in_channels, out_channels, options, mixer=mixer, input_size=input_size
+    )
+
