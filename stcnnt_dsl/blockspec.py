@@ -17,7 +17,7 @@ from .options import (
     options_for_kind,
 )
 
-__all__ = ["CellSpec", "BlockSpec"]
+__all__ = ["BlockSpec", "CellSpec"]
 
 
 @dataclass(frozen=True)

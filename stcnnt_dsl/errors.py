@@ -12,14 +12,14 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
-    "STCNNTError",
     "DSLSyntaxError",
-    "SpecError",
-    "ShapeError",
     "ResourceError",
+    "STCNNTError",
+    "ShapeError",
+    "SpecError",
     "WeightsError",
-    "did_you_mean",
     "caret_excerpt",
+    "did_you_mean",
 ]
 
 
@@ -57,9 +57,7 @@ class DSLSyntaxError(STCNNTError):
         self.column = column
         self.source = source
         where = f"{source}:" if source else ""
-        super().__init__(
-            f"{where}{line}:{column}: {message}\n{caret_excerpt(text, line, column)}"
-        )
+        super().__init__(f"{where}{line}:{column}: {message}\n{caret_excerpt(text, line, column)}")
 
 
 class SpecError(STCNNTError):

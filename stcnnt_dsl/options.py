@@ -19,23 +19,23 @@ from typing import Any
 from .errors import SpecError, did_you_mean
 
 __all__ = [
-    "CELL_KINDS",
     "ATTENTION_KINDS",
-    "SPATIAL_KINDS",
-    "LETTER_TO_KIND",
-    "KIND_TO_LETTER",
-    "Option",
-    "OPTIONS",
-    "CELL_OPTION_NAMES",
     "BLOCK_OPTION_NAMES",
-    "option",
-    "validate_option",
-    "validate_options",
-    "options_for_kind",
-    "resolve_options",
+    "CELL_KINDS",
+    "CELL_OPTION_NAMES",
+    "KIND_TO_LETTER",
+    "LETTER_TO_KIND",
+    "OPTIONS",
+    "SPATIAL_KINDS",
+    "Option",
     "Resolved",
     "as_pair",
     "format_value",
+    "option",
+    "options_for_kind",
+    "resolve_options",
+    "validate_option",
+    "validate_options",
 ]
 
 LOCAL, GLOBAL, TEMPORAL, VIT, CONV2D, CONV3D = (
@@ -115,9 +115,7 @@ def _enum(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if not isinstance(value, str) or value not in choices:
             hint = did_you_mean(value, choices) if isinstance(value, str) else ""
-            raise OptionValueError(
-                f"expected one of {', '.join(choices)}; got {value!r}{hint}"
-            )
+            raise OptionValueError(f"expected one of {', '.join(choices)}; got {value!r}{hint}")
         return value
 
     return check
@@ -141,6 +139,10 @@ def _rel_pos_bias(value: Any) -> bool | str:
         f"expected true, false or after_softmax, got {_describe(value)}"
         + (did_you_mean(value, ["after_softmax"]) if isinstance(value, str) else "")
     )
+
+
+def _optional_size(value: Any) -> int | tuple[int, int] | None:
+    return None if value is None else _size(value)
 
 
 def _input_size(value: Any) -> tuple[int, int] | None:
@@ -207,6 +209,12 @@ _TABLE: tuple[Option, ...] = (
     Option("window", 8, _SPATIAL, _size,
            "window size in pixels, int or [h, w]: L attends within a window; G across "
            "windows (grid spacing = window); V: one token per window", _SIZE_SCHEMA),
+    Option("grid", None, frozenset({GLOBAL, VIT}), _optional_size,
+           "G and V only: split the image into a fixed grid of windows, int or [h, w] "
+           "(MaxViT grid / the reference's fixed number of windows); the window size then "
+           "follows the input (H/grid) and the sequence length stays fixed. null: use "
+           "`window`",
+           {"oneOf": [{"type": "null"}, *_SIZE_SCHEMA["oneOf"]]}),
     Option("patch", 2, _SPATIAL - {VIT}, _size,
            "patch size in pixels, int or [h, w]: a token is one patch (patch pixels x "
            "channels); must divide the window", _SIZE_SCHEMA),

@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ShapeError
 from .options import VIT, as_pair
 
-__all__ = ["SizeRule", "cell_size_rule", "nearest_multiples", "check_size"]
+__all__ = ["SizeRule", "cell_size_rule", "check_size", "nearest_multiples"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,11 @@ def cell_size_rule(
         minimum = _largest_kernel(kind, mixer, changes_channels, options) // 2 + 1
         if kind == "conv3d":
             min_frames = 2
+    if kind in ("global", VIT) and options.get("grid") is not None:
+        gh, gw = as_pair(options["grid"])
+        ph, pw = as_pair(options["patch"]) if kind != VIT else (1, 1)
+        what = f"grid {gh}x{gw}" + (f" of windows made of {ph}x{pw} patches" if kind != VIT else "")
+        return SizeRule((gh * ph, gw * pw), what, exact, minimum, min_frames)
     if kind in ("local", "global", VIT):
         wh, ww = as_pair(options["window"])
         return SizeRule((wh, ww), f"window {wh}x{ww}", exact, minimum, min_frames)
@@ -94,16 +99,18 @@ def check_size(rule: SizeRule, h: int, w: int, where: str, path: str = "", t: in
             f"{where}: needs T >= {rule.min_frames} (3D convolution with reflect padding), "
             f"got T={t}; use padding=zeros or more frames",
             path,
-            rule=f"T >= {rule.min_frames}",
+            rule=f"needs T >= {rule.min_frames} (3D convolution with reflect padding), got T={t}",
         )
     if h < rule.minimum or w < rule.minimum:
-        why = " (reflect padding needs the padding to be smaller than the size)" if (
-            rule.minimum > 1
-        ) else ""
+        why = (
+            " (reflect padding needs the padding to be smaller than the size)"
+            if (rule.minimum > 1)
+            else ""
+        )
         raise ShapeError(
             f"{where}: H and W must be >= {rule.minimum}{why}, got H={h}, W={w}",
             path,
-            rule=f"H, W >= {rule.minimum}",
+            rule=f"H and W must be >= {rule.minimum}{why}, got H={h}, W={w}",
             nearest={"H": [max(h, rule.minimum)], "W": [max(w, rule.minimum)]},
         )
     if rule.exact is not None and (h, w) != rule.exact:
@@ -113,7 +120,7 @@ def check_size(rule: SizeRule, h: int, w: int, where: str, path: str = "", t: in
             f"but got H={h}, W={w}; use that size, or a norm without a fixed size "
             "(instance2d, batch2d, ...)",
             path,
-            rule="layer norm fixes the input size",
+            rule=f"norm=layer was built for input_size {eh}x{ew}, got H={h}, W={w}",
             nearest={"H": [eh], "W": [ew]},
         )
     mh, mw = rule.multiple
@@ -126,7 +133,9 @@ def check_size(rule: SizeRule, h: int, w: int, where: str, path: str = "", t: in
         bad.append(f"{mw} must divide W={w}")
         nearest["W"] = nearest_multiples(w, mw)
     if bad:
-        hint = "; ".join(f"nearest valid {k}: {' or '.join(map(str, v))}" for k, v in nearest.items())
+        hint = "; ".join(
+            f"nearest valid {k}: {' or '.join(map(str, v))}" for k, v in nearest.items()
+        )
         raise ShapeError(
             f"{where}: {rule.what}: {', '.join(bad)} ({hint})",
             path,

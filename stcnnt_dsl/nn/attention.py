@@ -21,7 +21,7 @@ from ..errors import SpecError
 from ..options import GLOBAL, LOCAL, VIT, as_pair
 from .functional import attend, auto_heads, partition, relative_position_index, unpartition
 
-__all__ = ["SpatialAttention", "TemporalAttention", "GLOBAL_BIAS_EXTENT"]
+__all__ = ["GLOBAL_BIAS_EXTENT", "SpatialAttention", "TemporalAttention"]
 
 # Without input_size, G's relative position table covers grid offsets up to +-(8-1)
 # windows; farther windows share the edge entry (clipped relative positions).
@@ -51,6 +51,7 @@ class SpatialAttention(nn.Module):
         heads: int | str = "auto",
         window: int | tuple[int, int] = 8,
         patch: int | tuple[int, int] = 2,
+        grid: int | tuple[int, int] | None = None,
         qkv: str = "conv",
         cosine: bool = False,
         qk_norm: bool = False,
@@ -65,52 +66,86 @@ class SpatialAttention(nn.Module):
         if kind not in (LOCAL, GLOBAL, VIT):
             raise SpecError(f"SpatialAttention kind must be local, global or vit, got {kind!r}")
         self.kind = kind
-        self.window = as_pair(window)
-        # V: a token is a whole window, i.e. G with one patch per window.
-        self.patch = self.window if kind == VIT else as_pair(patch)
-        (wh, ww), (ph, pw) = self.window, self.patch
-        if wh % ph or ww % pw:
-            raise SpecError(
-                f"patch {ph}x{pw} must divide window {wh}x{ww} (a window is a whole "
-                "number of patches)",
-                "patch",
-            )
         self.mode = "local" if kind == LOCAL else "global"
         self.out_channels = out_channels
-        token = out_channels * ph * pw
-        self.heads = auto_heads(token) if heads == "auto" else int(heads)
-        if token % self.heads:
+        # With `grid` (G, V) the number of windows is fixed and the window size follows
+        # the input; otherwise the window size is fixed in pixels.
+        self.grid = as_pair(grid) if grid is not None and kind != LOCAL else None
+        self.window = None if self.grid else as_pair(window)
+        # V: a token is a whole window, i.e. G with one patch per window.
+        self.patch = None if kind == VIT else as_pair(patch)
+        if self.window and self.patch:
+            (wh, ww), (ph, pw) = self.window, self.patch
+            if wh % ph or ww % pw:
+                raise SpecError(
+                    f"patch {ph}x{pw} must divide window {wh}x{ww} (a window is a whole "
+                    "number of patches)",
+                    "patch",
+                )
+        patch_px = self.patch or self.window  # None only for V with a grid
+        token = out_channels * patch_px[0] * patch_px[1] if patch_px else None
+        if token is None:
+            # V with a grid: the token size follows the input, so heads split channels.
+            self.heads = auto_heads(out_channels) if heads == "auto" else int(heads)
+            divides, what = out_channels, f"the out channels {out_channels} (V with a grid)"
+        else:
+            self.heads = auto_heads(token) if heads == "auto" else int(heads)
+            divides = token
+            what = (
+                f"the token size {token} (= out channels {out_channels} x patch "
+                f"{patch_px[0]}x{patch_px[1]})"
+            )
+        if divides % self.heads:
             raise SpecError(
-                f"heads={self.heads} must divide the token size {token} "
-                f"(= out channels {out_channels} x patch {ph}x{pw}); "
-                f"e.g. heads={auto_heads(token)}",
+                f"heads={self.heads} must divide {what}; e.g. heads={auto_heads(divides)}",
                 "heads",
             )
         self.qkv_mode = qkv
         if qkv == "conv":
             self.qkv = _conv(in_channels, 3 * out_channels, qkv_kernel, padding, bias=False)
+        elif token is None:
+            raise SpecError(
+                "qkv=linear needs a fixed token size, but a V cell with a grid has tokens "
+                "that grow with the input; use qkv=conv or a fixed window",
+                "qkv",
+            )
         else:
-            self.qkv = nn.Linear(in_channels * ph * pw, 3 * token, bias=False)
+            cin_token = in_channels * patch_px[0] * patch_px[1]
+            self.qkv = nn.Linear(cin_token, 3 * token, bias=False)
         self.cosine, self.qk_norm, self.att_dropout = cosine, qk_norm, att_dropout
         self.bias_after_softmax = rel_pos_bias == "after_softmax"
-        self.rel_pos_bias = bool(rel_pos_bias) and kind != VIT
+        self.rel_pos_bias = bool(rel_pos_bias)
         self.bias_table: nn.Parameter | None = None
         if self.rel_pos_bias:
-            if self.mode == "local":
-                extent = (wh // ph, ww // pw)  # patches per window: fixed
-            elif input_size is not None:
-                extent = (max(1, input_size[0] // wh), max(1, input_size[1] // ww))
-            else:
-                extent = (GLOBAL_BIAS_EXTENT, GLOBAL_BIAS_EXTENT)
-            self.bias_extent = extent
-            table = torch.zeros((2 * extent[0] - 1) * (2 * extent[1] - 1), self.heads)
+            self.bias_extent = self._bias_extent(input_size)
+            eh, ew = self.bias_extent
+            table = torch.zeros((2 * eh - 1) * (2 * ew - 1), self.heads)
             self.bias_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
         self.proj = _conv(out_channels, out_channels, 3, padding, bias=True) if out_proj else None
 
+    def _bias_extent(self, input_size: tuple[int, int] | None) -> tuple[int, int]:
+        """Token grid the bias table is sized for: L: patches per window (fixed);
+        G/V: the window grid (fixed with `grid`, else from input_size, else clipped)."""
+        if self.mode == "local":
+            (wh, ww), (ph, pw) = self.window, self.patch
+            return (wh // ph, ww // pw)
+        if self.grid is not None:
+            return self.grid
+        if input_size is not None:
+            wh, ww = self.window
+            return (max(1, input_size[0] // wh), max(1, input_size[1] // ww))
+        return (GLOBAL_BIAS_EXTENT, GLOBAL_BIAS_EXTENT)
+
+    def geometry(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(window, patch) in pixels for an h x w input."""
+        window = self.window or (h // self.grid[0], w // self.grid[1])
+        return window, self.patch or window
+
     def extra_repr(self) -> str:
         bias = "after_softmax" if self.bias_after_softmax else self.rel_pos_bias
+        size = f"grid={self.grid}" if self.grid else f"window={self.window}"
         return (
-            f"{self.kind}, window={self.window}, patch={self.patch}, heads={self.heads}, "
+            f"{self.kind}, {size}, patch={self.patch}, heads={self.heads}, "
             f"qkv={self.qkv_mode}, cosine={self.cosine}, qk_norm={self.qk_norm}, "
             f"rel_pos_bias={bias}"
         )
@@ -118,7 +153,7 @@ class SpatialAttention(nn.Module):
     def _bias(self, h: int, w: int, device: torch.device) -> Tensor | None:
         if self.bias_table is None:
             return None
-        (wh, ww), (ph, pw) = self.window, self.patch
+        (wh, ww), (ph, pw) = self.geometry(h, w)
         grid = (wh // ph, ww // pw) if self.mode == "local" else (h // wh, w // ww)
         if torch.compiler.is_compiling():
             index = relative_position_index(grid, self.bias_extent).to(device)
@@ -131,11 +166,12 @@ class SpatialAttention(nn.Module):
         b, t, _, h, w = x.shape
         x = x.flatten(0, 1)
         c = self.out_channels
+        window, patch = self.geometry(h, w)
         if self.qkv_mode == "conv":
             qkv = self.qkv(x).unflatten(1, (3, c))  # [N, 3, C, H, W]
-            tokens = partition(qkv, self.window, self.patch, self.mode)  # [3, Nb, S, D]
+            tokens = partition(qkv, window, patch, self.mode)  # [3, Nb, S, D]
         else:
-            tokens = self.qkv(partition(x, self.window, self.patch, self.mode))
+            tokens = self.qkv(partition(x, window, patch, self.mode))
             tokens = tokens.unflatten(-1, (3, -1)).movedim(-2, 0)  # [3, Nb, S, D]
         nb, s, d = tokens.shape[1:]
         q, k, v = tokens.unflatten(-1, (self.heads, d // self.heads)).transpose(2, 3).unbind(0)
@@ -148,7 +184,7 @@ class SpatialAttention(nn.Module):
             dropout=self.att_dropout if self.training else 0.0,
         )  # fmt: skip
         out = out.transpose(1, 2).reshape(nb, s, d)
-        y = unpartition(out, (h, w), self.window, self.patch, self.mode)
+        y = unpartition(out, (h, w), window, patch, self.mode)
         if self.proj is not None:
             y = self.proj(y)
         return y.unflatten(0, (b, t))

@@ -63,8 +63,9 @@ class Block(nn.Module):
 
         for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SpecError(f"{label} must be a positive integer, got {value!r}",
-                                f"{name}.{label}")
+                raise SpecError(
+                    f"{label} must be a positive integer, got {value!r}", f"{name}.{label}"
+                )
         spec = text if isinstance(text, BlockSpec) else parse_block(text)
         if layers is None:
             given = validate_options(options, name)

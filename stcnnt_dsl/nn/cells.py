@@ -25,7 +25,7 @@ from ..options import CONV2D, CONV3D, TEMPORAL
 from .attention import SpatialAttention, TemporalAttention
 from .norms import Norm5d
 
-__all__ = ["AttentionCell", "ConvCell", "Mixer", "DropPath", "make_activation", "make_cell"]
+__all__ = ["AttentionCell", "ConvCell", "DropPath", "Mixer", "make_activation", "make_cell"]
 
 
 def make_activation(name: str) -> nn.Module:
@@ -45,8 +45,9 @@ def make_activation(name: str) -> nn.Module:
         "identity": nn.Identity,
     }
     if name not in factories:
-        raise SpecError(f"unknown activation {name!r}; choose from {', '.join(factories)}",
-                        "activation")
+        raise SpecError(
+            f"unknown activation {name!r}; choose from {', '.join(factories)}", "activation"
+        )
     return factories[name]()
 
 
@@ -104,7 +105,9 @@ class _Residual(nn.Module):
     def _init_residual(self, cin: int, cout: int, opts: Mapping[str, Any]) -> None:
         self.in_channels, self.out_channels = cin, cout
         self.proj = (
-            None if cin == cout else conv2d(cin, cout, opts["proj_kernel"], opts["padding"], bias=True)
+            None
+            if cin == cout
+            else conv2d(cin, cout, opts["proj_kernel"], opts["padding"], bias=True)
         )
         self.drop_path = DropPath(opts["drop_path"])
 
@@ -148,7 +151,7 @@ class AttentionCell(_Residual):
         else:
             self.attn = SpatialAttention(
                 kind, in_channels, out_channels, window=options["window"],
-                patch=options.get("patch", options["window"]),
+                patch=options.get("patch", options["window"]), grid=options.get("grid"),
                 rel_pos_bias=options["rel_pos_bias"], input_size=input_size, **common,
             )  # fmt: skip
         self.mixer: Mixer | None = None
@@ -224,4 +227,3 @@ def make_cell(
     return AttentionCell(
         kind, in_channels, out_channels, options, mixer=mixer, input_size=input_size
     )
-

@@ -14,8 +14,10 @@ def check_input_tensor(x: object, in_channels: int, where: str) -> None:
     """Raise a `ShapeError` unless `x` is a floating [B, T, C, H, W] tensor with
     `in_channels` channels."""
     if not isinstance(x, Tensor):
-        raise ShapeError(f"{where}: expected a torch.Tensor [B, T, C, H, W], got "
-                         f"{type(x).__name__}", rule="input is a tensor")
+        raise ShapeError(
+            f"{where}: expected a torch.Tensor [B, T, C, H, W], got {type(x).__name__}",
+            rule="input is a tensor",
+        )
     if x.dim() != 5:
         hint = ""
         if x.dim() == 4:
@@ -25,8 +27,7 @@ def check_input_tensor(x: object, in_channels: int, where: str) -> None:
             )
         raise ShapeError(
             f"{where}: expected a 5-D tensor [B, T, C, H, W] (T = time frames, or slices "
-            f"of a 3D volume, or 1 for 2D images); got {x.dim()}-D shape {tuple(x.shape)}"
-            + hint,
+            f"of a 3D volume, or 1 for 2D images); got {x.dim()}-D shape {tuple(x.shape)}" + hint,
             rule="input rank is 5",
         )
     if not torch.is_floating_point(x):

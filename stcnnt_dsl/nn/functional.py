@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "partition",
-    "unpartition",
-    "attend",
-    "relative_position_index",
-    "auto_heads",
     "SDPA_MIN_TOKENS_CPU",
+    "attend",
+    "auto_heads",
+    "partition",
+    "relative_position_index",
+    "unpartition",
 ]
 
 # Below this many tokens, CPU SDPA was 1.2-3.9x slower than matmul + softmax on this
@@ -39,9 +39,7 @@ def auto_heads(features: int, target: int = 32) -> int:
     return best
 
 
-def partition(
-    x: Tensor, window: tuple[int, int], patch: tuple[int, int], mode: str
-) -> Tensor:
+def partition(x: Tensor, window: tuple[int, int], patch: tuple[int, int], mode: str) -> Tensor:
     """Split [N, C, H, W] (or [N, G, C, H, W] for G stacked maps) into token sequences.
 
     mode "local": a sequence is the patches of one window  -> [N*nWin, nPatch, ph*pw*C]
