@@ -1,0 +1,120 @@
+"""Resolution changes between levels and the U-Net's attention gate.
+
+T is never resampled: every module here works frame by frame on [B, T, C, H, W].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn.cells import frames
+
+__all__ = ["AttentionGate", "Downsample", "PatchMerge", "Upsample", "space_to_depth"]
+
+
+def space_to_depth(x: Tensor) -> Tensor:
+    """[N, C, H, W] -> [N, 4C, H/2, W/2]; channel groups are the 2x2 offsets (row, col)
+    in the order (0,0), (1,0), (0,1), (1,1), each holding all C channels (as the
+    reference's patch merging)."""
+    return torch.cat(
+        [x[..., 0::2, 0::2], x[..., 1::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 1::2]], dim=1
+    )
+
+
+class PatchMerge(nn.Module):
+    """2x down-sampling by patch merging: 2x2 space-to-depth, then a 1x1 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4 * in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return frames(lambda f: self.conv(space_to_depth(f)), x)
+
+
+class Downsample(nn.Module):
+    """`steps` x 2x down-sampling: patch merging (learned) or interpolation (2x2 mean,
+    which is what bilinear interpolation to half size computes)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, steps: int = 1, mode: str = "merge"
+    ) -> None:
+        super().__init__()
+        self.mode = mode
+        if mode == "merge":
+            self.merges = nn.ModuleList(
+                PatchMerge(in_channels if k == 0 else out_channels, out_channels)
+                for k in range(steps)
+            )
+        else:
+            if in_channels != out_channels:
+                raise ValueError("interpolation cannot change the channels")
+            self.steps = steps
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "merge":
+            for merge in self.merges:
+                x = merge(x)
+            return x
+        k = 2**self.steps
+        return frames(lambda f: F.avg_pool2d(f, k), x)
+
+
+class Upsample(nn.Module):
+    """`steps` x (bilinear 2x up-sampling [+ 3x3 conv without bias])."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        steps: int = 1,
+        *,
+        conv: bool = True,
+        padding: str = "zeros",
+    ) -> None:
+        super().__init__()
+        self.steps = steps
+        self.convs = None
+        if conv:
+            self.convs = nn.ModuleList(
+                nn.Conv2d(
+                    in_channels if k == 0 else out_channels,
+                    out_channels,
+                    3,
+                    padding=1,
+                    padding_mode=padding,
+                    bias=False,
+                )
+                for k in range(steps)
+            )
+        elif in_channels != out_channels:
+            raise ValueError("up-sampling without a conv cannot change the channels")
+
+    def forward(self, x: Tensor) -> Tensor:
+        def run(f: Tensor) -> Tensor:
+            for k in range(self.steps):
+                f = F.interpolate(f, scale_factor=2.0, mode="bilinear", align_corners=False)
+                if self.convs is not None:
+                    f = self.convs[k](f)
+            return f
+
+        return frames(run, x)
+
+
+class AttentionGate(nn.Module):
+    """Attention gate (Oktay et al. 2018): the coarser decoder feature `g` gates the
+    encoder skip `x` with a learned [B, T, 1, H, W] sigmoid map:
+    x * sigmoid(psi(relu(W_g g + W_x x)))."""
+
+    def __init__(self, gate_channels: int, skip_channels: int) -> None:
+        super().__init__()
+        self.query = nn.Conv2d(gate_channels, skip_channels, 1, bias=False)
+        self.key = nn.Conv2d(skip_channels, skip_channels, 1, bias=False)
+        self.psi = nn.Conv2d(skip_channels, 1, 1, bias=False)
+
+    def forward(self, g: Tensor, x: Tensor) -> Tensor:
+        gf, xf = g.flatten(0, 1), x.flatten(0, 1)
+        mask = torch.sigmoid(self.psi(F.relu(self.query(gf) + self.key(xf))))
+        return x * mask.unflatten(0, x.shape[:2])

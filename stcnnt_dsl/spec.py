@@ -1,0 +1,606 @@
+"""The architecture spec: pydantic models of a whole backbone, and how to load and write them.
+
+An `ArchSpec` holds a name, the input channels, optional `input_size`, cascading option
+`defaults`, and exactly one topology (`unet`, `hrnet` or `llm`). Cell options cascade:
+library default < `defaults` < topology < stage < inline (in the block string).
+
+Values are stored as written (a single block string stays one string; per-stage lists
+stay lists); the compiler broadcasts them (`stcnnt_dsl.plan`). Every model forbids
+unknown keys, and every error is an `STCNNTError` naming the spec path and, for text,
+the line and column.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .blockspec import BlockSpec
+from .errors import DSLSyntaxError, SpecError, STCNNTError, did_you_mean
+from .options import OPTIONS, format_value
+from .yamlio import MAX_YAML_BYTES, Positions, dump_yaml, load_yaml
+
+__all__ = [
+    "TOPOLOGIES",
+    "ArchSpec",
+    "DefaultsSpec",
+    "HRNetSpec",
+    "LLMSpec",
+    "StageSpec",
+    "UNetSpec",
+    "dump_spec",
+    "list_architectures",
+    "load_spec",
+    "spec_json_schema",
+]
+
+TOPOLOGIES = ("unet", "hrnet", "llm")
+# Options that only make sense for the whole spec (set at its top level).
+_SPEC_LEVEL = ("input_size",)
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _error(message: str) -> PydanticCustomError:
+    return PydanticCustomError("stcnnt", "{message}", {"message": message})
+
+
+def _to_block(value: Any) -> BlockSpec:
+    from .language import parse_block
+
+    if isinstance(value, BlockSpec):
+        return value
+    if not isinstance(value, str):
+        raise _error(f"a block string (like T1L1G1) is expected, got {value!r}")
+    return parse_block(value)  # DSLSyntaxError passes through pydantic as ctx.error
+
+
+def _format_block(block: BlockSpec) -> str:
+    from .language import format_block
+
+    return format_block(block)
+
+
+Block = Annotated[
+    Any,
+    BeforeValidator(_to_block),
+    PlainSerializer(_format_block, return_type=str),
+    WithJsonSchema({"type": "string", "description": "a block string, e.g. T1L1G1"}),
+]
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _error(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _to_channels(value: Any) -> int | list[int]:
+    if isinstance(value, list):
+        if not value:
+            raise _error("channels must be a positive integer or a non-empty list of them")
+        return [_positive("channels", v) for v in value]
+    return _positive("channels", value)
+
+
+Channels = Annotated[
+    Any,
+    BeforeValidator(_to_channels),
+    WithJsonSchema({
+        "oneOf": [
+            {"type": "integer", "minimum": 1},
+            {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+        ]
+    }),
+]  # fmt: skip
+PositiveInt = Annotated[
+    Any,
+    BeforeValidator(lambda v: _positive("value", v)),
+    WithJsonSchema({"type": "integer", "minimum": 1}),
+]
+
+
+def _option_field(name: str) -> Any:
+    opt = OPTIONS[name]
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return opt.check(value, name)
+        except SpecError as err:
+            raise _error(err.reason) from None
+
+    schema = dict(opt.schema)
+    schema["description"] = f"{opt.help} (default: {format_value(opt.default)})"
+    annotated = Annotated[Any, BeforeValidator(check), WithJsonSchema(schema)]
+    return (annotated, Field(default=None))
+
+
+class _Strict(BaseModel):
+    """Base of every spec model: frozen, no unknown keys (with a did-you-mean)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, BaseModel):
+            return data
+        if not isinstance(data, Mapping):
+            raise _error(f"expected a mapping of keys to values, got {data!r}")
+        for key in data:
+            if not isinstance(key, str) or key not in cls.model_fields:
+                keys = ", ".join(cls.model_fields)
+                raise _error(
+                    f"unknown key {key!r}{did_you_mean(str(key), cls.model_fields)}; "
+                    f"valid keys here: {keys}"
+                )
+        return data
+
+    def options(self) -> dict[str, Any]:
+        """The cell/block options set on this model (canonical values)."""
+        return {
+            name: getattr(self, name)
+            for name in OPTIONS
+            if name in type(self).model_fields and getattr(self, name) is not None
+        }
+
+
+_OptionFields: type[_Strict] = create_model(  # type: ignore[call-overload]
+    "_OptionFields",
+    __base__=_Strict,
+    **{name: _option_field(name) for name in OPTIONS if name not in _SPEC_LEVEL},
+)
+
+
+class DefaultsSpec(_OptionFields):  # type: ignore[misc, valid-type]
+    """Options for every cell of the model (weakest layer of the cascade)."""
+
+
+class StageSpec(_OptionFields):  # type: ignore[misc, valid-type]
+    """Overrides for one stage: its block string and options."""
+
+    blocks: Block | None = None
+
+
+def _check_len(values: Any, expected: tuple[int, ...], what: str, why: str) -> None:
+    if isinstance(values, list) and len(values) not in expected:
+        options = " or ".join(map(str, expected))
+        raise _error(f"{what} has {len(values)} entries but needs {options} ({why})")
+
+
+def _levels(channels: Any, levels: int | None, default: int | None = None) -> int:
+    """Number of levels from `levels` and/or a channels list; they must agree."""
+    if isinstance(channels, list):
+        if levels is not None and levels != len(channels):
+            raise _error(
+                f"levels={levels} but channels lists {len(channels)} values; give one "
+                "channel count per level (or drop levels)"
+            )
+        return len(channels)
+    if levels is None:
+        if default is None:
+            raise _error("give channels as a list (one per level) or set levels")
+        return default
+    return levels
+
+
+class UNetSpec(_OptionFields):  # type: ignore[misc, valid-type]
+    """ST-CNNT U-Net: encoder levels, a bridge, decoder levels with gated skips."""
+
+    channels: Channels
+    levels: PositiveInt | None = None
+    blocks: Block | list[Block] = Field(
+        description="one block string for every stage, or one per level (the bridge "
+        "uses the last), or one per level plus one for the bridge"
+    )
+    gate: bool = Field(True, description="attention-gate the skip connections")
+    down: Literal["merge", "interpolate"] = Field(
+        "merge",
+        description="down-sampling: patch merging (2x2 space-to-depth + 1x1 conv) "
+        "or bilinear interpolation",
+    )
+    up: Literal["conv", "interpolate"] = Field(
+        "conv", description="up-sampling: bilinear x2 then a 3x3 conv, or bilinear only"
+    )
+    encoder: list[StageSpec] | None = None
+    bridge: StageSpec | None = None
+    decoder: list[StageSpec] | None = None
+
+    @model_validator(mode="after")
+    def _lengths(self) -> UNetSpec:
+        n = self.num_levels
+        _check_len(
+            self.blocks,
+            (n, n + 1),
+            "blocks",
+            f"one per level, {n} levels, optionally one more for the bridge",
+        )
+        _check_len(self.encoder, (n,), "encoder", f"one entry per level, {n} levels")
+        _check_len(self.decoder, (n,), "decoder", f"one entry per level, {n} levels")
+        return self
+
+    @property
+    def num_levels(self) -> int:
+        return _levels(self.channels, self.levels)
+
+
+class HRNetSpec(_OptionFields):  # type: ignore[misc, valid-type]
+    """ST-CNNT HR-Net: parallel resolution branches exchanging information each stage."""
+
+    channels: Channels
+    levels: PositiveInt | None = None
+    blocks: Block | list[Block] = Field(description="one block string, or one per level")
+    stages: PositiveInt | None = Field(
+        None, description="number of stages (default: levels; level l joins at stage l)"
+    )
+    resample: Literal["conv", "block"] = Field(
+        "conv",
+        description="modules between levels: conv (patch merging down, bilinear + "
+        "3x3 conv up) or block (bilinear resampling then a block of the target level)",
+    )
+    branches: list[StageSpec] | None = None
+
+    @model_validator(mode="after")
+    def _lengths(self) -> HRNetSpec:
+        n = self.num_levels
+        _check_len(self.blocks, (n,), "blocks", f"one per level, {n} levels")
+        _check_len(self.branches, (n,), "branches", f"one entry per level, {n} levels")
+        if self.stages is not None and self.stages < n:
+            raise _error(f"stages={self.stages} must be >= levels={n} (level l joins at stage l)")
+        return self
+
+    @property
+    def num_levels(self) -> int:
+        return _levels(self.channels, self.levels)
+
+    @property
+    def num_stages(self) -> int:
+        return self.stages or self.num_levels
+
+
+class LLMSpec(_OptionFields):  # type: ignore[misc, valid-type]
+    """A stack of blocks at constant resolution with dense skips between blocks."""
+
+    channels: Channels
+    blocks: Block | list[Block]
+    depth: PositiveInt | None = Field(
+        None, description="number of blocks when blocks and channels are single values"
+    )
+    dense_skips: bool = Field(
+        True, description="block k takes the sum of the outputs of all earlier blocks"
+    )
+    stages: list[StageSpec] | None = None
+
+    @model_validator(mode="after")
+    def _lengths(self) -> LLMSpec:
+        n = self.num_blocks
+        _check_len(self.blocks, (n,), "blocks", f"one per block, {n} blocks")
+        _check_len(self.channels, (n,), "channels", f"one per block, {n} blocks")
+        _check_len(self.stages, (n,), "stages", f"one entry per block, {n} blocks")
+        return self
+
+    @property
+    def num_blocks(self) -> int:
+        for value in (self.blocks, self.channels, self.stages):
+            if isinstance(value, list):
+                if self.depth is not None and self.depth != len(value):
+                    raise _error(
+                        f"depth={self.depth} but a per-block list has {len(value)} entries"
+                    )
+                return len(value)
+        return self.depth or 1
+
+
+def _input_size(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        return OPTIONS["input_size"].check(value)
+    except SpecError as err:
+        raise _error(err.reason) from None
+
+
+class ArchSpec(_Strict):
+    """A whole backbone. Exactly one of `unet`, `hrnet`, `llm` is set."""
+
+    name: str = ""
+    description: str = ""
+    in_channels: PositiveInt = 1
+    input_size: Annotated[
+        Any,
+        BeforeValidator(_input_size),
+        PlainSerializer(lambda v: None if v is None else list(v)),
+        WithJsonSchema(dict(OPTIONS["input_size"].schema)),
+    ] = None
+    defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
+    unet: UNetSpec | None = None
+    hrnet: HRNetSpec | None = None
+    llm: LLMSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> ArchSpec:
+        given = [t for t in TOPOLOGIES if getattr(self, t) is not None]
+        if len(given) != 1:
+            raise _error(
+                "a spec needs exactly one topology: unet, hrnet or llm"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if not self.name:
+            object.__setattr__(self, "name", given[0])
+        return self
+
+    @property
+    def topology(self) -> str:
+        """`unet`, `hrnet` or `llm`."""
+        return next(t for t in TOPOLOGIES if getattr(self, t) is not None)
+
+    @property
+    def body(self) -> UNetSpec | HRNetSpec | LLMSpec:
+        """The topology's own spec."""
+        return getattr(self, self.topology)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _loc_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif str(part).startswith("function-") or part in ("list[...]",):
+            continue
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path
+
+
+def _from_validation_error(
+    err: ValidationError, positions: Positions, text: str | None, file: str | None
+) -> STCNNTError:
+    first = err.errors(include_url=False)[0]
+    path = _loc_path(tuple(p for p in first["loc"] if not _is_union_tag(p)))
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, DSLSyntaxError):
+        return _relocate_syntax_error(cause, path, positions, text, file)
+    if isinstance(cause, SpecError):
+        return cause.located(path_prefix=path)
+    message = first["msg"]
+    if first["type"] == "missing":
+        message = f"required key {path.rsplit('.', 1)[-1]!r} is missing"
+        path = path.rsplit(".", 1)[0] if "." in path else ""
+    key_match = re.match(r"unknown key '([^']+)'", message)
+    if key_match:
+        path = f"{path}.{key_match.group(1)}" if path else key_match.group(1)
+    spec_error = SpecError(message, path)
+    line_col = _find_position(path, positions)
+    if line_col:
+        spec_error.located(file=file or "<yaml>", line=line_col[0], column=line_col[1])
+    return spec_error
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the union member's type to the loc ("list[...]", "function-before...")
+    return isinstance(part, str) and (
+        part.startswith("function-") or part.startswith("list[") or part in ("str", "int")
+    )
+
+
+def _find_position(path: str, positions: Positions) -> tuple[int, int] | None:
+    while path:
+        if path in positions:
+            return positions[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return None
+
+
+def _relocate_syntax_error(
+    err: DSLSyntaxError, path: str, positions: Positions, text: str | None, file: str | None
+) -> DSLSyntaxError:
+    """A syntax error inside a block string, moved to file coordinates when known."""
+    start = positions.get(path)
+    if start is None or text is None:
+        err.args = (f"{path}: {err.args[0]}",)
+        return err
+    line0, col0 = start
+    lines = text.splitlines()
+    # Quoted scalars start one character before their text.
+    if line0 <= len(lines) and lines[line0 - 1][col0 - 1 : col0] in ("'", '"'):
+        col0 += 1
+    line = line0 + err.line - 1
+    column = col0 + err.column - 1 if err.line == 1 else err.column
+    return DSLSyntaxError(
+        f"{path}: {err.reason}", text=text, line=line, column=column, source=file or "<yaml>"
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _validate(
+    data: Any, positions: Positions | None = None, text: str | None = None,
+    file: str | None = None,
+) -> ArchSpec:  # fmt: skip
+    if not isinstance(data, Mapping):
+        raise SpecError(
+            f"an architecture is a mapping with a topology key (unet, hrnet or llm), got "
+            f"{type(data).__name__}",
+            file=file,
+        )
+    try:
+        return ArchSpec.model_validate(data)
+    except ValidationError as err:
+        raise _from_validation_error(err, positions or {}, text, file) from None
+
+
+_EXPRESSION = re.compile(r"^\s*[a-z_][a-z0-9_]*\s*\(")
+_TOP_LEVEL_KEYS = ("name", "description", "in_channels", "input_size", "defaults")
+
+
+def _from_expression(text: str) -> ArchSpec:
+    from .language import parse_expression
+
+    expr = parse_expression(text)
+    if expr.topology not in TOPOLOGIES:
+        raise DSLSyntaxError(
+            f"unknown topology {expr.topology!r}{did_you_mean(expr.topology, TOPOLOGIES)}; "
+            "use unet(...), hrnet(...) or llm(...)",
+            text=text, line=1, column=text.index(expr.topology) + 1,
+        )  # fmt: skip
+    args = dict(expr.args)
+    data: dict[str, Any] = {k: args.pop(k) for k in _TOP_LEVEL_KEYS if k in args}
+    data[expr.topology] = args
+    positions = {
+        (p.split(".", 1)[1] if p.split(".", 1)[-1].split(".")[0].split("[")[0]
+         in _TOP_LEVEL_KEYS and "." in p else p): pos
+        for p, pos in expr.positions.items()
+    }  # fmt: skip
+    try:
+        return _validate(data, positions, text, "<expression>")
+    except SpecError as err:
+        if err.line is not None:
+            err.args = (f"{err}\n{_caret(text, err.line, err.column or 1)}",)
+        raise
+
+
+def _caret(text: str, line: int, column: int) -> str:
+    from .errors import caret_excerpt
+
+    return caret_excerpt(text, line, column)
+
+
+def _bundled_dir() -> Any:
+    return resources.files("stcnnt_dsl.architectures")
+
+
+def list_architectures() -> list[str]:
+    """Names of the bundled architectures (`stcnnt list`)."""
+    return sorted(
+        p.name[: -len(".yaml")] for p in _bundled_dir().iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def _load_file(path: Path) -> ArchSpec:
+    if not path.is_file():
+        raise SpecError(f"file not found: {path}", file=str(path))
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise SpecError(
+            f"{path} is {path.stat().st_size} bytes; architecture files are limited to "
+            f"{MAX_YAML_BYTES // 1000} kB",
+            file=str(path),
+        )
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return _load_text(text, str(path))
+
+
+def _load_text(text: str, file: str | None) -> ArchSpec:
+    data, positions = load_yaml(text, file=file)
+    if isinstance(data, str) and _EXPRESSION.match(data):
+        return _from_expression(data)
+    return _validate(data, positions, text, file)
+
+
+def load_spec(source: Any) -> ArchSpec:
+    """An `ArchSpec` from a path (.yaml/.yml/.json), a dict, YAML text, a one-line
+    topology expression (`unet(channels=[32,64], blocks=T1L1G1)`) or a bundled name
+    (`unet`, `hrnet`, `llm`, see `list_architectures()`)."""
+    if isinstance(source, ArchSpec):
+        return source
+    if isinstance(source, Mapping):
+        return _validate(dict(source))
+    if isinstance(source, Path):
+        return _load_file(source)
+    if not isinstance(source, str):
+        raise SpecError(
+            f"cannot load an architecture from {type(source).__name__}; pass a path, a "
+            "dict, YAML text, an expression or a bundled name"
+        )
+    text = source.strip()
+    if text in list_architectures():
+        bundled = _bundled_dir() / f"{text}.yaml"
+        return _load_text(bundled.read_text(encoding="utf-8"), f"<bundled {text}.yaml>")
+    if _EXPRESSION.match(text):
+        return _from_expression(text)
+    if "\n" not in text and (text.endswith((".yaml", ".yml", ".json")) or Path(text).is_file()):
+        return _load_file(Path(text))
+    if "\n" in text or ":" in text:
+        return _load_text(source, None)
+    hint = did_you_mean(text, list_architectures())
+    raise SpecError(
+        f"{text!r} is not a file, a bundled architecture{hint}, an expression like "
+        "unet(channels=[32,64], blocks=T1L1G1), or YAML text; bundled: "
+        + ", ".join(list_architectures())
+    )
+
+
+# --------------------------------------------------------------------------- writing
+
+_FIELD_ORDER = ("name", "description", "in_channels", "input_size", "defaults", *TOPOLOGIES)
+
+
+def _plain(model: BaseModel) -> dict[str, Any]:
+    """Plain data of `model` without values equal to their defaults, in field order:
+    equal specs give equal text however they were written."""
+    data = model.model_dump(mode="json", exclude_none=True)
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        if name not in data:
+            continue
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            nested = _plain(value)
+            if nested or name in TOPOLOGIES:
+                out[name] = nested
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            out[name] = [_plain(v) for v in value]
+            continue
+        if not field.is_required() and data[name] == _json_default(field):
+            continue
+        out[name] = data[name]
+    return out
+
+
+def _json_default(field: Any) -> Any:
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        return default.model_dump(mode="json", exclude_none=True)
+    return json.loads(json.dumps(default, default=str))
+
+
+def dump_spec(spec: Any) -> str:
+    """Canonical YAML of a spec (anything `load_spec` accepts); round-trips exactly."""
+    spec = load_spec(spec)
+    data = _plain(spec)
+    ordered = {k: data[k] for k in _FIELD_ORDER if k in data}
+    return dump_yaml(ordered)
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """JSON Schema of the YAML architecture format (for editors: `stcnnt schema`)."""
+    schema = ArchSpec.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "stcnnt-dsl architecture"
+    schema["oneOf"] = [{"required": [t]} for t in TOPOLOGIES]
+    return schema
