@@ -94,3 +94,6 @@ class BlockSpec:
         from .language import format_block
 
         return format_block(self)
+
+    def __repr__(self) -> str:
+        return f"BlockSpec({str(self)!r})"
