@@ -276,7 +276,8 @@ _TABLE: tuple[Option, ...] = (
            "activation checkpointing of the whole block (recompute in backward; saves "
            "training memory)", _BOOL, level="block"),
     Option("input_size", None, ALL_KINDS, _input_size,
-           "[H, W] of the block's input; needed by norm=layer only (per-element affine)",
+           "[H, W] of the input: norm=layer needs it (per-element affine); G/V without a "
+           "grid size their relative position table from it",
            {"oneOf": [{"type": "null"}, _SIZE_SCHEMA["oneOf"][0], _SIZE_SCHEMA["oneOf"][1]]},
            level="block"),
 )  # fmt: skip

@@ -17,8 +17,10 @@ from typing import Any
 from .blockspec import BlockSpec
 from .errors import ShapeError, SpecError
 from .nn.block import resolve_cell
+from .options import resolve_options
 from .rules import SizeRule, cell_size_rule, check_size, nearest_multiples
 from .spec import ArchSpec, HRNetSpec, LLMSpec, StageSpec, UNetSpec, load_spec
+from .window_sizing import level_sizes
 
 __all__ = ["Plan", "StagePlan", "make_plan"]
 
@@ -173,8 +175,30 @@ def _base_layers(spec: ArchSpec) -> list[Layer]:
     return [("defaults", spec.defaults.options()), ("topology", spec.body.options())]
 
 
+def _window_sizing_layer(spec: ArchSpec, scale: int) -> Layer | None:
+    """`window` and `patch` of the level running at 1/scale (topology `window_sizing`)."""
+    method = getattr(spec.body, "window_sizing", "fixed")
+    if method == "fixed":
+        return None
+    if spec.input_size is None:
+        raise SpecError(
+            f"window_sizing: {method} derives each level's window from the nominal input "
+            "size; set input_size: [H, W] at the top level (or use window_sizing: fixed)",
+            f"{spec.topology}.window_sizing",
+        )
+    base = resolve_options(("window", "patch"), _base_layers(spec))
+    sizes = level_sizes(
+        method, base["window"].value, base["patch"].value, spec.input_size,
+        scale.bit_length() - 1,
+    )  # fmt: skip
+    return ("window_sizing", sizes)
+
+
 def _stage_layers(spec: ArchSpec, stage: StageSpec | None, scale: int) -> tuple[Layer, ...]:
     layers = _base_layers(spec)
+    sizing = _window_sizing_layer(spec, scale)
+    if sizing is not None:
+        layers.append(sizing)
     if stage is not None:
         layers.append(("stage", stage.options()))
     if spec.input_size is not None:

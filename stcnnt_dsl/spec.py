@@ -59,8 +59,9 @@ _SPEC_LEVEL = ("input_size",)
 # --------------------------------------------------------------------------- field types
 
 
-def _error(message: str) -> PydanticCustomError:
-    return PydanticCustomError("stcnnt", "{message}", {"message": message})
+def _error(message: str, field: str = "") -> PydanticCustomError:
+    """A validation error; `field` names the key inside the model it concerns."""
+    return PydanticCustomError("stcnnt", "{message}", {"message": message, "field": field})
 
 
 def _to_block(value: Any) -> BlockSpec:
@@ -73,18 +74,54 @@ def _to_block(value: Any) -> BlockSpec:
     return parse_block(value)  # DSLSyntaxError passes through pydantic as ctx.error
 
 
-def _format_block(block: BlockSpec) -> str:
+def _to_blocks(value: Any) -> BlockSpec | list[BlockSpec]:
+    """One block string or a list of them (a syntax error remembers its list index)."""
+    if not isinstance(value, list):
+        return _to_block(value)
+    if not value:
+        raise _error("a list of block strings needs at least one entry")
+    blocks = []
+    for i, item in enumerate(value):
+        try:
+            blocks.append(_to_block(item))
+        except DSLSyntaxError as err:
+            err.index = i
+            raise
+        except PydanticCustomError as err:
+            raise _error(f"entry {i}: {err.context['message']}") from None
+    return blocks
+
+
+def _format_blocks(value: BlockSpec | list[BlockSpec]) -> str | list[str]:
     from .language import format_block
 
-    return format_block(block)
+    if isinstance(value, list):
+        return [format_block(b) for b in value]
+    return format_block(value)
 
 
+_BLOCK_SCHEMA = {"type": "string", "description": "a block string, e.g. T1L1G1"}
 Block = Annotated[
     Any,
     BeforeValidator(_to_block),
-    PlainSerializer(_format_block, return_type=str),
-    WithJsonSchema({"type": "string", "description": "a block string, e.g. T1L1G1"}),
+    PlainSerializer(_format_blocks),
+    WithJsonSchema(_BLOCK_SCHEMA),
 ]
+Blocks = Annotated[
+    Any,
+    BeforeValidator(_to_blocks),
+    PlainSerializer(_format_blocks),
+    WithJsonSchema({"oneOf": [_BLOCK_SCHEMA, {"type": "array", "items": _BLOCK_SCHEMA}]}),
+]
+
+
+def _strict_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _error(f"expected true or false, got {value!r}")
+    return value
+
+
+Bool = Annotated[Any, BeforeValidator(_strict_bool), WithJsonSchema({"type": "boolean"})]
 
 
 def _positive(name: str, value: Any) -> int:
@@ -156,6 +193,10 @@ class _Strict(BaseModel):
                 )
         return data
 
+    def __repr_args__(self) -> Any:
+        # Unset options (None) would drown the few values that are set.
+        return [(k, v) for k, v in super().__repr_args__() if v is not None]
+
     def options(self) -> dict[str, Any]:
         """The cell/block options set on this model (canonical values)."""
         return {
@@ -185,7 +226,7 @@ class StageSpec(_OptionFields):  # type: ignore[misc, valid-type]
 def _check_len(values: Any, expected: tuple[int, ...], what: str, why: str) -> None:
     if isinstance(values, list) and len(values) not in expected:
         options = " or ".join(map(str, expected))
-        raise _error(f"{what} has {len(values)} entries but needs {options} ({why})")
+        raise _error(f"{what} has {len(values)} entries but needs {options} ({why})", what)
 
 
 def _levels(channels: Any, levels: int | None, default: int | None = None) -> int:
@@ -194,7 +235,8 @@ def _levels(channels: Any, levels: int | None, default: int | None = None) -> in
         if levels is not None and levels != len(channels):
             raise _error(
                 f"levels={levels} but channels lists {len(channels)} values; give one "
-                "channel count per level (or drop levels)"
+                "channel count per level (or drop levels)",
+                "levels",
             )
         return len(channels)
     if levels is None:
@@ -204,16 +246,25 @@ def _levels(channels: Any, levels: int | None, default: int | None = None) -> in
     return levels
 
 
+WindowSizing = Literal["fixed", "keep_size", "keep_count", "mixed"]
+_WINDOW_SIZING_HELP = (
+    "how window and patch change per resolution level (needs input_size): fixed; "
+    "keep_size (pixels, shrunk where a level is too small); keep_count (number of "
+    "windows and of patches per window); mixed (alternate by level, as the reference "
+    "implementation); see stcnnt_dsl.window_sizing"
+)
+
+
 class UNetSpec(_OptionFields):  # type: ignore[misc, valid-type]
     """ST-CNNT U-Net: encoder levels, a bridge, decoder levels with gated skips."""
 
     channels: Channels
     levels: PositiveInt | None = None
-    blocks: Block | list[Block] = Field(
+    blocks: Blocks = Field(
         description="one block string for every stage, or one per level (the bridge "
         "uses the last), or one per level plus one for the bridge"
     )
-    gate: bool = Field(True, description="attention-gate the skip connections")
+    gate: Bool = Field(True, description="attention-gate the skip connections")
     down: Literal["merge", "interpolate"] = Field(
         "merge",
         description="down-sampling: patch merging (2x2 space-to-depth + 1x1 conv) "
@@ -222,6 +273,7 @@ class UNetSpec(_OptionFields):  # type: ignore[misc, valid-type]
     up: Literal["conv", "interpolate"] = Field(
         "conv", description="up-sampling: bilinear x2 then a 3x3 conv, or bilinear only"
     )
+    window_sizing: WindowSizing = Field("fixed", description=_WINDOW_SIZING_HELP)
     encoder: list[StageSpec] | None = None
     bridge: StageSpec | None = None
     decoder: list[StageSpec] | None = None
@@ -249,7 +301,7 @@ class HRNetSpec(_OptionFields):  # type: ignore[misc, valid-type]
 
     channels: Channels
     levels: PositiveInt | None = None
-    blocks: Block | list[Block] = Field(description="one block string, or one per level")
+    blocks: Blocks = Field(description="one block string, or one per level")
     stages: PositiveInt | None = Field(
         None, description="number of stages (default: levels; level l joins at stage l)"
     )
@@ -258,6 +310,7 @@ class HRNetSpec(_OptionFields):  # type: ignore[misc, valid-type]
         description="modules between levels: conv (patch merging down, bilinear + "
         "3x3 conv up) or block (bilinear resampling then a block of the target level)",
     )
+    window_sizing: WindowSizing = Field("fixed", description=_WINDOW_SIZING_HELP)
     branches: list[StageSpec] | None = None
 
     @model_validator(mode="after")
@@ -266,7 +319,9 @@ class HRNetSpec(_OptionFields):  # type: ignore[misc, valid-type]
         _check_len(self.blocks, (n,), "blocks", f"one per level, {n} levels")
         _check_len(self.branches, (n,), "branches", f"one entry per level, {n} levels")
         if self.stages is not None and self.stages < n:
-            raise _error(f"stages={self.stages} must be >= levels={n} (level l joins at stage l)")
+            raise _error(
+                f"stages={self.stages} must be >= levels={n} (level l joins at stage l)", "stages"
+            )
         return self
 
     @property
@@ -282,11 +337,11 @@ class LLMSpec(_OptionFields):  # type: ignore[misc, valid-type]
     """A stack of blocks at constant resolution with dense skips between blocks."""
 
     channels: Channels
-    blocks: Block | list[Block]
+    blocks: Blocks
     depth: PositiveInt | None = Field(
         None, description="number of blocks when blocks and channels are single values"
     )
-    dense_skips: bool = Field(
+    dense_skips: Bool = Field(
         True, description="block k takes the sum of the outputs of all earlier blocks"
     )
     stages: list[StageSpec] | None = None
@@ -380,8 +435,13 @@ def _from_validation_error(
 ) -> STCNNTError:
     first = err.errors(include_url=False)[0]
     path = _loc_path(tuple(p for p in first["loc"] if not _is_union_tag(p)))
-    cause = (first.get("ctx") or {}).get("error")
+    ctx = first.get("ctx") or {}
+    if ctx.get("field"):
+        path = f"{path}.{ctx['field']}" if path else ctx["field"]
+    cause = ctx.get("error")
     if isinstance(cause, DSLSyntaxError):
+        if getattr(cause, "index", None) is not None:
+            path = f"{path}[{cause.index}]"
         return _relocate_syntax_error(cause, path, positions, text, file)
     if isinstance(cause, SpecError):
         return cause.located(path_prefix=path)
@@ -564,7 +624,11 @@ def _plain(model: BaseModel) -> dict[str, Any]:
     equal specs give equal text however they were written."""
     data = model.model_dump(mode="json", exclude_none=True)
     out: dict[str, Any] = {}
-    for name, field in type(model).model_fields.items():
+    fields = type(model).model_fields
+    # A topology's own keys (channels, blocks, ...) first, then its options.
+    order = [n for n in fields if n not in OPTIONS] + [n for n in fields if n in OPTIONS]
+    for name in order:
+        field = fields[name]
         if name not in data:
             continue
         value = getattr(model, name)

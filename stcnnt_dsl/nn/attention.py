@@ -17,7 +17,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from ..errors import SpecError
+from ..errors import ShapeError, SpecError
 from ..options import GLOBAL, LOCAL, VIT, as_pair
 from .functional import attend, auto_heads, partition, relative_position_index, unpartition
 
@@ -138,7 +138,15 @@ class SpatialAttention(nn.Module):
 
     def geometry(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """(window, patch) in pixels for an h x w input."""
-        window = self.window or (h // self.grid[0], w // self.grid[1])
+        if self.window is not None:
+            return self.window, self.patch or self.window
+        gh, gw = self.grid
+        if h % gh or w % gw:  # the Block checks first; this guards direct use
+            raise ShapeError(
+                f"{self.kind} attention: grid {gh}x{gw} must divide H={h} and W={w}",
+                rule=f"grid {gh}x{gw} divides H and W",
+            )
+        window = (h // gh, w // gw)
         return window, self.patch or window
 
     def extra_repr(self) -> str:

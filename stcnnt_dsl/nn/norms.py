@@ -47,7 +47,7 @@ class Norm5d(nn.Module):
             dims = (-2, -1) if kind == "instance2d" else (1, -2, -1)
             # Statistics in float32 even under autocast: a bf16 variance over 65k pixels
             # loses most of its digits.
-            xf = x.float()
+            xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
             var, mean = torch.var_mean(xf, dim=dims, keepdim=True, correction=0)
             return ((xf - mean) * torch.rsqrt(var + _EPS)).to(x.dtype)
         if kind == "batch3d":
