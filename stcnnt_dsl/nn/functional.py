@@ -151,7 +151,8 @@ def attend(
     if use_sdpa:
         out = F.scaled_dot_product_attention(
             q, k, v,
-            attn_mask=None if logit_bias is None else logit_bias.to(q.dtype),
+            # A 4-D mask keeps CPU SDPA on its fused kernel (3-D falls back to math).
+            attn_mask=None if logit_bias is None else logit_bias.to(q.dtype).unsqueeze(0),
             dropout_p=dropout,
             is_causal=causal,
             scale=scale,
