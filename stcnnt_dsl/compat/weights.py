@@ -1,0 +1,281 @@
+"""Reference `state_dict`s loaded into compiled backbones.
+
+Every parameter and buffer of our backbone is mapped to the reference key(s) it comes
+from (our fused Q/K/V weight is the concatenation of the reference's query, key and
+value weights). The reference's `relative_position_index` buffers are checked against
+our index formula and `attn.mask` buffers against a causal mask, then dropped; the
+normalisation of a sequential cell without a mixer (`n2`, which the reference builds but
+never uses) is dropped too. Anything else left over, anything missing, and any shape that
+differs is a `WeightsError` naming the reference key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..backbones import Backbone
+from ..compiler import build
+from ..errors import WeightsError
+from ..nn.attention import SpatialAttention, TemporalAttention
+from ..nn.cells import AttentionCell, ConvCell
+from ..nn.functional import relative_position_index
+from .config import reference_spec
+
+__all__ = ["import_reference", "read_reference"]
+
+# Our module paths -> reference module paths, per topology (cells are mapped separately).
+# A replacement is a template (group n as {n}) or, where it needs arithmetic, a function.
+_UNET_CELL = [
+    (r"encoder\.(\d+)\.cells\.(\d+)\.", "D{1}.block.cell_{2}."),
+    (r"decoder\.(\d+)\.cells\.(\d+)\.", "U{1}.block.cell_{2}."),
+    (r"bridge\.cells\.(\d+)\.", "bridge.block.cell_{1}."),
+]
+_HRNET_CELL = [
+    (r"blocks\.level(\d+)_stage(\d+)\.cells\.(\d+)\.", "B{1}{2}.block.cell_{3}."),
+    (r"outputs\.(\d+)\.cells\.(\d+)\.", "output_B{1}.block.cell_{2}."),
+]
+_UNET_OTHER = [
+    (r"down\.(\d+)\.merges\.(\d+)\.conv\.weight", "down_{1}.block.D2_{2}.conv.conv.weight"),
+    (r"up\.(\d+)\.convs\.(\d+)\.weight", "up_{1}.block.U2_{2}.conv.conv.weight"),
+    (r"gates\.(\d+)\.query\.weight", "attention_{1}.conv_query.conv.weight"),
+    (r"gates\.(\d+)\.key\.weight", "attention_{1}.conv_x.conv.weight"),
+    (r"gates\.(\d+)\.psi\.weight", "attention_{1}.conv_gate.conv.weight"),
+]
+_HRNET_OTHER = [
+    (r"transitions\.stage(\d+)_(\d+)to(\d+)\.merges\.(\d+)\.conv\.weight",
+     lambda m: f"down_{m[2]}{int(m[1]) - 1}_{m[3]}{m[1]}.block.D2_{m[4]}.conv.conv.weight"),
+    (r"fuse\.(\d+)to(\d+)\.merges\.(\d+)\.conv\.weight",
+     "down_{1}_{2}.block.D2_{3}.conv.conv.weight"),
+    (r"fuse\.(\d+)to(\d+)\.convs\.(\d+)\.weight", "up_{1}_{2}.block.U2_{3}.conv.conv.weight"),
+    (r"output_up\.(\d+)\.convs\.(\d+)\.weight",
+     lambda m: f"up_{int(m[1]) + 1}.block.U2_{m[2]}.conv.conv.weight"),
+]  # fmt: skip
+
+
+def _rename(rule: Any, match: re.Match) -> str:
+    if callable(rule):
+        return rule(match)
+    return rule.format("", *match.groups())
+
+
+def _norm_name(prefix: str, norm: nn.Module, rest: str) -> str:
+    # The reference's LayerNorm is the module itself; batch norms sit in `.bn`.
+    return f"{prefix}.{rest}" if norm.kind == "layer" else f"{prefix}.bn.{rest}"
+
+
+def _cell_names(cell: nn.Module, key: str) -> list[str] | None:
+    """Reference names (inside the cell) of our cell-local `key`; None if unknown."""
+    head, _, rest = key.partition(".")
+    if head == "norm1":
+        return [_norm_name("n1", cell.norm1, rest.partition(".")[2])]
+    if head == "norm2":
+        where = "n2" if isinstance(cell, AttentionCell) else "attn.n1"
+        return [_norm_name(where, cell.norm2, rest.partition(".")[2])]
+    if head == "proj":
+        return [f"input_proj.conv.{rest}"]
+    if isinstance(cell, ConvCell):
+        return {"conv": [f"attn.conv.conv.{rest}"], "act": [f"attn.act_func.{rest}"]}.get(head)
+    if head == "mixer":
+        index, _, leaf = rest.partition(".")
+        return [f"mlp.{index}.{leaf}" if index == "1" else f"mlp.{index}.conv.{leaf}"]
+    if head != "attn":
+        return None
+    attn = cell.attn
+    part, _, leaf = rest.partition(".")
+    kind = "linear" if getattr(attn, "qkv_mode", "conv") == "linear" else "conv"
+    fused = {"qkv": ("query", "key", "value"), "qk": ("query", "key"), "v": ("value",)}
+    if part in fused:
+        return [f"attn.{name}.{kind}.{leaf}" for name in fused[part]]
+    if part == "proj":
+        return [f"attn.output_proj.conv.{leaf}"]
+    if part == "bias_table":
+        return ["attn.relative_position_bias_table"]
+    return None
+
+
+def _reference_names(model: Backbone) -> tuple[dict[str, list[str]], dict[str, Callable]]:
+    """(our state_dict key -> reference keys, optional reference key -> its checker)."""
+    unet = model.spec.topology == "unet"
+    cell_rules = _UNET_CELL if unet else _HRNET_CELL
+    other_rules = _UNET_OTHER if unet else _HRNET_OTHER
+    names: dict[str, list[str]] = {}
+    optional: dict[str, Callable] = {}
+    cells: dict[str, tuple[nn.Module, str]] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, (AttentionCell, ConvCell)):
+            for pattern, rename in cell_rules:
+                match = re.fullmatch(pattern, path + ".")
+                if match:
+                    cells[path + "."] = (module, _rename(rename, match))
+                    _optional_names(module, _rename(rename, match), optional)
+    for key in model.state_dict():
+        prefix = next((p for p in cells if key.startswith(p)), None)
+        found = None
+        if prefix is not None:
+            cell, ref_prefix = cells[prefix]
+            local = _cell_names(cell, key[len(prefix) :])
+            found = None if local is None else [ref_prefix + n for n in local]
+        else:
+            for pattern, rename in other_rules:
+                match = re.fullmatch(pattern, key)
+                if match:
+                    found = [_rename(rename, match)]
+        if found is None:  # pragma: no cover - a module this mapping does not know
+            raise WeightsError(f"no reference name is known for our weight {key!r}")
+        names[key] = found
+    return names, optional
+
+
+def _optional_names(cell: nn.Module, prefix: str, optional: dict[str, Callable]) -> None:
+    """Reference keys that carry no information we load: checked (buffers) or unused."""
+    attn = getattr(cell, "attn", None)
+    if isinstance(attn, SpatialAttention) and attn.bias_table is not None:
+        expected = relative_position_index(attn.bias_extent).flatten()
+        optional[f"{prefix}attn.relative_position_index"] = lambda t, e=expected: _same_index(t, e)
+    if isinstance(attn, TemporalAttention):
+        optional[f"{prefix}attn.mask"] = _is_causal_mask
+    sequential_unused = isinstance(cell, AttentionCell) and cell.norm2 is None and not cell.parallel
+    if sequential_unused or isinstance(cell, ConvCell):
+        for leaf in ("weight", "bias", "bn.weight", "bn.bias", "bn.running_mean",
+                     "bn.running_var", "bn.num_batches_tracked"):  # fmt: skip
+            optional[f"{prefix}n2.{leaf}"] = lambda t: None
+
+
+def _same_index(tensor: Tensor, expected: Tensor) -> str | None:
+    if tuple(tensor.shape) != tuple(expected.shape) or not torch.equal(tensor.long(), expected):
+        return (
+            f"has shape {tuple(tensor.shape)} but differs from the relative position index "
+            f"of a {tuple(expected.shape)} token grid (expected {tuple(expected.shape)})"
+        )
+    return None
+
+
+def _is_causal_mask(tensor: Tensor) -> str | None:
+    square = tensor.dim() >= 2 and tensor.shape[-1] == tensor.shape[-2]
+    causal = torch.ones_like(tensor, dtype=torch.bool).tril()
+    if not square or not torch.equal(tensor.bool(), causal):
+        return "is not a lower-triangular causal mask"
+    return None
+
+
+def read_reference(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict | None]:
+    """(state_dict, config or None) of a reference checkpoint in safetensors format.
+
+    Keys prefixed `weight::` (the layout of the fixtures in shared/reference) are taken
+    without the prefix and other tensors are ignored; the metadata entry `config` (JSON)
+    is the configuration.
+    """
+    from safetensors import safe_open
+
+    file = Path(path)
+    if not file.is_file():
+        raise WeightsError(f"weights file not found: {file}")
+    if file.suffix != ".safetensors":
+        raise WeightsError(
+            f"{file.name}: only .safetensors files are read (pickled .pth/.pt checkpoints "
+            "can run code when loaded); convert with safetensors.torch.save_file"
+        )
+    try:
+        with safe_open(str(file), "pt") as handle:
+            metadata = handle.metadata() or {}
+            keys = list(handle.keys())
+            tagged = [k for k in keys if k.startswith("weight::")]
+            wanted = tagged or keys
+            tensors = {k.removeprefix("weight::"): handle.get_tensor(k) for k in wanted}
+    except (OSError, ValueError, RuntimeError) as err:  # safetensors' own errors
+        raise WeightsError(f"{file.name} is not a readable safetensors file: {err}") from None
+    config = metadata.get("config")
+    if config is not None:
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError as err:
+            raise WeightsError(f"{file.name}: metadata 'config' is not JSON: {err}") from None
+    return tensors, config
+
+
+def _strip_prefix(weights: Mapping[str, Tensor], first: str) -> dict[str, Tensor]:
+    """Drop a wrapper prefix (`backbone.`, `module.`) when the keys carry one."""
+    if first in weights:
+        return dict(weights)
+    prefixes = {k[: -len(first)] for k in weights if k.endswith("." + first)}
+    if len(prefixes) != 1:
+        return dict(weights)
+    prefix = prefixes.pop()
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def _assemble(
+    names: dict[str, list[str]], target: dict[str, Tensor], weights: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    state: dict[str, Tensor] = {}
+    for key, refs in names.items():
+        missing = [r for r in refs if r not in weights]
+        if missing:
+            raise WeightsError(
+                f"missing reference weight {missing[0]!r} (needed for {key!r}); the "
+                "checkpoint does not match its configuration"
+            )
+        want = tuple(target[key].shape)
+        part = (want[0] // len(refs), *want[1:]) if want else want
+        for ref in refs:
+            if tuple(weights[ref].shape) != part:
+                raise WeightsError(
+                    f"shape mismatch for reference weight {ref!r}: checkpoint "
+                    f"{tuple(weights[ref].shape)}, model built from the configuration {part}"
+                )
+        parts = [weights[r] for r in refs]
+        state[key] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+    return state
+
+
+def import_reference(
+    weights: str | os.PathLike | Mapping[str, Tensor], config: Any = None
+) -> Backbone:
+    """A `Backbone` carrying a reference checkpoint's weights, with the same outputs.
+
+    `weights`: a `.safetensors` path (its metadata `config` is used when `config` is
+    None) or a reference `state_dict`. `config`: the reference configuration (see
+    `reference_spec`). The model takes our layout [B, T, C, H, W] (the reference backbone
+    takes [B, C, T, H, W]: use `x.transpose(1, 2)`), and is returned in training mode like
+    any new module: call `.eval()` for inference.
+    """
+    if isinstance(weights, (str, os.PathLike)):
+        weights, stored = read_reference(weights)
+        config = stored if config is None else config
+    elif not isinstance(weights, Mapping):
+        raise WeightsError(
+            f"weights must be a .safetensors path or a state_dict, got {type(weights).__name__}"
+        )
+    if config is None:
+        raise WeightsError(
+            "no configuration: pass config= (the reference configuration dict); only "
+            "safetensors files with a 'config' metadata entry carry their own"
+        )
+    model = build(reference_spec(config))
+    names, optional = _reference_names(model)
+    weights = _strip_prefix(weights, next(iter(names.values()))[0])
+    target = model.state_dict()
+    state = _assemble(names, target, weights)
+    used = {r for refs in names.values() for r in refs}
+    extra = sorted(k for k in weights if k not in used and k not in optional)
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise WeightsError(
+            f"unexpected reference weight {extra[0]!r}{more}: the model built from the "
+            "configuration has no place for it; the checkpoint does not match its configuration"
+        )
+    for key in sorted(k for k in weights if k in optional):
+        problem = optional[key](weights[key])
+        if problem:
+            raise WeightsError(f"reference buffer {key!r} {problem}")
+    with torch.no_grad():
+        model.load_state_dict(state, strict=True)
+    return model
