@@ -23,14 +23,16 @@ class LLMStack(Backbone):
         """The output of every block."""
         x = self._enter(x)
         outs: list[Tensor] = []
-        total = None
         for k, block in enumerate(self.blocks):
-            if k == 0 or not self.dense_skips:
-                y = block(x if k == 0 else outs[-1])
-            else:
+            if k == 0:
+                total = y = block(x)
+            elif self.dense_skips:
                 y = block(total)
+                if k < len(self.blocks) - 1:
+                    total = total + y
+            else:
+                y = block(outs[-1])
             outs.append(y)
-            total = y if total is None else total + y
         return outs
 
     def forward(self, x: Tensor) -> Tensor:

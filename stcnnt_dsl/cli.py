@@ -1,0 +1,716 @@
+"""The `stcnnt` command: check, build, profile, graph, explain, schema, list,
+import-reference.
+
+Exit status: 0 on success; 2 on a user error (bad option, file, syntax, spec or shape),
+with one message on stderr and no traceback; 1 only for a bug (an internal error, shown
+with its traceback so it can be reported). With `--json`, stdout holds exactly one JSON
+document (on a user error: `{"ok": false, "error": {...}}`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .errors import DSLSyntaxError, ShapeError, SpecError, STCNNTError
+
+__all__ = ["main"]
+
+ISSUES_URL = "the stcnnt-dsl issue tracker"
+ARCH_HELP = (
+    "the architecture: a bundled name (see `stcnnt list`), a .yaml/.yml/.json file, or a "
+    "one-line expression such as 'unet(channels=[32,64], blocks=T1L1G1)'"
+)
+INPUT_HELP = "input shape B,T,C,H,W (T = frames, slices, or 1 for 2D), e.g. 1,16,1,256,256"
+
+
+class UsageError(Exception):
+    """A command line argparse rejects (exit 2)."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, message)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=_json_default)
+    sys.stdout.write("\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    """Progress lines on stderr, only when a person is watching it."""
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        return lambda _message: None
+
+    def say(message: str) -> None:
+        sys.stderr.write(f"\r\033[K{message} ...")
+        sys.stderr.flush()
+
+    return say
+
+
+def _clear_progress(args: argparse.Namespace) -> None:
+    if not getattr(args, "quiet", False) and sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+
+def _shape_text(shape: Sequence[int] | None) -> str:
+    return "-" if shape is None else "x".join(map(str, shape))
+
+
+def _input_shape(args: argparse.Namespace) -> tuple[int, ...] | None:
+    from .shapes import parse_shape
+
+    return None if args.input is None else parse_shape(args.input)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import torch
+
+    from .backbones import BACKBONES
+    from .plan import make_plan
+    from .shapes import infer_shapes
+
+    plan = make_plan(args.arch)
+    with torch.device("meta"):
+        model = BACKBONES[plan.spec.topology](plan)  # runs every construction-time check
+    params = sum(p.numel() for p in model.parameters())
+    rule = plan.global_rule()
+    valid = _valid_inputs(rule)
+    shape = _input_shape(args)
+    shapes = infer_shapes(plan, shape) if shape is not None else None
+    if args.json:
+        _emit_json({
+            "ok": True,
+            "name": plan.spec.name,
+            "topology": plan.spec.topology,
+            "parameters": params,
+            "valid_inputs": valid,
+            "input": shape,
+            "output": None if shapes is None else shapes["output"],
+            "stages": None if shapes is None else shapes["stages"],
+        })  # fmt: skip
+        return 0
+    cells = sum(len(s.block.cells) for s in plan.stages)
+    print(
+        f"ok: {plan.spec.name} ({plan.spec.topology}) is valid: {len(plan.stages)} stages, "
+        f"{cells} cells, {params:,} parameters"
+    )
+    print(f"accepts: {valid['text']}")
+    if shapes is not None:
+        print(f"runs on {_shape_text(shape)} -> output {_shape_text(shapes['output'])}")
+    return 0
+
+
+def _valid_inputs(rule: Any) -> dict[str, Any]:
+    mh, mw = rule.multiple
+    if rule.exact is not None:
+        text = f"exactly H={rule.exact[0]}, W={rule.exact[1]}"
+    elif mh == mw:
+        text = f"H and W multiples of {mh}"
+    else:
+        text = f"H a multiple of {mh}, W a multiple of {mw}"
+    if rule.exact is None and rule.minimum > 1:
+        text += f", at least {rule.minimum}"
+    text += f", T >= {rule.min_frames}" if rule.min_frames > 1 else ", any T >= 1"
+    return {
+        "multiple": [mh, mw],
+        "minimum": rule.minimum,
+        "min_frames": rule.min_frames,
+        "exact": None if rule.exact is None else list(rule.exact),
+        "text": text,
+    }
+
+
+def _stage_params(model: Any) -> list[dict[str, Any]]:
+    from .flops import stage_module_name
+
+    plan = model.plan
+    rows = []
+    for stage in plan.stages:
+        name = stage_module_name(plan, stage)
+        module = model.get_submodule(name)
+        rows.append({
+            "key": stage.key,
+            "module": name,
+            "label": stage.label,
+            "block": str(stage.block),
+            "in_channels": stage.in_channels,
+            "out_channels": stage.out_channels,
+            "scale": stage.scale,
+            "parameters": sum(p.numel() for p in module.parameters()),
+        })  # fmt: skip
+    return rows
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .compiler import build
+    from .shapes import infer_shapes
+
+    say = _progress(args)
+    say("building")
+    model = build(args.arch, seed=args.seed, in_channels=args.in_channels)
+    total = sum(p.numel() for p in model.parameters())
+    stages = _stage_params(model)
+    in_stages = sum(s["parameters"] for s in stages)
+    shape = _input_shape(args)
+    shapes = infer_shapes(model.plan, shape) if shape is not None else None
+    saved = graph = None
+    if args.out:
+        from .io import save_model
+
+        say(f"writing {args.out}")
+        saved = save_model(model, args.out)
+    if args.graph:
+        say(f"drawing {args.graph}")
+        graph = _render(model, args.graph, args.detail, shape)
+    _clear_progress(args)
+    if args.json:
+        _emit_json({
+            "ok": True,
+            "name": model.spec.name,
+            "topology": model.spec.topology,
+            "in_channels": model.in_channels,
+            "out_channels": model.out_channels,
+            "parameters": total,
+            "stages": [
+                {**s, "output": None if shapes is None else shapes["stages"][s["key"]]}
+                for s in stages
+            ],
+            "other_parameters": total - in_stages,
+            "feature_info": model.feature_info,
+            "input": shape,
+            "output": None if shapes is None else shapes["output"],
+            "features": None if shapes is None else shapes["features"],
+            "weights": None if saved is None else str(saved),
+            "graph": graph,
+        })  # fmt: skip
+        return 0
+    spec = model.spec
+    print(f"{spec.name} ({spec.topology})" + (f": {spec.description}" if spec.description else ""))
+    print(f"  parameters: {total:,} ({_human(total)}); {model.in_channels} -> "
+          f"{model.out_channels} channels")  # fmt: skip
+    header = ["stage", "block", "channels", "scale", "parameters"]
+    if shapes is not None:
+        header.append("output")
+    rows = [header]
+    for s in stages:
+        row = [s["key"], s["block"], f"{s['in_channels']} -> {s['out_channels']}",
+               f"1/{s['scale']}", f"{s['parameters']:,}"]  # fmt: skip
+        if shapes is not None:
+            row.append(_shape_text(shapes["stages"][s["key"]]))
+        rows.append(row)
+    rows.append(["(between stages)", "resampling, gates, fusion", "", "",
+                 f"{total - in_stages:,}"] + ([""] if shapes is not None else []))  # fmt: skip
+    print(_table(rows, right={4}))
+    if shapes is not None:
+        print(f"  output: {_shape_text(shapes['output'])}")
+        for info, feat in zip(model.feature_info, shapes["features"], strict=True):
+            print(f"  feature {info['module']}: {_shape_text(feat)} "
+                  f"(1/{info['reduction']} resolution)")  # fmt: skip
+    if saved is not None:
+        size = Path(saved).stat().st_size
+        print(f"  saved weights and spec to {saved} ({_human(size, 1024)}B); "
+              "load with stcnnt_dsl.load_model(path)")  # fmt: skip
+    if graph is not None:
+        print(f"  diagram: {graph['path']}")
+    return 0
+
+
+def _table(rows: list[list[str]], right: set[int] = frozenset()) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for k, row in enumerate(rows):
+        cells = [
+            v.rjust(widths[i]) if i in right else v.ljust(widths[i]) for i, v in enumerate(row)
+        ]
+        out.append("  " + "  ".join(cells).rstrip())
+        if k == 0:
+            out.append("  " + "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _human(value: float, base: int = 1000) -> str:
+    from .profiling import human
+
+    return human(value, "", base)
+
+
+def _default_input(arch: Any) -> tuple[int, ...]:
+    from .spec import load_spec
+
+    spec = load_spec(arch)
+    h, w = spec.input_size if spec.input_size is not None else (64, 64)
+    return (1, 1, spec.in_channels, h, w)
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from .profiling import profile
+
+    arch = args.arch or "unet"
+    shape = _input_shape(args)
+    defaulted = shape is None
+    if shape is None:
+        shape = _default_input(arch)
+    say = _progress(args)
+    report = profile(
+        arch,
+        shape,
+        device=args.device,
+        dtype=args.dtype,
+        runs=args.runs,
+        warmup=args.warmup,
+        flop_counter=args.flop_counter,
+        progress=say,
+    )
+    _clear_progress(args)
+    if args.json:
+        data = report.to_dict()
+        if not args.layers:
+            data.pop("layer_table", None)
+        _emit_json({"ok": True, **data})
+        return 0
+    if defaulted:
+        print(f"(no --input given: profiling {_shape_text(shape)}; pass --input B,T,C,H,W)")
+    print(report.format(detail=args.detail))
+    if args.layers:
+        print()
+        print(report.layer_table)
+    return 0
+
+
+def _render(source: Any, path: str, detail: str, shape: Any) -> dict[str, Any]:
+    from .graph import GraphvizMissingWarning, render_graph
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GraphvizMissingWarning)
+        written = render_graph(source, path, detail=detail, input_shape=shape)
+    for warning in caught:
+        if issubclass(warning.category, GraphvizMissingWarning):
+            print(f"stcnnt: warning: {warning.message}", file=sys.stderr)
+    rendered = Path(written) == Path(path)
+    return {"path": str(written), "requested": str(path), "rendered": rendered}
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from .graph import to_dot
+
+    shape = _input_shape(args)
+    if args.output == "-":
+        sys.stdout.write(to_dot(args.arch, detail=args.detail, input_shape=shape))
+        return 0
+    say = _progress(args)
+    say(f"drawing {args.output}")
+    result = _render(args.arch, args.output, args.detail, shape)
+    _clear_progress(args)
+    if args.json:
+        _emit_json({"ok": True, **result, "detail": args.detail})
+    elif result["rendered"]:
+        print(f"wrote {result['path']}")
+    else:
+        print(f"wrote {result['path']} (DOT source; {args.output} needs Graphviz)")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+
+    text = args.text
+    if text == "-":
+        text = sys.stdin.read()
+    result = explain(text, stage=args.stage)
+    if args.json:
+        _emit_json({"ok": True, **result.to_dict()})
+    else:
+        print(result.format(columns=args.columns))
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from .spec import spec_json_schema
+
+    text = json.dumps(spec_json_schema(), indent=2) + "\n"
+    if args.out:
+        path = Path(args.out)
+        if not path.parent.exists():
+            raise STCNNTError(f"cannot write {path}: the folder {path.parent} does not exist")
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import torch
+
+    from .backbones import BACKBONES
+    from .plan import make_plan
+    from .spec import list_architectures
+
+    rows = []
+    for name in list_architectures():
+        plan = make_plan(name)
+        with torch.device("meta"):
+            model = BACKBONES[plan.spec.topology](plan)
+        rows.append({
+            "name": name,
+            "topology": plan.spec.topology,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "valid_inputs": _valid_inputs(plan.global_rule())["text"],
+            "description": plan.spec.description,
+        })  # fmt: skip
+    if args.json:
+        _emit_json({"ok": True, "architectures": rows})
+        return 0
+    table = [["name", "topology", "parameters", "description"]]
+    for r in rows:
+        table.append([r["name"], r["topology"], _human(r["parameters"]), r["description"]])
+    print(_table(table, right={2}))
+    return 0
+
+
+def _cmd_import_reference(args: argparse.Namespace) -> int:
+    try:
+        from .compat import import_reference
+    except ImportError as err:
+        raise STCNNTError(
+            f"import-reference is not available in this installation ({err})"
+        ) from None
+    from .io import save_model
+
+    config = None
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise STCNNTError(f"config file not found: {path}")
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise STCNNTError(
+                f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}"
+            ) from None
+    if not Path(args.file).is_file():
+        raise STCNNTError(f"file not found: {args.file}")
+    say = _progress(args)
+    say(f"importing {args.file}")
+    model = import_reference(args.file) if config is None else import_reference(args.file, config)
+    saved = save_model(model, args.out)
+    _clear_progress(args)
+    params = sum(p.numel() for p in model.parameters())
+    if args.json:
+        _emit_json({"ok": True, "weights": str(saved), "name": model.spec.name,
+                    "parameters": params})  # fmt: skip
+    else:
+        print(f"imported {args.file} as {model.spec.name} ({params:,} parameters); "
+              f"wrote {saved}")  # fmt: skip
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(
+        prog="stcnnt",
+        description="ST-CNNT backbones from a declarative architecture language: validate, "
+        "build, profile, draw and explain architectures.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            ARCH is a bundled name (stcnnt list), a .yaml/.yml/.json file, or an expression.
+            exit status: 0 ok, 2 user error (message on stderr), 1 internal error (a bug).
+
+            """)
+        + _examples(
+            "stcnnt list",
+            "stcnnt check unet --input 1,16,1,256,256",
+            "stcnnt profile --input 1,16,1,256,256",
+            "stcnnt graph unet -o unet.svg",
+            "stcnnt explain 'L1[window=4] G1 T1'",
+            "stcnnt build my_arch.yaml --input 1,8,1,128,128 --out model.safetensors",
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"stcnnt-dsl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(
+        name: str, short: str, help_text: str, examples: Sequence[str], func: Callable
+    ) -> Any:
+        p = sub.add_parser(
+            name, help=short, description=help_text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=_examples(*examples),
+        )  # fmt: skip
+        p.set_defaults(func=func)
+        return p
+
+    p = command(
+        "check",
+        "validate an architecture (and an input shape)",
+        "validate an architecture, and with --input check that it runs on that input shape "
+        "(names the stage, cell and rule that fail, and the nearest valid sizes)",
+        ["stcnnt check unet", "stcnnt check arch.yaml --input 1,16,1,256,256",
+         "stcnnt check 'unet(channels=[16,32], blocks=L1G1)' --input 1,1,1,96,96 --json"],
+        _cmd_check,
+    )  # fmt: skip
+    p.add_argument("arch", metavar="ARCH", help=ARCH_HELP)
+    p.add_argument("--input", metavar="B,T,C,H,W", help=INPUT_HELP)
+    _add_json(p)
+
+    p = command(
+        "build",
+        "compile; summary, weights file, diagram",
+        "compile an architecture and print a summary (parameters per stage; output and "
+        "per-level shapes with --input); optionally save weights and draw a diagram",
+        ["stcnnt build unet", "stcnnt build arch.yaml --input 1,16,1,256,256",
+         "stcnnt build unet --out unet.safetensors --seed 0",
+         "stcnnt build hrnet --graph hrnet.svg --json"],
+        _cmd_build,
+    )  # fmt: skip
+    p.add_argument("arch", metavar="ARCH", help=ARCH_HELP)
+    p.add_argument("--input", metavar="B,T,C,H,W", help=INPUT_HELP)
+    p.add_argument("--out", metavar="FILE", help="save weights (.safetensors, spec in metadata)")
+    p.add_argument("--graph", metavar="FILE", help="also draw a diagram (.svg/.png/.pdf/.dot)")
+    p.add_argument("--detail", choices=("stage", "cell"), default="stage",
+                   help="diagram detail for --graph (default: stage)")  # fmt: skip
+    p.add_argument("--seed", type=int, help="seed for the initial weights")
+    p.add_argument("--in-channels", type=int, metavar="C", help="override the input channels")
+    _add_json(p)
+
+    p = command(
+        "profile",
+        "FLOPs, parameters, memory, latency",
+        "FLOPs (total, per stage and cell, attention included), parameters, activation "
+        "memory, latency and peak memory; ARCH defaults to the bundled unet",
+        ["stcnnt profile --input 1,16,1,256,256",
+         "stcnnt profile hrnet --input 1,4,1,128,128 --runs 5",
+         "stcnnt profile arch.yaml --input 2,8,1,256,256 --device cuda --dtype bfloat16",
+         "stcnnt profile unet --input 1,16,1,256,256 --runs 0 --json   # no timing"],
+        _cmd_profile,
+    )  # fmt: skip
+    p.add_argument("arch", metavar="ARCH", nargs="?", help=ARCH_HELP + " (default: unet)")
+    p.add_argument(
+        "--input",
+        metavar="B,T,C,H,W",
+        help=INPUT_HELP + " (default: 1,1,C,64,64 or the spec's input_size)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="run under autocast to this dtype (default: float32)",
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        metavar="N",
+        help="timed forwards (default: as many as fit in ~20 s, 1 to 10; "
+        "0 skips latency and peak memory)",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=1, metavar="N", help="untimed forwards first (default: 1)"
+    )
+    p.add_argument(
+        "--flop-counter",
+        default="auto",
+        choices=("auto", "fvcore", "torch", "analytic"),
+        help="auto: fvcore on small inputs, torch FlopCounterMode (meta device) "
+        "on large ones (default: auto)",
+    )
+    p.add_argument(
+        "--detail",
+        choices=("stage", "cell"),
+        default="cell",
+        help="rows of the table (default: cell)",
+    )
+    p.add_argument("--layers", action="store_true", help="also print torchinfo's layer table")
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    _add_json(p)  # fmt: skip
+
+    p = command(
+        "graph",
+        "draw the topology (svg, png, pdf, dot)",
+        "draw the topology with Graphviz (without the dot program, writes the DOT source "
+        "and says how to install Graphviz)",
+        ["stcnnt graph unet -o unet.svg", "stcnnt graph hrnet -o hrnet.png --detail cell",
+         "stcnnt graph arch.yaml -o arch.dot", "stcnnt graph llm -o - | dot -Tpdf -o llm.pdf"],
+        _cmd_graph,
+    )  # fmt: skip
+    p.add_argument("arch", metavar="ARCH", help=ARCH_HELP)
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="output file: .svg, .png, .pdf, .dot (or - for DOT on stdout)",
+    )
+    p.add_argument(
+        "--detail",
+        choices=("stage", "cell"),
+        default="stage",
+        help="stage: one box per block; cell: every cell (default: stage)",
+    )
+    p.add_argument("--input", metavar="B,T,C,H,W", help="label boxes with tensor sizes")
+    _add_json(p)  # fmt: skip
+
+    p = command(
+        "explain",
+        "every cell's options, resolved, with their sources",
+        "show every cell of a block string or architecture with every option resolved "
+        "and where its value came from (library default, defaults, topology, stage, inline)",
+        ["stcnnt explain L1G1T1", "stcnnt explain 'L1[window=4, heads=2] G1 T1[causal=true]'",
+         "stcnnt explain unet --stage bridge", "stcnnt explain arch.yaml --json"],
+        _cmd_explain,
+    )  # fmt: skip
+    p.add_argument(
+        "text",
+        metavar="TEXT",
+        help="a block string, or ARCH (bundled name, file, expression); - reads stdin",
+    )
+    p.add_argument("--stage", metavar="KEY", help="only this stage (e.g. encoder.1, bridge)")
+    p.add_argument(
+        "--columns", type=int, default=4, metavar="N", help="cells per table (default: 4)"
+    )
+    _add_json(p)  # fmt: skip
+
+    p = command(
+        "schema",
+        "JSON Schema of the YAML format",
+        "print the JSON Schema of the YAML architecture format (for editor validation "
+        "and completion)",
+        ["stcnnt schema > stcnnt.schema.json",
+         "# VS Code (YAML extension): put this first in an arch file:",
+         "# yaml-language-server: $schema=./stcnnt.schema.json"],
+        _cmd_schema,
+    )  # fmt: skip
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+
+    p = command(
+        "list",
+        "the bundled architectures",
+        "list the bundled architectures",
+        ["stcnnt list", "stcnnt list --json"],
+        _cmd_list,
+    )
+    _add_json(p)
+
+    p = command(
+        "import-reference",
+        "convert a reference (FMImaging) checkpoint",
+        "convert a checkpoint of the reference implementation (FMImaging) into a "
+        "stcnnt-dsl weights file",
+        ["stcnnt import-reference ref_unet.safetensors --out unet.safetensors",
+         "stcnnt import-reference weights.safetensors --config config.json --out m.safetensors"],
+        _cmd_import_reference,
+    )  # fmt: skip
+    p.add_argument("file", metavar="FILE", help="reference weights (.safetensors)")
+    p.add_argument("--config", metavar="JSON", help="reference configuration (when the file "
+                   "does not carry one in its metadata)")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    _add_json(p)
+    return parser
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _error_document(err: BaseException) -> dict[str, Any]:
+    doc: dict[str, Any] = {"type": type(err).__name__, "message": str(err)}
+    if isinstance(err, SpecError):
+        doc["path"] = err.path
+        if err.line is not None:
+            doc["line"], doc["column"] = err.line, err.column
+    if isinstance(err, ShapeError):
+        doc["rule"] = err.rule
+        doc["nearest"] = err.nearest
+    if isinstance(err, DSLSyntaxError):
+        doc["line"], doc["column"] = err.line, err.column
+    return doc
+
+
+def _user_error(args: argparse.Namespace | None, err: BaseException, prefix: str) -> int:
+    _clear_progress(args or argparse.Namespace())
+    if args is not None and getattr(args, "json", False):
+        _emit_json({"ok": False, "error": _error_document(err)})
+    message = str(err).rstrip()
+    print(f"{prefix}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `stcnnt` command line; returns the exit status."""
+    parser = _parser()
+    args = None
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # report them against the subcommand, whose --help lists its options
+            raise UsageError(f"stcnnt {args.command}", f"unrecognized arguments: {' '.join(extra)}")
+    except UsageError as err:
+        print(f"{err.prog}: error: {err} (see '{err.prog} --help')", file=sys.stderr)
+        return 2
+    prefix = f"stcnnt {args.command}"
+    try:
+        return args.func(args)
+    except STCNNTError as err:
+        return _user_error(args, err, prefix)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+        return _user_error(args, err, prefix)
+    except KeyboardInterrupt:
+        _clear_progress(args)
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `stcnnt schema | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
+    except Exception:  # a bug: say so, with what is needed to report it
+        _clear_progress(args)
+        print(
+            f"{prefix}: internal error (a bug in stcnnt-dsl, not in your input); please "
+            f"report it on {ISSUES_URL} with the command line and this traceback:",
+            file=sys.stderr,
+        )
+        traceback.print_exc(file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m stcnnt_dsl.cli`
+    sys.exit(main())
