@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .blockspec import BlockSpec
-from .errors import ShapeError, SpecError
+from .errors import ShapeError, SpecError, did_you_mean
 from .nn.block import resolve_cell
 from .options import resolve_options
 from .rules import SizeRule, cell_size_rule, check_size, nearest_multiples
@@ -316,12 +316,44 @@ def _plan_llm(spec: ArchSpec, body: LLMSpec) -> Plan:
     return Plan(spec, stages, ch[-1], features, resample_scale=1, extras={"channels": ch})
 
 
+def _apply_overrides(plan: Plan) -> Plan:
+    """Per-stage overrides by name (`overrides: {decoder_0: {...}}`): a layer stronger
+    than the stage lists, and optionally another block string."""
+    overrides = plan.spec.body.overrides
+    if not overrides:
+        return plan
+    by_name = {stage.key.replace(".", "_"): stage for stage in plan.stages}
+    topology = plan.spec.topology
+    for name in overrides:
+        if name not in by_name:
+            raise SpecError(
+                f"no stage called {name!r}{did_you_mean(name, by_name)}; stages: "
+                + ", ".join(by_name),
+                f"{topology}.overrides.{name}",
+            )
+    stages = []
+    for stage in plan.stages:
+        extra = overrides.get(stage.key.replace(".", "_"))
+        if extra is not None:
+            layers = (*stage.layers, (f"overrides.{stage.key.replace('.', '_')}", extra.options()))
+            stage = replace(stage, layers=_move_input_size_last(layers),
+                            block=extra.blocks if extra.blocks is not None else stage.block)
+        stages.append(stage)
+    return replace(plan, stages=tuple(stages))
+
+
+def _move_input_size_last(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
+    return tuple(sorted(layers, key=lambda layer: layer[0] == "input_size"))
+
+
 def make_plan(source: Any) -> Plan:
     """The plan of anything `load_spec` accepts."""
     spec = load_spec(source)
     body = spec.body
     if isinstance(body, UNetSpec):
-        return _plan_unet(spec, body)
-    if isinstance(body, HRNetSpec):
-        return _plan_hrnet(spec, body)
-    return _plan_llm(spec, body)
+        plan = _plan_unet(spec, body)
+    elif isinstance(body, HRNetSpec):
+        plan = _plan_hrnet(spec, body)
+    else:
+        plan = _plan_llm(spec, body)
+    return _apply_overrides(plan)

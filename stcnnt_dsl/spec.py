@@ -150,7 +150,7 @@ Channels = Annotated[
 ]  # fmt: skip
 PositiveInt = Annotated[
     Any,
-    BeforeValidator(lambda v: _positive("value", v)),
+    BeforeValidator(lambda v, info: _positive(info.field_name or "value", v)),
     WithJsonSchema({"type": "integer", "minimum": 1}),
 ]
 
@@ -223,6 +223,32 @@ class StageSpec(_OptionFields):  # type: ignore[misc, valid-type]
     blocks: Block | None = None
 
 
+MAX_LEVELS = 16
+"""Most resolution levels of a U-Net or HR-Net (level l runs at 1/2^l of the input)."""
+MAX_STAGES = 64
+"""Most HR-Net stages."""
+MAX_BLOCKS = 1024
+"""Most blocks of an LLM stack."""
+
+
+def _at_most(count: int, most: int, noun: str, field: str, why: str) -> None:
+    """Refuse absurd counts in the spec, before a plan of that size is made."""
+    if count > most:
+        raise _error(f"{count:,} {noun} is more than the {most} allowed ({why})", field)
+
+
+_LEVELS_WHY = "level l runs at 1/2^l resolution"
+
+
+def _overrides_field() -> Any:
+    return Field(
+        None,
+        description="options (and `blocks`) for single stages by name, the most specific "
+        "layer below inline options: e.g. {decoder_0: {window: 4}} or, for an HR-Net, "
+        "{level1_stage2: {window: 4}, output1: {...}}; `stcnnt explain` lists the names",
+    )
+
+
 def _check_len(values: Any, expected: tuple[int, ...], what: str, why: str) -> None:
     if isinstance(values, list) and len(values) not in expected:
         options = " or ".join(map(str, expected))
@@ -277,10 +303,12 @@ class UNetSpec(_OptionFields):  # type: ignore[misc, valid-type]
     encoder: list[StageSpec] | None = None
     bridge: StageSpec | None = None
     decoder: list[StageSpec] | None = None
+    overrides: dict[str, StageSpec] | None = _overrides_field()
 
     @model_validator(mode="after")
     def _lengths(self) -> UNetSpec:
         n = self.num_levels
+        _at_most(n, MAX_LEVELS, "levels", "levels" if self.levels else "channels", _LEVELS_WHY)
         _check_len(
             self.blocks,
             (n, n + 1),
@@ -312,10 +340,13 @@ class HRNetSpec(_OptionFields):  # type: ignore[misc, valid-type]
     )
     window_sizing: WindowSizing = Field("fixed", description=_WINDOW_SIZING_HELP)
     branches: list[StageSpec] | None = None
+    overrides: dict[str, StageSpec] | None = _overrides_field()
 
     @model_validator(mode="after")
     def _lengths(self) -> HRNetSpec:
         n = self.num_levels
+        _at_most(n, MAX_LEVELS, "levels", "levels" if self.levels else "channels", _LEVELS_WHY)
+        _at_most(self.num_stages, MAX_STAGES, "stages", "stages", "each stage runs every level")
         _check_len(self.blocks, (n,), "blocks", f"one per level, {n} levels")
         _check_len(self.branches, (n,), "branches", f"one entry per level, {n} levels")
         if self.stages is not None and self.stages < n:
@@ -345,10 +376,14 @@ class LLMSpec(_OptionFields):  # type: ignore[misc, valid-type]
         True, description="block k takes the sum of the outputs of all earlier blocks"
     )
     stages: list[StageSpec] | None = None
+    overrides: dict[str, StageSpec] | None = _overrides_field()
 
     @model_validator(mode="after")
     def _lengths(self) -> LLMSpec:
         n = self.num_blocks
+        lists = [f for f in ("blocks", "channels", "stages") if isinstance(getattr(self, f), list)]
+        field = lists[0] if lists and self.depth is None else "depth"
+        _at_most(n, MAX_BLOCKS, "blocks", field, "one block after another at full resolution")
         _check_len(self.blocks, (n,), "blocks", f"one per block, {n} blocks")
         _check_len(self.channels, (n,), "channels", f"one per block, {n} blocks")
         _check_len(self.stages, (n,), "stages", f"one entry per block, {n} blocks")
@@ -360,7 +395,9 @@ class LLMSpec(_OptionFields):  # type: ignore[misc, valid-type]
             if isinstance(value, list):
                 if self.depth is not None and self.depth != len(value):
                     raise _error(
-                        f"depth={self.depth} but a per-block list has {len(value)} entries"
+                        f"depth={self.depth} but a per-block list has {len(value)} entries; "
+                        "drop depth or give one entry per block",
+                        "depth",
                     )
                 return len(value)
         return self.depth or 1
@@ -449,6 +486,9 @@ def _from_validation_error(
     if first["type"] == "missing":
         message = f"required key {path.rsplit('.', 1)[-1]!r} is missing"
         path = path.rsplit(".", 1)[0] if "." in path else ""
+    elif first["type"] != "stcnnt":  # pydantic's own wording: say what was given
+        given = repr(first.get("input"))
+        message += f", got {given if len(given) <= 60 else given[:57] + '...'}"
     key_match = re.match(r"unknown key '([^']+)'", message)
     if key_match:
         path = f"{path}.{key_match.group(1)}" if path else key_match.group(1)
@@ -561,17 +601,30 @@ def list_architectures() -> list[str]:
     )
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
 def _load_file(path: Path) -> ArchSpec:
-    if not path.is_file():
+    if not _is_file(path):
         raise SpecError(f"file not found: {path}", file=str(path))
-    if path.stat().st_size > MAX_YAML_BYTES:
-        raise SpecError(
-            f"{path} is {path.stat().st_size} bytes; architecture files are limited to "
-            f"{MAX_YAML_BYTES // 1000} kB",
-            file=str(path),
-        )
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return _load_text(text, str(path))
+    too_big = (
+        f"architecture files are limited to {MAX_YAML_BYTES // 1000} kB (a spec is a few "
+        "hundred bytes)"
+    )
+    if path.stat().st_size > MAX_YAML_BYTES:  # refused before reading anything
+        raise SpecError(f"the file is {path.stat().st_size} bytes; {too_big}", file=str(path))
+    try:
+        with path.open("rb") as handle:  # never more than the limit, even if it grows
+            data = handle.read(MAX_YAML_BYTES + 1)
+    except OSError as err:
+        raise SpecError(f"cannot read {path}: {err.strerror or err}", file=str(path)) from None
+    if len(data) > MAX_YAML_BYTES:
+        raise SpecError(f"the file is larger than the limit; {too_big}", file=str(path))
+    return _load_text(data.decode("utf-8", errors="replace"), str(path))
 
 
 def _load_text(text: str, file: str | None) -> ArchSpec:
@@ -602,7 +655,7 @@ def load_spec(source: Any) -> ArchSpec:
         return _load_text(bundled.read_text(encoding="utf-8"), f"<bundled {text}.yaml>")
     if _EXPRESSION.match(text):
         return _from_expression(text)
-    if "\n" not in text and (text.endswith((".yaml", ".yml", ".json")) or Path(text).is_file()):
+    if "\n" not in text and (text.endswith((".yaml", ".yml", ".json")) or _is_file(Path(text))):
         return _load_file(Path(text))
     if "\n" in text or ":" in text:
         return _load_text(source, None)

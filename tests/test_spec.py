@@ -332,3 +332,24 @@ def test_public_api_names():
         assert callable(getattr(stcnnt_dsl, name))
     assert issubclass(stcnnt_dsl.STCNNTError, ValueError)
     assert issubclass(stcnnt_dsl.ShapeError, stcnnt_dsl.SpecError)
+
+
+def test_overrides_address_single_stages_by_name():
+    spec = {
+        "hrnet": {
+            "channels": [8, 16],
+            "blocks": "L1G1",
+            "window": 4,
+            "branches": [{"window": 8}, {}],
+            "overrides": {"level0_stage1": {"window": 2}, "output1": {"blocks": "C2"}},
+        }
+    }
+    plan = make_plan(spec)
+    assert plan.stage("level0.stage0").cell_options()[0]["window"] == 8  # branch
+    assert plan.stage("level0.stage1").cell_options()[0]["window"] == 2  # override wins
+    assert plan.stage("output1").block == stcnnt_dsl.parse_block("C2")
+    assert load_spec(dump_spec(spec)) == load_spec(spec)
+    with pytest.raises(SpecError) as info:
+        make_plan({"unet": {"channels": [8], "blocks": "L1", "overrides": {"decoder_1": {}}}})
+    assert info.value.path == "unet.overrides.decoder_1"
+    assert 'did you mean "decoder_0"' in str(info.value)

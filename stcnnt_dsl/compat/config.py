@@ -323,6 +323,13 @@ def _topology(flat: Mapping[str, Any]) -> str:
     )
 
 
+def _hrnet_stage_name(reference_name: str) -> str:
+    """Our stage name for a reference HR-Net block: B12 -> level1_stage2, output_B1 -> output1."""
+    if reference_name.startswith("output_B"):
+        return f"output{reference_name[len('output_B'):]}"
+    return f"level{reference_name[1]}_stage{reference_name[2]}"
+
+
 def reference_spec(config: Any) -> ArchSpec:
     """The `ArchSpec` of a reference configuration (a dict of its parser's keys, with the
     backbone section nested (`backbone_unet: {C: ...}`) or dotted (`backbone_unet.C`); a
@@ -400,20 +407,19 @@ def reference_spec(config: Any) -> ArchSpec:
             decoder=[options[f"U{i}"] for i in range(levels)],
         )
     else:
-        branches = []
+        branches, overrides = [], {}
         for i in range(levels):
             names = [n for n in geometry if n == f"output_B{i}" or (n[0] == "B" and n[1] == str(i))]
-            distinct = {json.dumps(options[n], sort_keys=True) for n in names}
-            if len(distinct) > 1:
-                detail = "; ".join(f"{n}: {options[n]}" for n in names)
-                raise SpecError(
-                    f"the reference gives the blocks of level {i} different window sizes "
-                    f"({detail}) because it changes its window lists in place while it builds "
-                    "them; an HR-Net spec has one set of options per level. Use a larger "
-                    "height/width or a smaller window_size",
-                    "window_size",
-                )
-            branches.append(options[names[0]])
+            # The level's most common geometry goes to `branches`; blocks that the
+            # reference's in-place window lists gave another one become overrides.
+            texts = [json.dumps(options[n], sort_keys=True) for n in names]
+            common = max(set(texts), key=texts.count)
+            branches.append(json.loads(common))
+            for name, text in zip(names, texts, strict=True):
+                if text != common:
+                    overrides[_hrnet_stage_name(name)] = options[name]
+        if overrides:
+            body["overrides"] = overrides
         body.update(resample="conv", branches=branches)
     return load_spec({
         "name": f"reference-{topology}",
