@@ -96,15 +96,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     from .backbones import BACKBONES
     from .plan import make_plan
+    from .resources import guard
     from .shapes import infer_shapes
 
     plan = make_plan(args.arch)
+    shape = _input_shape(args)
+    guard(plan, shape)  # absurd sizes are refused before anything is constructed
     with torch.device("meta"):
         model = BACKBONES[plan.spec.topology](plan)  # runs every construction-time check
     params = sum(p.numel() for p in model.parameters())
     rule = plan.global_rule()
     valid = _valid_inputs(rule)
-    shape = _input_shape(args)
     shapes = infer_shapes(plan, shape) if shape is not None else None
     if args.json:
         _emit_json({

@@ -262,7 +262,7 @@ _EXPRESSION = re.compile(r"^\s*[a-z_][a-z0-9_]*\s*\(")
 
 
 def _is_architecture(text: str) -> bool:
-    from .spec import list_architectures
+    from .spec import _is_file, list_architectures
 
     stripped = text.strip()
     return (
@@ -271,7 +271,7 @@ def _is_architecture(text: str) -> bool:
         or "\n" in stripped
         or ":" in stripped
         or stripped.endswith((".yaml", ".yml", ".json"))
-        or Path(stripped).is_file()
+        or _is_file(Path(stripped))  # False for names too long to be files
     )
 
 

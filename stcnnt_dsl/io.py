@@ -73,8 +73,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a file written by `save_model` (checked to be one)."""
     from safetensors import safe_open
 
+    from .spec import _is_file
+
     path = Path(path)
-    if not path.is_file():
+    if not _is_file(path):
         raise WeightsError(f"file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -82,6 +84,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     except Exception as err:  # safetensors raises its own error types for bad headers
         raise WeightsError(
             f"{path} is not a readable safetensors file ({type(err).__name__}: {err})"
+            + _pickle_hint(path)
         ) from None
     if metadata.get("format") != FORMAT or "spec" not in metadata:
         raise WeightsError(
@@ -112,11 +115,13 @@ def load_model(
     from safetensors.torch import load_file
 
     from .compiler import build
-    from .spec import load_spec
+    from .spec import _load_text
 
     metadata = read_metadata(path)
     try:
-        spec = load_spec(metadata["spec"])
+        # Always as text: a path or a bundled name in a file's metadata must not make
+        # the loader read other files.
+        spec = _load_text(metadata["spec"], "<metadata spec>")
     except STCNNTError as err:
         raise WeightsError(f"{path}: the spec in the file's metadata is not valid: {err}") from None
     tensors = load_file(str(path))
@@ -165,6 +170,21 @@ def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Any
         raise WeightsError(
             f"{path}: the weights do not match the spec stored with them; " + "; ".join(problems)
         )
+
+
+def _pickle_hint(path: Path) -> str:
+    """Say so when the file is a PyTorch checkpoint (a zip archive or a pickle)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return ""
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return (
+            "; it looks like a torch.save / pickle checkpoint, which is never unpickled "
+            "here: convert it to safetensors where you trust its origin"
+        )
+    return ""
 
 
 def _few(items: list[str], limit: int = 5) -> str:

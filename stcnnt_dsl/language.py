@@ -621,7 +621,8 @@ class _Builder:
             ]
         if kind == "mapping":
             return self.pairs(tree.children, path)
-        assert kind == "block", kind
+        if kind != "block":  # the grammar has no other value kinds
+            raise TypeError(f"unexpected value node {kind!r} in the parse tree")
         return BlockSpec(self.block(tree))
 
     def number(self, tok: Token) -> int | float:

@@ -99,7 +99,8 @@ def check_size(rule: SizeRule, h: int, w: int, where: str, path: str = "", t: in
             f"{where}: needs T >= {rule.min_frames} (3D convolution with reflect padding), "
             f"got T={t}; use padding=zeros or more frames",
             path,
-            rule=f"needs T >= {rule.min_frames} (3D convolution with reflect padding), got T={t}",
+            rule=f"needs T >= {rule.min_frames} (3D convolution with reflect padding), got "
+            f"T={t}; use padding=zeros or more frames",
         )
     if h < rule.minimum or w < rule.minimum:
         why = (

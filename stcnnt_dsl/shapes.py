@@ -33,13 +33,19 @@ def parse_shape(shape: Sequence[int] | str) -> tuple[int, int, int, int, int]:
         raise ShapeError(
             f"every dimension of [B, T, C, H, W] must be >= 1, got {values}", rule="input shape"
         )
+    if max(values) >= 2**63:  # beyond any tensor dimension (and Python's int printing)
+        raise ShapeError("a dimension of the input shape is beyond 2^63", rule="input shape")
     return values  # type: ignore[return-value]
 
 
-def _validated_plan(source: Any, shape: Sequence[int] | str) -> tuple[Plan, tuple]:
+def _validated_plan(
+    source: Any, shape: Sequence[int] | str, *, memory: bool = False, **limits: Any
+) -> tuple[Plan, tuple]:
     from .backbones import BACKBONES
+    from .resources import guard
 
     plan = source if isinstance(source, Plan) else make_plan(source)
+    guard(plan, **limits)  # parameters: before anything is constructed
     b, t, c, h, w = parse_shape(shape)
     if c != plan.spec.in_channels:
         raise ShapeError(
@@ -53,13 +59,23 @@ def _validated_plan(source: Any, shape: Sequence[int] | str) -> tuple[Plan, tupl
     with torch.device("meta"):
         BACKBONES[plan.spec.topology](plan)
     plan.check(t, h, w)
+    if memory:
+        guard(plan, (b, t, c, h, w), **limits)  # weights + activations for this input
     return plan, (b, t, c, h, w)
 
 
-def check(source: Any, input_shape: Sequence[int] | str) -> None:
+def check(
+    source: Any,
+    input_shape: Sequence[int] | str,
+    *,
+    max_params: float | None = None,
+    max_memory: float | None = None,
+) -> None:
     """Raise a `ShapeError` (or `SpecError`) if the architecture cannot run on an input
-    of `input_shape` = (B, T, C, H, W); return None if it can."""
-    _validated_plan(source, input_shape)
+    of `input_shape` = (B, T, C, H, W), or a `ResourceError` if its estimated parameters
+    or memory for that input exceed the limits (see `stcnnt_dsl.resources`); return
+    None if it can."""
+    _validated_plan(source, input_shape, memory=True, max_params=max_params, max_memory=max_memory)
 
 
 def infer_shapes(source: Any, input_shape: Sequence[int] | str) -> dict[str, Any]:

@@ -67,6 +67,7 @@ class Block(nn.Module):
                     f"{label} must be a positive integer, got {value!r}", f"{name}.{label}"
                 )
         spec = text if isinstance(text, BlockSpec) else parse_block(text)
+        standalone = layers is None
         if layers is None:
             given = validate_options(options, name)
             _check_options_used(spec, given, name)
@@ -77,6 +78,10 @@ class Block(nn.Module):
         self.name = name
         self.in_channels, self.out_channels = in_channels, out_channels
         self.cell_options = [resolve_cell(cell, layers) for cell in spec.cells]
+        if standalone:  # backbones are guarded as a whole by build()
+            from ..resources import guard_block
+
+            guard_block(spec.cells, in_channels, out_channels, self.cell_options, name)
         block_opts = self.cell_options[0]
         self.dense = bool(block_opts["dense"])
         self.use_checkpoint = bool(block_opts["checkpoint"])
@@ -98,7 +103,13 @@ class Block(nn.Module):
             )
             self._rules.append((where, rule))
             if input_size is not None:
-                check_size(rule, *input_size, where=f"{where} with input_size {input_size}")
+                # T is unknown when building: check the spatial rules only.
+                check_size(
+                    rule,
+                    *input_size,
+                    where=f"{where} with input_size {input_size}",
+                    t=rule.min_frames,
+                )
         self.cells = nn.ModuleList(cells)
         self._checked: tuple[int, int, int] | None = None
 

@@ -1,0 +1,598 @@
+"""The catalogue of user mistakes: every entry is one test, and docs/errors.md.
+
+Each entry says what the user did, the error type, where it points (a spec path, or a
+line and column) and the key words of the message. `docs/errors.md` shows the exact
+message of every entry; a test keeps it current. After changing a message, regenerate it:
+
+    python tests/test_errors.py      # rewrites the catalogue section of docs/errors.md
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import stcnnt_dsl
+from stcnnt_dsl import (
+    DSLSyntaxError,
+    ResourceError,
+    ShapeError,
+    SpecError,
+    STCNNTError,
+    WeightsError,
+    build,
+    check,
+    load_spec,
+    parse_block,
+)
+from stcnnt_dsl.nn import Block
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "errors.md"
+START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a loaded shared machine OpenMP
+    oversubscription made these tests several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+U = {"channels": [16], "blocks": "L1"}  # the smallest U-Net: options are added to it
+
+
+def unet(**extra: Any) -> dict:
+    return {"unet": {**U, **extra}}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One mistake. `call` is what the user runs (see `_run`); `where` is the expected
+    `.path` (a str) or `(line, column)`; `shown` replaces the call in the docs when the
+    real argument is too long to print."""
+
+    id: str
+    group: str
+    mistake: str
+    call: tuple
+    error: type[STCNNTError]
+    where: str | tuple[int, int] | None
+    words: tuple[str, ...]
+    fix: str
+    shown: str | None = None
+
+
+E = Entry
+CATALOGUE: list[Entry] = [
+    # ------------------------------------------------------------------ block strings
+    E("block-mixer-digit", "Block strings", "a mixer digit other than 0 or 1 (the reference "
+      "silently builds `L2` without a mixer)", ("block", "L1G2"), DSLSyntaxError, (1, 4),
+      ("mixer digit", "0 or 1"), "write `G1` (with the mixer) or `G0` (without)."),
+    E("block-missing-digit", "Block strings", "a cell letter without its digit",
+      ("block", "L1G"), DSLSyntaxError, (1, 4), ("G needs a mixer digit",),
+      "add the digit: `L1G1`."),
+    E("block-unknown-letter", "Block strings", "a letter that is no cell", ("block", "L1X1"),
+      DSLSyntaxError, (1, 3), ("unknown cell letter 'X'", "valid cells"),
+      "use L, G, T, V (+ 0/1), C2 or C3."),
+    E("block-lower-case", "Block strings", "lower-case cells", ("block", "l1g1"),
+      DSLSyntaxError, (1, 1), ("upper case",), "write `L1G1`."),
+    E("block-conv-digit", "Block strings", "a conv cell other than C2/C3", ("block", "C4"),
+      DSLSyntaxError, (1, 2), ("C must be followed by 2 or 3",), "write `C2` or `C3`."),
+    E("block-stray-digit", "Block strings", "an extra digit", ("block", "L11"),
+      DSLSyntaxError, (1, 3), ("stray digit",), "remove it: `L1`."),
+    E("block-empty", "Block strings", "an empty block string", ("block", "  # nothing"),
+      DSLSyntaxError, (1, 1), ("empty block string",), "write at least one cell."),
+    E("block-unclosed", "Block strings", "an unclosed group", ("block", "(L1G1)*2 (T1"),
+      DSLSyntaxError, (1, 10), ("never closed", "')'"), "close it: `(T1)`."),
+    E("block-repeat-zero", "Block strings", "a repeat count of 0", ("block", "L1*0"),
+      DSLSyntaxError, (1, 4), ("at least 1",), "delete the cell instead."),
+    E("block-ambiguous-repeat", "Block strings", "`*N` after a run of several cells",
+      ("block", "L1G1*2"), DSLSyntaxError, (1, 5), ("last cell", "(L1G1)*"),
+      "write `(L1G1)*2` (the group) or `L1 G1*2` (the last cell)."),
+    E("block-unknown-option", "Block strings", "a misspelt inline option",
+      ("block", "L1[windw=4]"), DSLSyntaxError, (1, 4), ("did you mean", "window"),
+      "use the option's name: `L1[window=4]`."),
+    E("block-option-wrong-cell", "Block strings", "an option the cell does not read",
+      ("block", "T1[window=4]"), DSLSyntaxError, (1, 4), ("does not apply to temporal",),
+      "put it on a cell that reads it (L, G, V)."),
+    E("block-option-value", "Block strings", "an inline value out of range",
+      ("block", "L1[heads=0]"), DSLSyntaxError, (1, 10), ("heads", "positive integer"),
+      "heads >= 1 or `auto`."),
+    E("block-too-long", "Block strings", "a block string of a million characters",
+      ("block", "L1" * 500_000), DSLSyntaxError, (1, 100_001), ("limit is 100000",),
+      "a block string is at most 100,000 characters; use repetition `(L1G1)*4`.",
+      shown='stcnnt_dsl.parse_block("L1" * 500_000)'),
+    E("block-too-many-cells", "Block strings", "a repetition that expands past 1024 cells",
+      ("block", "(L1G1)*600"), DSLSyntaxError, (1, 8), ("at most 1024",),
+      "use fewer cells or smaller repeat counts."),
+    E("block-in-yaml", "Block strings", "a bad block string inside a YAML file",
+      ("file", "unet:\n  channels: [16]\n  blocks: L1G2\n"), DSLSyntaxError, (3, 14),
+      ("arch.yaml", "unet.blocks", "mixer digit"), "the caret points into the file."),
+    # ------------------------------------------------------------------ options
+    E("option-unknown", "Options", "an unknown option name", ("build", unet(windw=8)),
+      SpecError, "unet.windw", ("unknown key", 'did you mean "window"'), "fix the spelling."),
+    E("option-wrong-type", "Options", "a value of the wrong type",
+      ("build", unet(window="big")), SpecError, "unet.window", ("expected an integer",),
+      "window is an int or [h, w]."),
+    E("option-zero-size", "Options", "a zero size", ("build", unet(window=0)), SpecError,
+      "unet.window", ("must be >= 1", "got 0"), "sizes are >= 1 pixel."),
+    E("option-negative-size", "Options", "a negative size", ("build", unet(patch=[2, -2])),
+      SpecError, "unet.patch", ("must be >= 1", "got -2"), "sizes are >= 1 pixel."),
+    E("option-nan", "Options", "NaN where a number is expected (YAML `.nan`)",
+      ("text", "unet:\n  channels: [16]\n  blocks: L1\n  dropout: .nan\n"), SpecError, (4, 12),
+      ("dropout", "finite number", "nan"), "give a probability in [0, 1)."),
+    E("option-out-of-range", "Options", "a probability of 1.5", ("build", unet(dropout=1.5)),
+      SpecError, "unet.dropout", ("must be in [0, 1)", "1.5"), "use a value in [0, 1)."),
+    E("option-enum", "Options", "a misspelt choice", ("build", unet(norm="layer_norm")),
+      SpecError, "unet.norm", ("expected one of", 'did you mean "layer"'),
+      "use one of the listed names."),
+    E("option-yes-no", "Options", "YAML 1.1 booleans (`yes`, `on`)",
+      ("text", "unet:\n  channels: [16]\n  blocks: L1\n  cosine: yes\n"), SpecError, (4, 11),
+      ("cosine", "true or false", "'yes'"), "write `true` or `false`."),
+    E("option-even-kernel", "Options", "an even mixer kernel", ("build", unet(mixer_kernel=4)),
+      SpecError, "unet.mixer_kernel", ("must be odd",), "use 1, 3, 5, ..."),
+    E("option-not-for-block", "Options", "a keyword option no cell of a Block reads",
+      ("Block", "T1", 8, 8, {"window": 4}), SpecError, "Block.window",
+      ("does not apply to any cell of T1",), "remove it, or add a cell that reads it."),
+    E("option-code-string", "Options", "a string that looks like code",
+      ("build", unet(activation="__import__('os').system('ls')")), SpecError,
+      "unet.activation", ("expected one of", "gelu"),
+      "options are closed lists of names: nothing is imported or evaluated."),
+    E("heads-divide-patch", "Options", "heads that do not divide the channels of a patch",
+      ("build", unet(heads=3)), SpecError, "unet.encoder[0].cells[0].heads",
+      ("heads=3 must divide the token size 64", "16 x patch 2x2", "e.g. heads=2"),
+      "use a divisor of channels x patch pixels, or `auto`."),
+    E("heads-divide-temporal", "Options", "temporal heads that do not divide the channels",
+      ("build", {"unet": {"channels": [16], "blocks": "T1", "heads": 3}}), SpecError,
+      "unet.encoder[0].cells[0].heads", ("heads=3", "out channels 16", "temporal"),
+      "use a divisor of the channels."),
+    E("window-not-multiple-of-patch", "Options", "a window that is not a multiple of the patch",
+      ("build", unet(window=6, patch=4)), SpecError, "unet.encoder[0].cells[0].patch",
+      ("patch 4x4 must divide window 6x6",), "make the window a whole number of patches."),
+    E("layer-norm-without-size", "Options", "norm=layer without input_size",
+      ("build", unet(norm="layer")), SpecError, "unet.encoder[0].cells[0].norm",
+      ("needs the input size", "input_size"), "set `input_size: [H, W]` or use instance2d."),
+    E("qkv-linear-temporal", "Options", "linear Q/K/V on a temporal cell",
+      ("build", {"unet": {"channels": [16], "blocks": "T1[qkv=linear]"}}), SpecError,
+      "unet.encoder[0].cells[0].qkv", ("not available for temporal",), "use qkv=conv."),
+    # ------------------------------------------------------------------ topology
+    E("blocks-list-short", "Topology", "fewer block strings than levels (the reference "
+      "silently reuses the first)",
+      ("build", {"unet": {"channels": [16, 32, 64], "blocks": ["L1", "G1"]}}), SpecError,
+      "unet.blocks", ("has 2 entries but needs 3 or 4",),
+      "one per level (the bridge uses the last), or one more for the bridge."),
+    E("stage-list-length", "Topology", "a per-level override list of the wrong length",
+      ("build", {"unet": {"channels": [16, 32], "blocks": "L1", "encoder": [{}]}}), SpecError,
+      "unet.encoder", ("has 1 entries but needs 2",), "one entry per level."),
+    E("levels-vs-channels", "Topology", "levels that contradict the channel list",
+      ("build", {"unet": {"channels": [16, 32], "levels": 3, "blocks": "L1"}}), SpecError,
+      "unet.levels", ("levels=3 but channels lists 2",), "drop levels or fix the list."),
+    E("levels-missing", "Topology", "one channel count and no levels",
+      ("build", {"unet": {"channels": 16, "blocks": "L1"}}), SpecError, "unet",
+      ("channels as a list", "levels"), "give channels per level or set levels."),
+    E("levels-zero", "Topology", "zero levels",
+      ("build", {"unet": {"channels": 16, "levels": 0, "blocks": "L1"}}), SpecError,
+      "unet.levels", ("positive integer", "got 0"), "levels >= 1."),
+    E("channels-zero", "Topology", "a zero channel count",
+      ("build", {"unet": {"channels": [16, 0], "blocks": "L1"}}), SpecError, "unet.channels",
+      ("positive integer", "got 0"), "channels >= 1."),
+    E("hrnet-stages", "Topology", "fewer HR-Net stages than levels",
+      ("build", {"hrnet": {"channels": [16, 32], "blocks": "L1", "stages": 1}}), SpecError,
+      "hrnet.stages", ("must be >= levels=2",), "stages >= levels."),
+    E("llm-depth", "Topology", "an LLM depth that contradicts a per-block list",
+      ("build", {"llm": {"channels": 16, "blocks": ["L1", "G1"], "depth": 3}}), SpecError,
+      "llm.depth", ("depth=3", "2 entries"), "drop depth or give one entry per block."),
+    E("levels-too-many", "Topology", "a channel list of 100 levels",
+      ("build", {"unet": {"channels": [8] * 100, "blocks": "L1"}}), SpecError, "unet.channels",
+      ("100 levels is more than the 16 allowed",), "a few levels (each halves H and W).",
+      shown='stcnnt_dsl.build({"unet": {"channels": [8] * 100, "blocks": "L1"}})'),
+    E("depth-too-many", "Topology", "an LLM stack a billion blocks deep",
+      ("build", {"llm": {"channels": 8, "blocks": "L1", "depth": 10**9}}), SpecError,
+      "llm.depth", ("more than the 1024 allowed",), "fewer blocks."),
+    E("llm-dense-channels", "Topology", "dense skips between blocks of different widths",
+      ("build", {"llm": {"channels": [16, 32], "blocks": "L1"}}), SpecError, "llm.channels",
+      ("same channels", "dense_skips: false"), "one width, or dense_skips: false."),
+    E("topology-choice", "Topology", "a topology option outside its choices",
+      ("build", unet(down="pool")), SpecError, "unet.down",
+      ("'merge' or 'interpolate'", "got 'pool'"), "use merge or interpolate."),
+    E("topology-missing", "Topology", "no topology", ("build", {"name": "x"}), SpecError, "",
+      ("exactly one topology",), "add one of unet, hrnet, llm."),
+    E("topology-required-key", "Topology", "a required key left out",
+      ("build", {"unet": {"channels": [16]}}), SpecError, "unet",
+      ("required key 'blocks' is missing",), "add blocks."),
+    E("topology-unknown", "Topology", "a misspelt topology in an expression",
+      ("build", "unat(channels=[16], blocks=L1)"), DSLSyntaxError, (1, 1),
+      ("unknown topology 'unat'", 'did you mean "unet"'), "unet, hrnet or llm."),
+    E("expression-unknown-key", "Topology", "a misspelt key in an expression",
+      ("build", "unet(channels=[16], blocks=L1, levls=1)"), SpecError, "unet.levls",
+      ("<expression>:1:38", 'did you mean "levels"'), "fix the spelling."),
+    E("window-sizing-without-size", "Topology", "per-level window sizing without input_size",
+      ("build", unet(window_sizing="mixed")), SpecError, "unet.window_sizing",
+      ("input_size",), "set input_size: [H, W] or window_sizing: fixed."),
+    E("input-size-not-divisible", "Topology", "an input_size the levels cannot halve",
+      ("build", {"input_size": [34, 34], "unet": {"channels": [16, 32], "blocks": "C2"}}),
+      SpecError, "input_size", ("34x34 is not divisible by 4",), "use a multiple of 2^levels."),
+    # ------------------------------------------------------------------ inputs
+    E("input-hw-window", "Inputs", "H that a level's window does not divide",
+      ("check", "unet", (1, 2, 1, 40, 32)), ShapeError, "unet.encoder[1]",
+      ("window 8x8: 8 must divide H=20", "40x32 is 20x16", "nearest valid H: 32 or 64"),
+      "use a listed size (or pad / crop the input)."),
+    E("input-hw-downsampling", "Inputs", "H, W that the down-sampling steps cannot halve",
+      ("check", "unet", (1, 2, 1, 36, 36)), ShapeError, "unet",
+      ("divisible by 8", "nearest valid H: 32 or 64"), "use a multiple of 2^levels."),
+    E("input-t-zero", "Inputs", "T = 0 frames", ("check", "unet", (1, 0, 1, 64, 64)),
+      ShapeError, "", ("must be >= 1", "(1, 0, 1, 64, 64)"), "T >= 1 (1 for 2D)."),
+    E("input-t-conv3d-reflect", "Inputs", "one frame through a C3 cell with reflect padding",
+      ("check", {"llm": {"channels": 16, "blocks": "C3", "padding": "reflect"}},
+       (1, 1, 1, 16, 16)), ShapeError, "llm.stages[0]",
+      ("T >= 2", "reflect padding", "padding=zeros"),
+      "give >= 2 frames or use padding=zeros."),
+    E("input-channels", "Inputs", "an input shape with the wrong channels",
+      ("check", "unet", (1, 2, 3, 64, 64)), ShapeError, "in_channels",
+      ("1 input channel(s)", "C=3"), "C must be the spec's in_channels."),
+    E("input-shape-text", "Inputs", "a shape that is not five integers",
+      ("check", "unet", "1,2,1,64"), ShapeError, "", ("5 integers [B, T, C, H, W]",),
+      "write B,T,C,H,W."),
+    E("forward-channels", "Inputs", "a tensor with the wrong number of channels",
+      ("forward", "unet-2d-small", (1, 2, 3, 32, 32), torch.float32), ShapeError, "",
+      ("expected 1 input channels at dim 2", "(1, 2, 3, 32, 32)"), "C must be in_channels."),
+    E("forward-bcthw", "Inputs", "a [B, C, T, H, W] tensor (the reference's layout)",
+      ("forward", "unet-2d-small", (1, 1, 4, 32, 32), torch.float32), ShapeError, "",
+      ("looks like [B, C, T, H, W]", "x.transpose(1, 2)"), "x.transpose(1, 2)."),
+    E("forward-4d", "Inputs", "a 4-D tensor", ("forward", "unet-2d-small", (2, 1, 32, 32),
+      torch.float32), ShapeError, "", ("5-D tensor [B, T, C, H, W]", "x.unsqueeze(1)"),
+      "x.unsqueeze(1) for a batch of 2D images."),
+    E("forward-int-dtype", "Inputs", "an integer tensor",
+      ("forward", "unet-2d-small", (1, 1, 1, 32, 32), torch.int64), ShapeError, "",
+      ("floating-point", "torch.int64", "x.float()"), "x.float()."),
+    E("forward-hw", "Inputs", "a tensor whose H does not fit",
+      ("forward", "unet-2d-small", (1, 1, 1, 24, 32), torch.float32), ShapeError,
+      "unet.encoder[1]", ("must divide H=12", "nearest valid H: 16 or 32"),
+      "use a listed size."),
+    E("forward-not-tensor", "Inputs", "something that is not a tensor",
+      ("forward", "unet-2d-small", None, None), ShapeError, "", ("expected a torch.Tensor",),
+      "pass a torch.Tensor."),
+    # ------------------------------------------------------------------ build arguments
+    E("build-dtype", "Build arguments", "a non-floating dtype",
+      ("build", "llm", {"dtype": torch.int64}), SpecError, "dtype", ("floating-point",),
+      "torch.float32, bfloat16, float16 or float64."),
+    E("build-device", "Build arguments", "an unknown device",
+      ("build", "llm", {"device": "gpu0"}), SpecError, "device", ("not a torch device",),
+      "'cpu', 'cuda', 'cuda:1'."),
+    E("build-seed", "Build arguments", "a negative seed", ("build", "llm", {"seed": -1}),
+      SpecError, "seed", ("integer in [0, 2**64)",), "use a seed >= 0."),
+    E("build-in-channels", "Build arguments", "zero input channels",
+      ("build", "llm", {"in_channels": 0}), SpecError, "in_channels", ("positive integer",),
+      "in_channels >= 1."),
+    # ------------------------------------------------------------------ resources
+    E("resource-params", "Resources", "an absurd channel count (refused in milliseconds)",
+      ("build", {"unet": {"channels": [1_000_000_000], "blocks": "L1"}}), ResourceError,
+      "unet.decoder[0]", ("parameters", "over the limit", "max_params", "STCNNT_MAX_PARAMS"),
+      "fix the typo, or raise the limit (max_params=..., STCNNT_MAX_PARAMS)."),
+    E("resource-memory", "Resources", "an input far too big for memory",
+      ("check", "unet", (64, 64, 1, 512, 512)), ResourceError, "unet.decoder[0]",
+      ("estimated memory", "TiB", "max_memory", "STCNNT_MAX_MEMORY"),
+      "a smaller input, or raise the limit (max_memory=..., STCNNT_MAX_MEMORY)."),
+    E("resource-cells", "Resources", "a million cells in one model",
+      ("build", {"llm": {"channels": 8, "blocks": "(L1)*1000", "depth": 1000}}), ResourceError,
+      "llm", ("1,000,000 cells", "16,384"), "fewer blocks or repetitions."),
+    E("input-dimension-huge", "Resources", "an input dimension beyond 2^63",
+      ("check", "unet", (1, 1, 1, 2**70, 64)), ShapeError, "", ("beyond 2^63",),
+      "a real input size.", shown="stcnnt_dsl.check('unet', (1, 1, 1, 2**70, 64))"),
+    E("resource-block", "Resources", "an absurd Block on its own",
+      ("Block", "L1", 10**6, 10**6, {}), ResourceError, "Block",
+      ("the block would have", "STCNNT_MAX_PARAMS"), "check in/out channels."),
+    # ------------------------------------------------------------------ sources and YAML
+    E("source-unknown", "Sources and YAML", "a misspelt bundled name", ("load", "unte"),
+      SpecError, "", ('did you mean "unet"', "bundled"), "see stcnnt list."),
+    E("source-missing-file", "Sources and YAML", "a file that does not exist",
+      ("load", "missing.yaml"), SpecError, "", ("file not found",), "check the path."),
+    E("source-type", "Sources and YAML", "an object that is no source", ("load", 42),
+      SpecError, "", ("cannot load an architecture from int",), "a path, dict, text or name."),
+    E("yaml-duplicate-key", "Sources and YAML", "a key given twice",
+      ("file", "unet:\n  channels: [16]\n  channels: [32]\n  blocks: L1\n"), SpecError, (3, 3),
+      ("duplicate key 'channels'", "line 2"), "keep one."),
+    E("yaml-tag", "Sources and YAML", "a Python object tag (never constructed)",
+      ("text", "unet: !!python/object/apply:os.system [ls]\n"), SpecError, (1, 7),
+      ("tags are not allowed",), "write plain values."),
+    E("yaml-alias", "Sources and YAML", "anchors and aliases (the alias bomb's tool)",
+      ("text", "a: &x {channels: [16], blocks: L1}\nunet: *x\n"), SpecError, (1, 4),
+      ("anchors and aliases",), "write the value out."),
+    E("yaml-syntax", "Sources and YAML", "broken YAML",
+      ("file", "unet:\n  channels: [16\n  blocks: L1\n"), DSLSyntaxError, (3, 9),
+      ("invalid YAML",), "fix the brackets."),
+    E("yaml-not-mapping", "Sources and YAML", "a document that is not a mapping",
+      ("text", "- unet\n- hrnet\n"), SpecError, "", ("mapping with a topology key",),
+      "start with unet:, hrnet: or llm:."),
+    E("yaml-too-deep", "Sources and YAML", "nesting 10,000 levels deep",
+      ("text", "unet: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n"), SpecError, (1, 131),
+      ("nesting deeper than 32",), "architecture files are shallow.",
+      shown='stcnnt_dsl.load_spec("unet: " + "{a: " * 10_000 + "1" + "}" * 10_000)'),
+    E("yaml-too-large", "Sources and YAML", "a YAML text over 1 MB",
+      ("text", "unet:\n" + "#" * 2_000_000 + "\n"), SpecError, "",
+      ("larger than 1000 kB",), "architecture files are a few hundred bytes.",
+      shown='stcnnt_dsl.load_spec("unet:\\n" + "#" * 2_000_000)'),
+    E("yaml-number-too-long", "Sources and YAML", "a number of 5,000 digits",
+      ("text", "unet:\n  blocks: L1\n  channels: [" + "9" * 5_000 + "]\n"), SpecError, (3, 14),
+      ("number too long",), "write the number you mean.",
+      shown='stcnnt_dsl.load_spec("unet:\\n  blocks: L1\\n  channels: [" + "9" * 5_000 + "]")'),
+    # ------------------------------------------------------------------ weights files
+    E("weights-pickle", "Weights files", "a pickle (.pt) file given to load_model (never "
+      "unpickled)", ("weights", "pickle"), WeightsError, None,
+      ("model.safetensors", "not a readable safetensors file", "never unpickled"),
+      "convert it to safetensors first."),
+    E("weights-foreign", "Weights files", "a safetensors file without an stcnnt-dsl spec",
+      ("weights", "foreign"), WeightsError, None,
+      ("model.safetensors", "not written by stcnnt-dsl"),
+      "load plain state dicts with load_state_dict."),
+    E("weights-mismatch", "Weights files", "tensors that do not match the spec in the file",
+      ("weights", "mismatch"), WeightsError, None,
+      ("model.safetensors", "do not match the spec", "shape mismatches"),
+      "save the model again with save_model."),
+]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- running
+
+
+@functools.cache
+def _model(name: str) -> torch.nn.Module:
+    return build(name, seed=0)
+
+
+def _run(call: tuple) -> Any:
+    kind, *args = call
+    if kind == "block":
+        return parse_block(args[0])
+    if kind == "load":
+        return load_spec(args[0])
+    if kind == "text":
+        return load_spec(args[0])
+    if kind == "file":
+        Path("arch.yaml").write_text(args[0])
+        return load_spec("arch.yaml")
+    if kind == "build":
+        return build(args[0], **(args[1] if len(args) > 1 else {}))
+    if kind == "check":
+        return check(args[0], args[1])
+    if kind == "forward":
+        name, shape, dtype = args
+        x = [1.0, 2.0] if shape is None else torch.ones(shape, dtype=dtype)
+        return _model(name)(x)
+    if kind == "Block":
+        text, cin, cout, options = args
+        return Block(text, cin, cout, **options)
+    if kind == "weights":
+        return stcnnt_dsl.load_model(_weights_file(args[0]))
+    raise ValueError(kind)
+
+
+def _weights_file(variant: str) -> Path:
+    """model.safetensors in the current folder, made wrong in the way `variant` says."""
+    from safetensors.torch import save_file
+
+    path = Path("model.safetensors")
+    if variant == "pickle":
+        torch.save({"weight": torch.zeros(2)}, path)
+        return path
+    if variant == "foreign":
+        save_file({"weight": torch.zeros(2)}, str(path))
+        return path
+    stcnnt_dsl.save_model(build({"llm": {"channels": 8, "blocks": "L1"}}, seed=0), path)
+    meta = stcnnt_dsl.io.read_metadata(path)
+    tensors = _load_safetensors(path)
+    meta["spec"] = meta["spec"].replace("channels: 8", "channels: 16")
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _raise(entry: Entry) -> STCNNTError:
+    try:
+        _run(entry.call)
+    except STCNNTError as err:
+        return err
+    raise AssertionError(f"{entry.id}: no error raised")
+
+
+@pytest.mark.parametrize("entry", CATALOGUE, ids=lambda e: e.id)
+def test_catalogue_entry(entry: Entry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    err = _raise(entry)
+    elapsed = time.perf_counter() - start
+    assert type(err) is entry.error, (type(err), err)
+    if isinstance(entry.where, tuple):
+        assert (err.line, err.column) == entry.where, str(err)
+    elif entry.where is not None:
+        assert err.path == entry.where, (err.path, str(err))
+    for word in entry.words:
+        assert word in str(err), (word, str(err))
+    assert "Traceback" not in str(err)
+    assert elapsed < 2.0, f"{entry.id} took {elapsed:.2f}s"
+
+
+def test_catalogue_ids_are_unique():
+    ids = [e.id for e in CATALOGUE]
+    assert len(ids) == len(set(ids))
+
+
+def test_absurd_channels_fail_fast_with_the_estimate():
+    start = time.perf_counter()
+    with pytest.raises(ResourceError) as info:
+        build({"unet": {"channels": 1_000_000_000, "levels": 3, "blocks": "T1L1G1"}})
+    assert time.perf_counter() - start < 0.5
+    assert "parameters" in str(info.value) and "," in str(info.value)  # the count is shown
+
+
+def test_every_error_is_a_value_error():
+    for cls in (DSLSyntaxError, SpecError, ShapeError, ResourceError, WeightsError):
+        assert issubclass(cls, STCNNTError) and issubclass(cls, ValueError)
+
+
+# --------------------------------------------------------------------------- no asserts
+
+
+def test_no_assert_statements_in_the_package():
+    """Asserts vanish under `python -O`: validation must raise."""
+    offenders = []
+    for path in sorted((ROOT / "stcnnt_dsl").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        offenders += [
+            f"{path.relative_to(ROOT)}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assert)
+        ]
+    assert not offenders, offenders
+
+
+def test_validation_works_under_python_O(tmp_path: Path):
+    """The same mistakes are caught with asserts stripped (`python -O`)."""
+    import subprocess
+
+    code = (
+        "import stcnnt_dsl, sys\n"
+        "for src in ['unet(channels=[16], blocks=L2)', {'unet': {'channels': [16], "
+        "'blocks': 'L1', 'heads': 3}}]:\n"
+        "    try:\n        stcnnt_dsl.build(src)\n    except stcnnt_dsl.STCNNTError:\n"
+        "        continue\n    sys.exit('not caught: %r' % (src,))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-O", "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+# --------------------------------------------------------------------------- what just works
+
+
+@pytest.mark.parametrize(
+    ("options", "shape"),
+    [
+        ({"window": [8, 16], "patch": [2, 4]}, (1, 2, 1, 32, 64)),  # non-square both
+        ({"window": [4, 8], "patch": [4, 2], "grid": [2, 4]}, (1, 1, 1, 32, 64)),  # G: grid
+        ({"window": 4, "patch": 2}, (2, 1, 1, 48, 16)),  # non-square image
+        ({"window": [2, 8], "patch": [1, 4]}, (1, 3, 1, 8, 96)),  # 12:1 image
+    ],
+)
+def test_non_square_windows_patches_and_images_work(options, shape):
+    spec = {"defaults": options, "unet": {"channels": [8, 16], "blocks": "L1G1"}}
+    check(spec, shape)
+    model = build(spec, seed=0).eval()
+    with torch.no_grad():
+        y = model(torch.randn(shape))
+    assert y.shape == (*shape[:2], 8, *shape[3:])
+    assert torch.isfinite(y).all()
+
+
+# --------------------------------------------------------------------------- the docs
+
+
+def _show(entry: Entry) -> str:
+    if entry.shown:
+        return entry.shown
+    kind, *args = entry.call
+    if kind == "block":
+        return f"stcnnt_dsl.parse_block({args[0]!r})"
+    if kind in ("load", "text"):
+        return f"stcnnt_dsl.load_spec({args[0]!r})"
+    if kind == "file":
+        return f"# arch.yaml\n{args[0]}# then: stcnnt_dsl.load_spec('arch.yaml')"
+    if kind == "build":
+        extra = "".join(f", {k}={_value(v)}" for k, v in (args[1] if len(args) > 1 else {}).items())
+        return f"stcnnt_dsl.build({args[0]!r}{extra})"
+    if kind == "check":
+        return f"stcnnt_dsl.check({args[0]!r}, {args[1]!r})"
+    if kind == "forward":
+        name, shape, dtype = args
+        x = "[1.0, 2.0]" if shape is None else f"torch.ones({shape}, dtype={_value(dtype)})"
+        return f"model = stcnnt_dsl.build({name!r})\nmodel({x})"
+    if kind == "Block":
+        text, cin, cout, options = args
+        extra = "".join(f", {k}={v!r}" for k, v in options.items())
+        return f"Block({text!r}, {cin}, {cout}{extra})"
+    if kind == "weights":
+        return {
+            "pickle": 'torch.save(state_dict, "model.safetensors")',
+            "foreign": 'safetensors.torch.save_file(state_dict, "model.safetensors")',
+            "mismatch": "# model.safetensors saved by save_model, then its spec edited",
+        }[args[0]] + '\nstcnnt_dsl.load_model("model.safetensors")'
+    raise ValueError(kind)
+
+
+def _value(value: Any) -> str:
+    return str(value) if isinstance(value, torch.dtype) else repr(value)
+
+
+def render_catalogue() -> str:
+    """The catalogue section of docs/errors.md (messages produced by running each entry)."""
+    out: list[str] = [f"{len(CATALOGUE)} entries; each is a test in `tests/test_errors.py`."]
+    group = None
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            for entry in CATALOGUE:
+                if entry.group != group:
+                    group = entry.group
+                    out.append(f"\n### {group}\n")
+                err = _raise(entry)
+                where = (
+                    f"line {entry.where[0]}, column {entry.where[1]}"
+                    if isinstance(entry.where, tuple)
+                    else f"path `{entry.where}`"
+                    if entry.where
+                    else "no spec path"
+                )
+                out.append(f'<a id="{entry.id}"></a>**`{entry.id}`**: {entry.mistake}.')
+                out.append(f"\n```python\n{_show(entry)}\n```\n")
+                out.append(f"`{type(err).__name__}` ({where}):\n")
+                out.append("```text\n" + str(err) + "\n```\n")
+                out.append(f"Fix: {entry.fix}\n")
+        finally:
+            os.chdir(cwd)
+    return "\n".join(out).strip()
+
+
+def _doc_section() -> str:
+    text = DOC.read_text(encoding="utf-8")
+    return text[text.index(START) + len(START) : text.index(END)].strip()
+
+
+def test_docs_show_the_current_messages():
+    assert _doc_section() == render_catalogue(), (
+        "docs/errors.md is out of date: run `python tests/test_errors.py`"
+    )
+
+
+def _write_docs(render: Callable[[], str] = render_catalogue) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(f"{head}{START}\n{render()}\n{END}{tail}", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    _write_docs()
+    print(f"wrote {DOC} ({len(CATALOGUE)} entries)")
