@@ -176,8 +176,12 @@ def read_reference(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict | N
     from safetensors import safe_open
 
     file = Path(path)
-    if not file.is_file():
-        raise WeightsError(f"weights file not found: {file}")
+    try:
+        found = file.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        found = False
+    if not found:
+        raise WeightsError(f"weights file not found: {str(file)[:200]}")
     if file.suffix != ".safetensors":
         raise WeightsError(
             f"{file.name}: only .safetensors files are read (pickled .pth/.pt checkpoints "
