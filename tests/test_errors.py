@@ -43,14 +43,7 @@ DOC = ROOT / "docs" / "errors.md"
 START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a loaded shared machine OpenMP
-    oversubscription made these tests several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 U = {"channels": [16], "blocks": "L1"}  # the smallest U-Net: options are added to it

@@ -36,14 +36,7 @@ MAX_PYTHON_MEMORY = 50 * MB
 MAX_RSS_GROWTH = 100 * MB
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a loaded shared machine OpenMP
-    oversubscription made these tests several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _alias_bomb() -> str:

@@ -28,14 +28,7 @@ from stcnnt_dsl.nn.functional import attend
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a loaded shared machine OpenMP
-    oversubscription made these tests several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _TINY = {"window": 4, "patch": 2, "heads": 2, "mixer_ratio": 2}

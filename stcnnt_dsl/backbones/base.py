@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..errors import STCNNTError
 from ..nn.block import Block
 from ..nn.checks import check_input_tensor
+from ..nn.layout import channels_last_frames
 from ..plan import Plan, StagePlan
 from ..spec import ArchSpec
 
@@ -62,11 +63,7 @@ class Backbone(nn.Module):
     def _enter(self, x: Tensor) -> Tensor:
         if not torch.compiler.is_compiling():
             self.check_input(x)
-        b, t = x.shape[:2]
-        f = x.flatten(0, 1)
-        if not f.is_contiguous(memory_format=torch.channels_last):
-            x = f.contiguous(memory_format=torch.channels_last).unflatten(0, (b, t))
-        return x
+        return channels_last_frames(x)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -21,6 +21,7 @@ from ..options import (
 from ..rules import SizeRule, cell_size_rule, check_size
 from .cells import make_cell
 from .checks import check_input_tensor
+from .layout import channels_last_frames
 
 __all__ = ["Block", "resolve_cell"]
 
@@ -150,10 +151,7 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.compiler.is_compiling():
             self.check_input(x)
-        b, t = x.shape[:2]
-        frames = x.flatten(0, 1)
-        if not frames.is_contiguous(memory_format=torch.channels_last):
-            x = frames.contiguous(memory_format=torch.channels_last).unflatten(0, (b, t))
+        x = channels_last_frames(x)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(self._run, x, use_reentrant=False)
         return self._run(x)
