@@ -60,6 +60,8 @@ class UNet(Backbone):
 
 
 def _cat(a: Tensor, b: Tensor) -> Tensor:
+    """[B, T, Ca + Cb, H, W]; concatenated as 4-D frames so the result keeps their
+    channels-last storage (a 5-D cat would fall back to contiguous)."""
     import torch
 
-    return torch.cat([a, b], dim=2)
+    return torch.cat([a.flatten(0, 1), b.flatten(0, 1)], dim=1).unflatten(0, a.shape[:2])

@@ -19,7 +19,17 @@ from torch import Tensor, nn
 
 from ..errors import ShapeError, SpecError
 from ..options import GLOBAL, LOCAL, VIT, as_pair
-from .functional import attend, auto_heads, partition, relative_position_index, unpartition
+from .functional import (
+    LONG_SEQUENCE_CHUNK,
+    attend,
+    auto_heads,
+    frame_tokens,
+    fused_conv2d,
+    partition,
+    partition_qkv,
+    relative_position_index,
+    unpartition_heads,
+)
 
 __all__ = ["GLOBAL_BIAS_EXTENT", "SpatialAttention", "TemporalAttention"]
 
@@ -36,7 +46,20 @@ def _conv(cin: int, cout: int, kernel: int, padding_mode: str, *, bias: bool, st
 
 @functools.lru_cache(maxsize=64)
 def _cached_index(grid: tuple[int, int], extent: tuple[int, int], device: torch.device) -> Tensor:
-    return relative_position_index(grid, extent).to(device)
+    # A normal tensor even when first asked for under torch.inference_mode(): the
+    # backward of the bias gather keeps the index.
+    with torch.inference_mode(False):
+        return relative_position_index(grid, extent, device=device)
+
+
+def _project(proj: nn.Conv2d | None, y: Tensor, add: Tensor | None) -> Tensor:
+    """proj(y) [+ add], [N, C, H, W]; the sum fused into the convolution when given."""
+    if add is None:
+        return y if proj is None else proj(y)
+    add = add.flatten(0, 1)
+    if proj is None:
+        return y + add
+    return fused_conv2d(proj, y, add=add)
 
 
 class SpatialAttention(nn.Module):
@@ -121,6 +144,14 @@ class SpatialAttention(nn.Module):
             eh, ew = self.bias_extent
             table = torch.zeros((2 * eh - 1) * (2 * ew - 1), self.heads)
             self.bias_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
+        # Where the token grid does not depend on the input (L; G and V with `grid`) its
+        # index is a buffer: no work per forward, and a constant that torch.compile can
+        # fold (with freezing, the whole bias becomes a constant).
+        fixed = self._fixed_token_grid()
+        index = None
+        if self.rel_pos_bias and fixed is not None:
+            index = relative_position_index(fixed, self.bias_extent)
+        self.register_buffer("bias_index", index, persistent=False)
         self.proj = _conv(out_channels, out_channels, 3, padding, bias=True) if out_proj else None
 
     def _bias_extent(self, input_size: tuple[int, int] | None) -> tuple[int, int]:
@@ -158,44 +189,76 @@ class SpatialAttention(nn.Module):
             f"rel_pos_bias={bias}"
         )
 
+    def _fixed_token_grid(self) -> tuple[int, int] | None:
+        if self.mode == "local":
+            (wh, ww), (ph, pw) = self.window, self.patch
+            return (wh // ph, ww // pw)
+        return self.grid
+
+    def _token_grid(self, h: int, w: int) -> tuple[int, int]:
+        """The grid tokens sit on: patches in a window (L) or windows (G, V)."""
+        (wh, ww), (ph, pw) = self.geometry(h, w)
+        return (wh // ph, ww // pw) if self.mode == "local" else (h // wh, w // ww)
+
     def _bias(self, h: int, w: int, device: torch.device) -> Tensor | None:
         if self.bias_table is None:
             return None
-        (wh, ww), (ph, pw) = self.geometry(h, w)
-        grid = (wh // ph, ww // pw) if self.mode == "local" else (h // wh, w // ww)
-        if torch.compiler.is_compiling():
-            index = relative_position_index(grid, self.bias_extent).to(device)
+        grid = self._token_grid(h, w)
+        if self.bias_index is not None:
+            index = self.bias_index
+        elif torch.compiler.is_compiling():
+            index = relative_position_index(grid, self.bias_extent, device=device)
         else:
             index = _cached_index(grid, self.bias_extent, device)
         n = grid[0] * grid[1]
-        return self.bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        # contiguous [heads, S, S]: the layout of the scores it is added to (a permuted
+        # view made inductor order its softmax loops by head, 10x slower on CPU)
+        return self.bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _bias_rows(self, grid: tuple[int, int], start: int, stop: int, device) -> Tensor:
+        """Rows start..stop-1 of the [heads, S, S] bias, without building the rest."""
+        index = relative_position_index(grid, self.bias_extent, (start, stop), device)
+        rows = self.bias_table[index.view(-1)].view(stop - start, index.shape[1], -1)
+        return rows.permute(2, 0, 1).contiguous()
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, h: int, w: int) -> Tensor:
+        options = dict(
+            cosine=self.cosine,
+            qk_norm=self.qk_norm,
+            bias_after_softmax=self.bias_after_softmax,
+            dropout=self.att_dropout if self.training else 0.0,
+        )
+        s = q.shape[-2]
+        if self.bias_table is None or s <= LONG_SEQUENCE_CHUNK:
+            return attend(q, k, v, bias=self._bias(h, w, q.device), **options)
+        # Long sequence with a bias: query chunks, each with its rows of the bias.
+        grid = self._token_grid(h, w)
+        parts = []
+        for start in range(0, s, LONG_SEQUENCE_CHUNK):
+            stop = min(s, start + LONG_SEQUENCE_CHUNK)
+            bias = self._bias_rows(grid, start, stop, q.device)
+            parts.append(attend(q[:, :, start:stop], k, v, bias=bias, **options))
+        return torch.cat(parts, dim=2)
+
+    def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:
+        """Attention of [B, T, C_in, H, W]; with `add` (same shape as the output, eval-mode
+        CPU inference only: see `functional.can_fuse`) returns output + add, the sum
+        fused into the output projection."""
         b, t, _, h, w = x.shape
         x = x.flatten(0, 1)
         c = self.out_channels
         window, patch = self.geometry(h, w)
         if self.qkv_mode == "conv":
             qkv = self.qkv(x).unflatten(1, (3, c))  # [N, 3, C, H, W]
-            tokens = partition(qkv, window, patch, self.mode)  # [3, Nb, S, D]
+            # one copy: q, k, v as contiguous [Nb, heads, S, d]
+            q, k, v = partition_qkv(qkv, window, patch, self.mode, self.heads)
         else:
-            tokens = self.qkv(partition(x, window, patch, self.mode))
-            tokens = tokens.unflatten(-1, (3, -1)).movedim(-2, 0)  # [3, Nb, S, D]
-        nb, s, d = tokens.shape[1:]
-        q, k, v = tokens.unflatten(-1, (self.heads, d // self.heads)).transpose(2, 3).unbind(0)
-        out = attend(
-            q, k, v,
-            cosine=self.cosine,
-            qk_norm=self.qk_norm,
-            bias=self._bias(h, w, x.device),
-            bias_after_softmax=self.bias_after_softmax,
-            dropout=self.att_dropout if self.training else 0.0,
-        )  # fmt: skip
-        out = out.transpose(1, 2).reshape(nb, s, d)
-        y = unpartition(out, (h, w), window, patch, self.mode)
-        if self.proj is not None:
-            y = self.proj(y)
-        return y.unflatten(0, (b, t))
+            tokens = self.qkv(partition(x, window, patch, self.mode))  # [Nb, S, 3D]
+            tokens = tokens.unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+            q, k, v = tokens.contiguous().unbind(0)  # [Nb, heads, S, d] each
+        out = self._attend(q, k, v, h, w)
+        y = unpartition_heads(out, (h, w), window, patch, self.mode)
+        return _project(self.proj, y, add).unflatten(0, (b, t))
 
 
 class TemporalAttention(nn.Module):
@@ -252,22 +315,15 @@ class TemporalAttention(nn.Module):
             f"cosine={self.cosine}, qk_norm={self.qk_norm}"
         )
 
-    def _tokens(self, y: Tensor, b: int, t: int, groups: int) -> Tensor:
-        """[B*T, G*C, h, w] -> [G, B, heads, T, C/heads*h*w] (order within a token is
-        free: q.k sums over it and the output is reassembled the same way)."""
-        _, _, h, w = y.shape
-        c = y.shape[1] // groups
-        y = y.view(b, t, groups, self.heads, c // self.heads, h, w)
-        return y.permute(2, 0, 3, 1, 5, 6, 4).reshape(groups, b, self.heads, t, -1)
-
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:
+        """Attention of [B, T, C_in, H, W]; `add` as in `SpatialAttention.forward`."""
         b, t, _, h, w = x.shape
         x = x.flatten(0, 1)
         if self.stride == 1:
-            q, k, v = self._tokens(self.qkv(x), b, t, 3).unbind(0)
+            q, k, v = frame_tokens(self.qkv(x), b, 3, self.heads)
         else:
-            q, k = self._tokens(self.qk(x), b, t, 2).unbind(0)
-            v = self._tokens(self.v(x), b, t, 1)[0]
+            q, k = frame_tokens(self.qk(x), b, 2, self.heads)
+            (v,) = frame_tokens(self.v(x), b, 1, self.heads)
         out = attend(
             q, k, v,
             cosine=self.cosine,
@@ -279,6 +335,4 @@ class TemporalAttention(nn.Module):
         # [B, heads, T, h*w*c/heads] -> [B*T, C, H, W] (channels-last storage)
         out = out.view(b, self.heads, t, h, w, c // self.heads).permute(0, 2, 3, 4, 1, 5)
         y = out.reshape(b * t, h, w, c).permute(0, 3, 1, 2)
-        if self.proj is not None:
-            y = self.proj(y)
-        return y.unflatten(0, (b, t))
+        return _project(self.proj, y, add).unflatten(0, (b, t))

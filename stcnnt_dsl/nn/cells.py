@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..errors import SpecError
 from ..options import CONV2D, CONV3D, TEMPORAL
 from .attention import SpatialAttention, TemporalAttention
+from .functional import ONEDNN_UNARY, can_fuse, fused_conv2d
 from .norms import Norm5d
 
 __all__ = ["AttentionCell", "ConvCell", "DropPath", "Mixer", "make_activation", "make_cell"]
@@ -94,9 +95,25 @@ class Mixer(nn.Sequential):
         if dropout:
             layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
+        self._unary = ONEDNN_UNARY.get(activation)
 
     def forward(self, x: Tensor) -> Tensor:
         return frames(super().forward, x)
+
+    def can_fuse(self, x: Tensor) -> bool:
+        """Whether `add_into` may run (eval mode, see `functional.can_fuse`)."""
+        return not self.training and can_fuse(self[0], x) and can_fuse(self[2], x)
+
+    def add_into(self, y: Tensor, x: Tensor) -> Tensor:
+        """y + mixer(x) with the activation and the sum fused into the convolutions;
+        overwrites `y` (eval-mode inference only: see `can_fuse`)."""
+        f = x.flatten(0, 1)
+        if self._unary is not None:
+            f = fused_conv2d(self[0], f, unary=self._unary)
+        else:
+            f = self[1](self[0](f))
+        out = fused_conv2d(self[2], f, add=y.flatten(0, 1), add_inplace=True)
+        return out.unflatten(0, y.shape[:2])
 
 
 class _Residual(nn.Module):
@@ -168,12 +185,19 @@ class AttentionCell(_Residual):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.norm1(x)
-        y = self.residual(x) + self.drop_path(self.attn(h))
+        proj = self.attn.proj
+        if not self.training and proj is not None and can_fuse(proj, h):
+            y = self.attn(h, add=self.residual(x))  # proj(att) + residual in one conv
+        else:
+            # branch first: the sum takes its layout (channels-last), even where the
+            # residual is a conv of a 1-channel input, whose layout is ambiguous
+            y = self.drop_path(self.attn(h)) + self.residual(x)
         if self.mixer is None:
             return y
-        if self.parallel:
-            return y + self.drop_path(self.mixer(h))
-        return y + self.drop_path(self.mixer(self.norm2(y)))
+        mixer_in = h if self.parallel else self.norm2(y)
+        if self.mixer.can_fuse(mixer_in):
+            return self.mixer.add_into(y, mixer_in)
+        return y + self.drop_path(self.mixer(mixer_in))
 
 
 class ConvCell(_Residual):
@@ -209,7 +233,7 @@ class ConvCell(_Residual):
         branch = self.act(self.norm2(self._conv(h)))
         if self.proj is None:
             branch = branch + h
-        return self.residual(x) + self.drop_path(branch)
+        return self.drop_path(branch) + self.residual(x)
 
 
 def make_cell(

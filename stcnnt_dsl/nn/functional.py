@@ -10,20 +10,37 @@ into windows with a single gather of contiguous (patch_w * C) runs.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 __all__ = [
+    "FUSED_CPU_INFERENCE",
+    "LONG_SEQUENCE_CHUNK",
+    "ONEDNN_UNARY",
     "SDPA_MIN_TOKENS_CPU",
     "attend",
     "auto_heads",
+    "can_fuse",
+    "frame_tokens",
+    "fused_conv2d",
     "partition",
+    "partition_heads",
+    "partition_qkv",
+    "plain_ops",
     "relative_position_index",
     "unpartition",
+    "unpartition_heads",
 ]
+
+# A relative position bias is a [heads, S, S] matrix; past this many tokens attention
+# runs over chunks of this many queries, each with its own rows of the bias, so memory
+# stays linear in S (SDPA itself never materialises S x S).
+LONG_SEQUENCE_CHUNK = 256
 
 # Below this many tokens, CPU SDPA was 1.2-3.9x slower than matmul + softmax on this
 # class of machine (2 cores, torch 2.13); from 256 tokens it won 1.6x with 17x less memory.
@@ -93,20 +110,198 @@ def unpartition(
     return t.permute(0, 3, 1, 2)  # [N, C, H, W] view of NHWC storage
 
 
-def relative_position_index(grid: tuple[int, int], extent: tuple[int, int] | None = None) -> Tensor:
+def plain_ops() -> bool:
+    """True while torch.jit traces or scripts (e.g. fvcore's FLOP counter) or a Python
+    dispatch mode (e.g. FlopCounterMode) watches the ops: the layers then use plain aten
+    ops only, no custom autograd Functions and no fused oneDNN kernels, which those
+    tools cannot follow or count."""
+    if torch.compiler.is_compiling():  # dynamo traces the Functions itself
+        return False
+    return (
+        torch.jit.is_tracing() or torch.jit.is_scripting() or _current_dispatch_mode() is not None
+    )
+
+
+def _head_split(token: tuple[int, int, int], head_dim: int) -> tuple[int, int, int] | None:
+    """How heads of `head_dim` features cut a (patch_h, patch_w, C) token, as the inner
+    size of each axis: the head index runs over the outer parts (axis // inner) and the
+    per-head feature over the inner parts. None when a head boundary does not fall on an
+    axis boundary (e.g. C=6 with 4 features per head)."""
+    inner = [1, 1, 1]
+    rest = int(head_dim)  # a plain int (under torch.jit.trace sizes are tensors)
+    for axis in (2, 1, 0):  # C fastest, then patch_w, then patch_h
+        size = int(token[axis])
+        if rest <= size and size % rest == 0:
+            inner[axis] = rest
+            return inner[0], inner[1], inner[2]
+        if rest % size:
+            return None
+        inner[axis] = size
+        rest //= size
+    return None  # pragma: no cover - head_dim divides the token size
+
+
+class _Regroup(torch.autograd.Function):
+    """Copy G groups out of a permuted view of `x` in one pass each, as G contiguous
+    tensors. The backward writes the G gradients back through the same view into one
+    buffer laid out like `x` (channels-last for a channels-last `x`): no stacking of
+    the gradients and no layout conversion before the convolution's backward."""
+
+    @staticmethod
+    def forward(ctx, x, pre_perm, split_shape, perm, out_shape):  # type: ignore[override]
+        base = x.permute(pre_perm)
+        if not base.is_contiguous():
+            base = base.contiguous()
+        fine = base.view(split_shape).permute(perm)
+        outs = []
+        for group in fine.unbind(0):
+            out = x.new_empty(out_shape)
+            out.view(group.shape).copy_(group)
+            outs.append(out)
+        ctx.recipe = (pre_perm, tuple(base.shape), split_shape, perm)
+        ctx.set_materialize_grads(False)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        pre_perm, base_shape, split_shape, perm = ctx.recipe
+        like = next((g for g in grads if g is not None), None)
+        if like is None:
+            return None, None, None, None, None
+        gbase = like.new_empty(base_shape)
+        fine = gbase.view(split_shape).permute(perm)
+        for group, grad in zip(fine.unbind(0), grads, strict=True):
+            if grad is None:
+                group.zero_()
+            else:
+                group.copy_(grad.reshape(group.shape))
+        inverse = tuple(sorted(range(len(pre_perm)), key=pre_perm.__getitem__))
+        return gbase.permute(inverse), None, None, None, None
+
+
+def _partition_recipe(
+    x: Tensor, window: tuple[int, int], patch: tuple[int, int], mode: str, heads: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """(pre_perm, split_shape, perm, out_shape) that take [N, G, C, H, W] to G tensors
+    [Nb, heads, S, d], or None when heads do not fall on axis boundaries."""
+    n, g, c, h, w = (int(size) for size in x.shape)
+    wh, ww = window
+    ph, pw = patch
+    d = ph * pw * c // heads
+    split = _head_split((ph, pw, c), d)
+    if split is None:
+        return None
+    ih, iw, ic = split
+    nh, nw, qh, qw = h // wh, w // ww, wh // ph, ww // pw
+    # [N, G, C, H, W] -> [N, H, W, G, C] (free for channels-last storage), every axis
+    # split: n0 nh1 qh2 pho3 phi4 nw5 qw6 pwo7 pwi8 g9 co10 ci11
+    split_shape = (n, nh, qh, ph // ih, ih, nw, qw, pw // iw, iw, g, c // ic, ic)
+    if mode == "local":  # [G, (N, nh, nw), heads, (qh, qw), d]
+        perm = (9, 0, 1, 5, 3, 7, 10, 2, 6, 4, 8, 11)
+        out_shape = (n * nh * nw, heads, qh * qw, d)
+    else:  # [G, (N, qh, qw), heads, (nh, nw), d]
+        perm = (9, 0, 2, 6, 3, 7, 10, 1, 5, 4, 8, 11)
+        out_shape = (n * qh * qw, heads, nh * nw, d)
+    return (0, 3, 4, 1, 2), split_shape, perm, out_shape
+
+
+def partition_heads(
+    x: Tensor, window: tuple[int, int], patch: tuple[int, int], mode: str, heads: int
+) -> Tensor:
+    """`partition` with the heads split out, in one copy: [N, C, H, W] (or [N, G, C, H, W])
+    -> [Nb, heads, S, d] (or [G, Nb, heads, S, d]), contiguous, so that q, k and v go to
+    the attention kernel without further copies. Head h holds features h*d..(h+1)*d-1 of
+    the (patch_h, patch_w, C) token vector, exactly as splitting `partition`'s output."""
+    stacked = x.dim() == 5
+    if not stacked:
+        x = x.unsqueeze(1)
+    recipe = _partition_recipe(x, window, patch, mode, heads)
+    if recipe is None:
+        t = partition(x, window, patch, mode)
+        t = t.unflatten(-1, (heads, -1)).transpose(-3, -2).contiguous()
+    else:
+        pre_perm, split_shape, perm, out_shape = recipe
+        t = x.permute(pre_perm).reshape(split_shape).permute(perm)
+        t = t.reshape(x.shape[1], *out_shape)
+    return t if stacked else t[0]
+
+
+def partition_qkv(
+    x: Tensor, window: tuple[int, int], patch: tuple[int, int], mode: str, heads: int
+) -> tuple[Tensor, ...]:
+    """`partition_heads` of stacked maps [N, G, C, H, W] as G separate contiguous tensors
+    [Nb, heads, S, d] (q, k, v), with a backward that writes straight into the
+    gradient of `x` (see `_Regroup`)."""
+    recipe = _partition_recipe(x, window, patch, mode, heads)
+    if recipe is None or plain_ops():
+        return partition_heads(x, window, patch, mode, heads).unbind(0)
+    return _Regroup.apply(x, *recipe)
+
+
+def frame_tokens(y: Tensor, batch: int, groups: int, heads: int) -> tuple[Tensor, ...]:
+    """[B*T, G*C, h, w] -> G tensors [B, heads, T, h*w*C/heads] (temporal attention: a
+    token is a whole frame of one head's channels). The order of features within a
+    token is free (q.k sums over it); (h, w, c) keeps the copy a run of channels-last
+    memory."""
+    n, gc, h, w = (int(size) for size in y.shape)
+    c = gc // groups
+    split_shape = (batch, n // batch, h, w, groups, heads, c // heads)
+    perm = (4, 0, 5, 1, 2, 3, 6)  # [G, B, heads, T, h, w, c/heads]
+    out_shape = (batch, heads, n // batch, h * w * c // heads)
+    if plain_ops():
+        t = y.permute(0, 2, 3, 1).reshape(split_shape).permute(perm)
+        return t.reshape(groups, *out_shape).unbind(0)
+    return _Regroup.apply(y, (0, 2, 3, 1), split_shape, perm, out_shape)
+
+
+def unpartition_heads(
+    t: Tensor, size: tuple[int, int], window: tuple[int, int], patch: tuple[int, int], mode: str
+) -> Tensor:
+    """Inverse of `partition_heads` for one tensor: [Nb, heads, S, d] (any strides) ->
+    [N, C, H, W] with channels-last storage, in one copy."""
+    nb, heads, s, d = (int(size) for size in t.shape)
+    h, w = size
+    wh, ww = window
+    ph, pw = patch
+    c = heads * d // (ph * pw)
+    split = _head_split((ph, pw, c), d)
+    if split is None:
+        return unpartition(t.transpose(1, 2).reshape(nb, s, heads * d), size, window, patch, mode)
+    ih, iw, ic = split
+    nh, nw, qh, qw = h // wh, w // ww, wh // ph, ww // pw
+    ho, wo, co = ph // ih, pw // iw, c // ic
+    if mode == "local":
+        n = nb // (nh * nw)
+        t = t.reshape(n, nh, nw, ho, wo, co, qh, qw, ih, iw, ic)
+        # -> [N, nh, qh, pho, phi, nw, qw, pwo, pwi, co, ci]
+        t = t.permute(0, 1, 6, 3, 8, 2, 7, 4, 9, 5, 10)
+    else:
+        n = nb // (qh * qw)
+        t = t.reshape(n, qh, qw, ho, wo, co, nh, nw, ih, iw, ic)
+        t = t.permute(0, 6, 1, 3, 8, 7, 2, 4, 9, 5, 10)
+    return t.reshape(n, h, w, c).permute(0, 3, 1, 2)  # [N, C, H, W] view of NHWC storage
+
+
+def relative_position_index(
+    grid: tuple[int, int],
+    extent: tuple[int, int] | None = None,
+    rows: tuple[int, int] | None = None,
+    device: torch.device | None = None,
+) -> Tensor:
     """Index into a ((2Eh-1)*(2Ew-1)) bias table for every pair of tokens on a grid.
 
     Tokens are laid out row-major on `grid` = (gh, gw). `extent` (Eh, Ew) >= 1 sizes the
     table; offsets beyond +-(E-1) share the edge entry (clipped relative positions,
     Shaw et al. 2018), so a table learned on one grid serves any grid. With extent ==
-    grid this is exactly Swin's relative position index.
+    grid this is exactly Swin's relative position index. `rows` = (start, stop) gives
+    only those query rows ([stop - start, gh*gw]), for long sequences.
     """
     gh, gw = grid
     eh, ew = extent or grid
-    ys = torch.arange(gh).repeat_interleave(gw)
-    xs = torch.arange(gw).repeat(gh)
-    dy = (ys[:, None] - ys[None, :]).clamp(-(eh - 1), eh - 1) + (eh - 1)
-    dx = (xs[:, None] - xs[None, :]).clamp(-(ew - 1), ew - 1) + (ew - 1)
+    keys = torch.arange(gh * gw, device=device)
+    queries = keys if rows is None else keys[rows[0] : rows[1]]
+    dy = (queries[:, None] // gw - keys[None, :] // gw).clamp(-(eh - 1), eh - 1) + (eh - 1)
+    dx = (queries[:, None] % gw - keys[None, :] % gw).clamp(-(ew - 1), ew - 1) + (ew - 1)
     return dy * (2 * ew - 1) + dx
 
 
@@ -116,6 +311,73 @@ def _standardise(x: Tensor) -> Tensor:
     correction = 1 if x.shape[-1] > 1 else 0
     var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=correction)
     return (x - mean) * torch.rsqrt(var + torch.finfo(x.dtype).eps)
+
+
+def _use_sdpa(q: Tensor, k: Tensor) -> bool:
+    """Fused SDPA off the CPU (and on meta tensors as on CPU), on CPU for long sequences
+    and under torch.compile (inductor's code for a short explicit softmax next to the
+    q/k/v copies was 1.3x slower than its SDPA kernel); never for huge heads (temporal
+    attention), which have no fused kernel."""
+    s, d = max(q.shape[-2], k.shape[-2]), q.shape[-1]
+    on_cpu = q.device.type in ("cpu", "meta")
+    short = on_cpu and s < SDPA_MIN_TOKENS_CPU and not torch.compiler.is_compiling()
+    return not short and d <= 512
+
+
+def _bias_times_v(bias: Tensor, v: Tensor) -> Tensor:
+    """bias @ v for a [heads, S, Sk] bias and [..., heads, Sk, dv] values, without
+    broadcasting the bias over the batch (which would materialise S x Sk per sequence)."""
+    heads, s, sk = bias.shape
+    dv = v.shape[-1]
+    lead = v.shape[:-3]
+    vt = v.reshape(-1, heads, sk, dv).permute(1, 2, 0, 3).reshape(heads, sk, -1)
+    out = torch.bmm(bias.to(v.dtype), vt)  # [heads, S, batch * dv]
+    return out.view(heads, s, -1, dv).permute(2, 0, 1, 3).reshape(*lead, heads, s, dv)
+
+
+def _attend_matmul(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float,
+    logit_bias: Tensor | None,
+    prob_bias: Tensor | None,
+    causal: bool,
+    dropout: float,
+) -> Tensor:
+    """Explicit attention with batched matmuls on 3-D views (no copies for contiguous or
+    batch-mergeable inputs); the scale rides in the matmul (alpha), so neither q nor the
+    scores take an extra pass; softmax in float32 for half-precision inputs."""
+    batch = q.shape[:-2]
+    s, sk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
+    q3, k3, v3 = (
+        q.reshape(-1, s, q.shape[-1]),
+        k.reshape(-1, sk, k.shape[-1]),
+        v.reshape(-1, sk, dv),
+    )
+    if plain_ops():  # bmm: the op FLOP counters that trace (fvcore) know
+        scores = torch.bmm(q3, k3.transpose(1, 2)) * scale
+    else:
+        zero = torch.zeros((), dtype=q.dtype, device=q.device)
+        scores = torch.baddbmm(zero, q3, k3.transpose(1, 2), beta=0.0, alpha=scale)
+    scores = scores.view(*batch, s, sk)
+    if logit_bias is not None:
+        scores = scores + logit_bias.to(scores.dtype)
+    if causal:
+        future = torch.ones(s, sk, dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        probs = torch.softmax(scores, -1, dtype=torch.float32).to(scores.dtype)
+    else:
+        probs = scores.softmax(-1)
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    out = torch.bmm(probs.reshape(-1, s, sk), v3).view(*batch, s, dv)
+    if prob_bias is not None:
+        # (P + B) V as P V + B V, the same products as the SDPA path (and as the FLOP
+        # formulas count them); B V without broadcasting B over the batch.
+        out = out + _bias_times_v(prob_bias, v)
+    return out
 
 
 def attend(
@@ -132,11 +394,11 @@ def attend(
 ) -> Tensor:
     """Multi-head attention on [..., heads, S, d] tensors (v may have its own d).
 
-    Picks the kernel per shape: fused SDPA where it wins (GPUs; long sequences on CPU),
-    explicit matmul + softmax for short sequences on CPU and for huge head dims
-    (temporal attention), where SDPA's fused kernels are slower or unavailable.
-    `bias` is [heads, S, S]; added to the logits, or (reference behaviour) to the
-    probabilities when `bias_after_softmax`.
+    Picks the kernel per shape: fused SDPA where it wins (GPUs; long sequences on CPU,
+    where it also never materialises the S x S scores), explicit matmul + softmax for
+    short sequences on CPU and for huge head dims (temporal attention), where SDPA's
+    fused kernels are slower or unavailable. `bias` is [heads, S, S]; added to the
+    logits, or (reference behaviour) to the probabilities when `bias_after_softmax`.
     """
     if qk_norm:
         q, k = _standardise(q), _standardise(k)
@@ -145,34 +407,108 @@ def attend(
         scale = 1.0
     else:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    s, d = q.shape[-2], q.shape[-1]
-    use_sdpa = (q.is_cuda or s >= SDPA_MIN_TOKENS_CPU) and d <= 512
     logit_bias = None if bias_after_softmax else bias
-    if use_sdpa:
-        out = F.scaled_dot_product_attention(
-            q, k, v,
-            # A 4-D mask keeps CPU SDPA on its fused kernel (3-D falls back to math).
-            attn_mask=None if logit_bias is None else logit_bias.to(q.dtype).unsqueeze(0),
-            dropout_p=dropout,
-            is_causal=causal,
-            scale=scale,
-        )  # fmt: skip
-    else:
-        # Scale whichever is smaller: q (S*d) or the scores (S*S).
-        if s * d <= s * k.shape[-2]:
-            scores = (q * scale) @ k.transpose(-2, -1)
-        else:
-            scores = (q @ k.transpose(-2, -1)) * scale
-        if logit_bias is not None:
-            scores = scores + logit_bias
-        if causal:
-            keep = torch.ones(s, k.shape[-2], dtype=torch.bool, device=q.device).tril()
-            scores = scores.masked_fill(~keep, float("-inf"))
-        probs = scores.softmax(dim=-1)
-        if dropout:
-            probs = F.dropout(probs, dropout)
-        out = probs @ v
-    if bias is not None and bias_after_softmax:
+    prob_bias = bias if bias_after_softmax else None
+    if not _use_sdpa(q, k):
+        return _attend_matmul(q, k, v, scale, logit_bias, prob_bias, causal, dropout)
+    out = F.scaled_dot_product_attention(
+        q, k, v,
+        # A 4-D mask keeps CPU SDPA on its fused kernel (3-D falls back to math).
+        attn_mask=None if logit_bias is None else logit_bias.to(q.dtype).unsqueeze(0),
+        dropout_p=dropout,
+        is_causal=causal,
+        scale=scale,
+    )  # fmt: skip
+    if prob_bias is not None:
         # (P + B) V = P V + B V: keeps the fused kernel for P V.
-        out = out + bias.to(v.dtype) @ v
+        out = out + _bias_times_v(prob_bias, v)
     return out
+
+
+# ------------------------------------------------------------ fused CPU inference convs
+
+# Eager CPU inference runs a convolution and the element-wise op after it (the mixer's
+# activation, a residual add) as one oneDNN primitive: the activation costs nothing
+# and the sum needs no extra pass over memory. Set to False to always use plain ops.
+FUSED_CPU_INFERENCE = True
+
+# activation name -> (oneDNN attr, scalars, algorithm) of mkldnn::_convolution_pointwise
+ONEDNN_UNARY: dict[str, tuple[str, list[float], str | None]] = {
+    "gelu": ("gelu", [], "none"),
+    "gelu_tanh": ("gelu", [], "tanh"),
+    "relu": ("relu", [], None),
+    "relu6": ("hardtanh", [0.0, 6.0], None),
+    "leaky_relu": ("leaky_relu", [0.1], None),
+    "silu": ("swish", [], None),
+    "tanh": ("tanh", [], None),
+    "identity": ("none", [], None),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _onednn_fusion_works() -> bool:
+    """Whether this torch has the fused oneDNN convolutions and they agree with the
+    plain ops (checked once on a tiny input)."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    if ops is None or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 4, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
+        other = torch.randn(2, 3, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
+        w, b = torch.randn(3, 4, 3, 3, generator=gen), torch.randn(3, generator=gen)
+        plain = F.conv2d(x, w, b, padding=1)
+        args = ([1, 1], [1, 1], [1, 1], 1)
+        fused = torch.ops.mkldnn._convolution_pointwise(x, w, b, *args, "gelu", [], "none")
+        summed = torch.ops.mkldnn._convolution_pointwise_.binary(
+            other.clone(), x, w, b, *args, "add", None, None, [], None
+        )
+        return bool(
+            torch.allclose(fused, F.gelu(plain), atol=1e-5)
+            and torch.allclose(summed, plain + other, atol=1e-5)
+        )
+    except (RuntimeError, TypeError, AttributeError):
+        return False
+
+
+def can_fuse(conv: torch.nn.Conv2d, x: Tensor) -> bool:
+    """True where `fused_conv2d` may replace conv + element-wise ops: eager, no autograd,
+    float32 on CPU, zero padding."""
+    return (
+        FUSED_CPU_INFERENCE
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")  # the fused op has no autocast rule
+        and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and not torch.compiler.is_compiling()
+        and not plain_ops()
+        and _onednn_fusion_works()
+    )
+
+
+def fused_conv2d(
+    conv: torch.nn.Conv2d,
+    x: Tensor,
+    *,
+    unary: tuple[str, list[float], str | None] | None = None,
+    add: Tensor | None = None,
+    add_inplace: bool = False,
+) -> Tensor:
+    """act(conv(x)) or conv(x) + add (into `add` itself with `add_inplace`), in one
+    oneDNN primitive. Only where `can_fuse(conv, x)`."""
+    args = (
+        conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+        conv.groups,
+    )  # fmt: skip
+    if add is None:
+        attr, scalars, algorithm = unary or ("none", [], None)
+        return torch.ops.mkldnn._convolution_pointwise(x, *args, attr, scalars, algorithm)
+    if add_inplace:
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            add, x, *args, "add", None, None, [], None
+        )
+    return torch.ops.mkldnn._convolution_pointwise.binary(
+        x, add, *args, "add", None, None, [], None
+    )
