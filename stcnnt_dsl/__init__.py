@@ -1,9 +1,22 @@
 """stcnnt-dsl: ST-CNNT imaging backbones from a declarative architecture language.
 
 Tensors are [B, T, C, H, W] everywhere (T = time for 2D+T, slices for 3D, 1 for 2D).
+
+The pipeline, one way: `language` (grammar, options, spec) -> `graph` (the model graph:
+nodes, cell geometry, sizes, costs; no torch) -> `nn` (torch layers) -> `models` (modules
+built from graphs) -> `tools` (profile, diagram, explain, save/load), beside `compat`
+(the reference implementation), `studio` and the `stcnnt` command.
+
+The names that need torch (`build`, `profile`, `save_model`, ...) are loaded on first
+use, so `import stcnnt_dsl` and everything that reads only the model graph (`check`,
+`infer_shapes`, `explain`, `to_dot`, the studio, `stcnnt check`) start without
+importing torch.
 """
 
-from .compiler import build
+from typing import Any
+
+from ._lazy import load
+from ._version import __version__
 from .errors import (
     DSLSyntaxError,
     ResourceError,
@@ -12,18 +25,31 @@ from .errors import (
     STCNNTError,
     WeightsError,
 )
-from .explain import explain
-from .graph import render_graph, to_dot
-from .io import load_model, save_model
-from .language import format_block, parse_block
-from .profiling import ProfileReport, profile
-from .shapes import check, infer_shapes
-from .spec import ArchSpec, dump_spec, list_architectures, load_spec
+from .graph import build_graph, check, infer_shapes
+from .language import (
+    ArchSpec,
+    dump_spec,
+    format_block,
+    list_architectures,
+    load_spec,
+    parse_block,
+)
+from .registry import register_activation, register_norm
+from .tools.diagram import render_graph, to_dot
+from .tools.explain import explain
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> Any:
+    return load(__name__, name, globals())  # the names that need torch (see _lazy)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "ArchSpec",
+    "Backbone",
     "DSLSyntaxError",
     "ProfileReport",
     "ResourceError",
@@ -31,7 +57,9 @@ __all__ = [
     "ShapeError",
     "SpecError",
     "WeightsError",
+    "__version__",
     "build",
+    "build_graph",
     "check",
     "dump_spec",
     "explain",
@@ -42,6 +70,8 @@ __all__ = [
     "load_spec",
     "parse_block",
     "profile",
+    "register_activation",
+    "register_norm",
     "render_graph",
     "save_model",
     "to_dot",

@@ -19,7 +19,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import DSLSyntaxError, ShapeError, SpecError, STCNNTError
+import stcnnt_dsl as api  # its torch-based names load on first use: `check` needs no torch
+
+from . import compat
+from ._version import __version__
+from .errors import DSLSyntaxError, ShapeError, SpecError, STCNNTError, WeightsError
+from .graph import build_graph, check, describe_rule, guard, infer_shapes, parse_shape
+from .language.spec import list_architectures, load_source, spec_json_schema
+from .tools.diagram import GraphvizMissingWarning, render_graph, to_dot
+from .tools.explain import explain
+from .tools.units import human
 
 __all__ = ["main"]
 
@@ -83,47 +92,44 @@ def _shape_text(shape: Sequence[int] | None) -> str:
 
 
 def _input_shape(args: argparse.Namespace) -> tuple[int, ...] | None:
-    from .shapes import parse_shape
-
     return None if args.input is None else parse_shape(args.input)
 
 
 # --------------------------------------------------------------------------- commands
 
 
+def _arch(args: argparse.Namespace, attr: str = "arch") -> Any:
+    """The ARCH argument; `-` reads the architecture text from stdin."""
+    value = getattr(args, attr)
+    if value == "-":
+        return load_source(sys.stdin.read(), read_files=False)
+    return value
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
-    import torch
-
-    from .backbones import BACKBONES
-    from .plan import make_plan
-    from .resources import guard
-    from .shapes import infer_shapes
-
-    plan = make_plan(args.arch)
     shape = _input_shape(args)
-    guard(plan, shape)  # absurd sizes are refused before anything is constructed
-    with torch.device("meta"):
-        model = BACKBONES[plan.spec.topology](plan)  # runs every construction-time check
-    params = sum(p.numel() for p in model.parameters())
-    rule = plan.global_rule()
-    valid = _valid_inputs(rule)
-    shapes = infer_shapes(plan, shape) if shape is not None else None
+    graph = build_graph(_arch(args))
+    estimate = guard(graph)  # absurd sizes are refused before anything else
+    valid = _valid_inputs(graph.rule())
+    shapes = infer_shapes(graph, shape) if shape is not None else None
+    if shape is not None:
+        check(graph, shape)
     if args.json:
         _emit_json({
             "ok": True,
-            "name": plan.spec.name,
-            "topology": plan.spec.topology,
-            "parameters": params,
+            "name": graph.name,
+            "topology": graph.topology,
+            "parameters": estimate.params,
             "valid_inputs": valid,
             "input": shape,
             "output": None if shapes is None else shapes["output"],
             "stages": None if shapes is None else shapes["stages"],
         })  # fmt: skip
         return 0
-    cells = sum(len(s.block.cells) for s in plan.stages)
+    cells = sum(len(p.cells) for p in graph.block_plans())
     print(
-        f"ok: {plan.spec.name} ({plan.spec.topology}) is valid: {len(plan.stages)} stages, "
-        f"{cells} cells, {params:,} parameters"
+        f"ok: {graph.name} ({graph.topology}) is valid: {len(graph.stages)} stages, "
+        f"{cells} cells, {estimate.params:,} parameters"
     )
     print(f"accepts: {valid['text']}")
     if shapes is not None:
@@ -132,64 +138,54 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _valid_inputs(rule: Any) -> dict[str, Any]:
+    """The model's valid input sizes, in words and as numbers: `minimum` is the smallest
+    valid H and W (a multiple of `multiple`)."""
     mh, mw = rule.multiple
+    smallest = [max(m, -(-rule.minimum // m) * m) for m in (mh, mw)]
     if rule.exact is not None:
-        text = f"exactly H={rule.exact[0]}, W={rule.exact[1]}"
-    elif mh == mw:
-        text = f"H and W multiples of {mh}"
-    else:
-        text = f"H a multiple of {mh}, W a multiple of {mw}"
-    if rule.exact is None and rule.minimum > 1:
-        text += f", at least {rule.minimum}"
-    text += f", T >= {rule.min_frames}" if rule.min_frames > 1 else ", any T >= 1"
+        smallest = list(rule.exact)
     return {
         "multiple": [mh, mw],
-        "minimum": rule.minimum,
+        "minimum": smallest,
         "min_frames": rule.min_frames,
         "exact": None if rule.exact is None else list(rule.exact),
-        "text": text,
+        "text": describe_rule(rule),
     }
 
 
-def _stage_params(model: Any) -> list[dict[str, Any]]:
-    from .flops import stage_module_name
-
-    plan = model.plan
+def _stage_rows(model: Any) -> list[dict[str, Any]]:
+    graph = model.graph
     rows = []
-    for stage in plan.stages:
-        name = stage_module_name(plan, stage)
-        module = model.get_submodule(name)
+    for node in graph.stages:
+        module = model.get_submodule(node.name)
         rows.append({
-            "key": stage.key,
-            "module": name,
-            "label": stage.label,
-            "block": str(stage.block),
-            "in_channels": stage.in_channels,
-            "out_channels": stage.out_channels,
-            "scale": stage.scale,
+            "key": node.name,
+            "module": node.name,
+            "label": node.label,
+            "block": str(node.plan.block),
+            "in_channels": node.in_channels,
+            "out_channels": node.out_channels,
+            "scale": node.scale,
             "parameters": sum(p.numel() for p in module.parameters()),
         })  # fmt: skip
     return rows
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .compiler import build
-    from .shapes import infer_shapes
-
     say = _progress(args)
-    say("building")
-    model = build(args.arch, seed=args.seed, in_channels=args.in_channels)
-    total = sum(p.numel() for p in model.parameters())
-    stages = _stage_params(model)
-    in_stages = sum(s["parameters"] for s in stages)
     shape = _input_shape(args)
-    shapes = infer_shapes(model.plan, shape) if shape is not None else None
+    if args.out:
+        _check_out(Path(args.out))  # before the work, not after it
+    say("building")
+    model = api.build(_arch(args), seed=args.seed, in_channels=args.in_channels)
+    total = sum(p.numel() for p in model.parameters())
+    stages = _stage_rows(model)
+    in_stages = sum(s["parameters"] for s in stages)
+    shapes = infer_shapes(model.graph, shape) if shape is not None else None
     saved = graph = None
     if args.out:
-        from .io import save_model
-
         say(f"writing {args.out}")
-        saved = save_model(model, args.out)
+        saved = api.save_model(model, args.out)
     if args.graph:
         say(f"drawing {args.graph}")
         graph = _render(model, args.graph, args.detail, shape)
@@ -246,6 +242,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(path: Path) -> None:
+    if path.is_dir():
+        raise STCNNTError(f"--out {path}: it is a folder; give a file name ending in .safetensors")
+    if path.suffix.lower() != ".safetensors":
+        raise STCNNTError(
+            f"--out {path}: weights are written as safetensors; end the file name in .safetensors"
+        )
+    if not path.parent.exists():
+        raise STCNNTError(f"--out {path}: the folder {path.parent} does not exist")
+
+
 def _table(rows: list[list[str]], right: set[int] = frozenset()) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
@@ -260,36 +267,42 @@ def _table(rows: list[list[str]], right: set[int] = frozenset()) -> str:
 
 
 def _human(value: float, base: int = 1000) -> str:
-    from .profiling import human
-
     return human(value, "", base)
 
 
-def _default_input(arch: Any) -> tuple[int, ...]:
-    from .spec import load_spec
-
-    spec = load_spec(arch)
-    h, w = spec.input_size if spec.input_size is not None else (64, 64)
-    return (1, 1, spec.in_channels, h, w)
+def default_input(graph: Any) -> tuple[int, ...]:
+    """The smallest input the model accepts: 1 sample, its fewest frames, the spec's
+    `input_size` when it has one, else the smallest valid H and W (at least 32)."""
+    rule = graph.rule()
+    if graph.spec.input_size is not None:
+        h, w = graph.spec.input_size
+    elif rule.exact is not None:
+        h, w = rule.exact
+    else:
+        h, w = (max(m, -(-max(rule.minimum, 32) // m) * m) for m in rule.multiple)
+    return (1, rule.min_frames, graph.in_channels, h, w)
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from .profiling import profile
-
-    arch = args.arch or "unet"
+    arch = _arch(args) if args.arch is not None else "unet"
+    graph = build_graph(arch)
     shape = _input_shape(args)
     defaulted = shape is None
     if shape is None:
-        shape = _default_input(arch)
+        shape = default_input(graph)
+        note = (f"no --input given: profiling {_shape_text(shape)}, the smallest input "
+                f"{graph.name} accepts; pass --input B,T,C,H,W")  # fmt: skip
+        print(f"stcnnt profile: {note}", file=sys.stderr)
     say = _progress(args)
-    report = profile(
-        arch,
+    report = api.profile(
+        graph,
         shape,
         device=args.device,
         dtype=args.dtype,
         runs=args.runs,
         warmup=args.warmup,
         flop_counter=args.flop_counter,
+        layers=args.layers,
         progress=say,
     )
     _clear_progress(args)
@@ -297,10 +310,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         data = report.to_dict()
         if not args.layers:
             data.pop("layer_table", None)
-        _emit_json({"ok": True, **data})
+        _emit_json({"ok": True, "input_defaulted": defaulted, **data})
         return 0
-    if defaulted:
-        print(f"(no --input given: profiling {_shape_text(shape)}; pass --input B,T,C,H,W)")
     print(report.format(detail=args.detail))
     if args.layers:
         print()
@@ -309,8 +320,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _render(source: Any, path: str, detail: str, shape: Any) -> dict[str, Any]:
-    from .graph import GraphvizMissingWarning, render_graph
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GraphvizMissingWarning)
         written = render_graph(source, path, detail=detail, input_shape=shape)
@@ -322,15 +331,14 @@ def _render(source: Any, path: str, detail: str, shape: Any) -> dict[str, Any]:
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:
-    from .graph import to_dot
-
     shape = _input_shape(args)
+    arch = _arch(args)
     if args.output == "-":
-        sys.stdout.write(to_dot(args.arch, detail=args.detail, input_shape=shape))
+        sys.stdout.write(to_dot(arch, detail=args.detail, input_shape=shape))
         return 0
     say = _progress(args)
     say(f"drawing {args.output}")
-    result = _render(args.arch, args.output, args.detail, shape)
+    result = _render(arch, args.output, args.detail, shape)
     _clear_progress(args)
     if args.json:
         _emit_json({"ok": True, **result, "detail": args.detail})
@@ -342,11 +350,11 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import explain
-
     text = args.text
     if text == "-":
         text = sys.stdin.read()
+        if not _looks_like_block(text):
+            text = load_source(text, read_files=False)
     result = explain(text, stage=args.stage)
     if args.json:
         _emit_json({"ok": True, **result.to_dict()})
@@ -355,15 +363,24 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_schema(args: argparse.Namespace) -> int:
-    from .spec import spec_json_schema
+def _looks_like_block(text: str) -> bool:
+    """A one-line text that starts like a block string (stdin may hold either)."""
+    stripped = text.strip()
+    return "\n" not in stripped and ":" not in stripped and stripped[:1] in "LGTVC("
 
+
+def _cmd_schema(args: argparse.Namespace) -> int:
     text = json.dumps(spec_json_schema(), indent=2) + "\n"
     if args.out:
         path = Path(args.out)
+        if path.is_dir():
+            raise STCNNTError(f"cannot write {path}: it is a folder; give a file name")
         if not path.parent.exists():
             raise STCNNTError(f"cannot write {path}: the folder {path.parent} does not exist")
-        path.write_text(text, encoding="utf-8")
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise STCNNTError(f"cannot write {path}: {err.strerror or err}") from None
         print(f"wrote {path}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -371,23 +388,15 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    import torch
-
-    from .backbones import BACKBONES
-    from .plan import make_plan
-    from .spec import list_architectures
-
     rows = []
     for name in list_architectures():
-        plan = make_plan(name)
-        with torch.device("meta"):
-            model = BACKBONES[plan.spec.topology](plan)
+        graph = build_graph(name)
         rows.append({
             "name": name,
-            "topology": plan.spec.topology,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "valid_inputs": _valid_inputs(plan.global_rule())["text"],
-            "description": plan.spec.description,
+            "topology": graph.topology,
+            "parameters": sum(graph.params().values()),
+            "valid_inputs": describe_rule(graph.rule()),
+            "description": graph.spec.description,
         })  # fmt: skip
     if args.json:
         _emit_json({"ok": True, "architectures": rows})
@@ -399,32 +408,43 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_import_reference(args: argparse.Namespace) -> int:
-    try:
-        from .compat import import_reference
-    except ImportError as err:
-        raise STCNNTError(
-            f"import-reference is not available in this installation ({err})"
-        ) from None
-    from .io import save_model
-
-    config = None
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise STCNNTError(f"config file not found: {path}")
+def _read_config(value: str) -> Any:
+    """--config: inline JSON (starts with `{`) or a JSON file."""
+    if value.lstrip().startswith("{"):
         try:
-            config = json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(value)
         except json.JSONDecodeError as err:
             raise STCNNTError(
-                f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}"
+                f"--config: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
             ) from None
+    path = Path(value)
+    if not path.is_file():
+        raise STCNNTError(
+            f"--config {value}: no such file; give a JSON file or inline JSON ('{{...}}')"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise STCNNTError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from None
+
+
+def _cmd_import_reference(args: argparse.Namespace) -> int:
+    config = _read_config(args.config) if args.config else None
     if not Path(args.file).is_file():
         raise STCNNTError(f"file not found: {args.file}")
+    _check_out(Path(args.out))
     say = _progress(args)
     say(f"importing {args.file}")
-    model = import_reference(args.file) if config is None else import_reference(args.file, config)
-    saved = save_model(model, args.out)
+    try:
+        model = compat.import_reference(args.file, config)
+    except WeightsError as err:
+        if config is None and "no configuration" in str(err):
+            raise WeightsError(
+                f"{args.file} carries no reference configuration in its metadata; give it "
+                "with --config FILE (or --config '{...}')"
+            ) from None
+        raise
+    saved = api.save_model(model, args.out)
     _clear_progress(args)
     params = sum(p.numel() for p in model.parameters())
     if args.json:
@@ -439,6 +459,16 @@ def _cmd_import_reference(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 skips timing), got {value}")
+    return value
+
+
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
@@ -448,8 +478,6 @@ def _add_json(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = _Parser(
         prog="stcnnt",
         description="ST-CNNT backbones from a declarative architecture language: validate, "
@@ -543,20 +571,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--runs",
-        type=int,
+        type=_non_negative,
         metavar="N",
         help="timed forwards (default: as many as fit in ~20 s, 1 to 10; "
         "0 skips latency and peak memory)",
     )
     p.add_argument(
-        "--warmup", type=int, default=1, metavar="N", help="untimed forwards first (default: 1)"
-    )
+        "--warmup", type=_non_negative, default=1, metavar="N",
+        help="untimed forwards first (default: 1)",
+    )  # fmt: skip
     p.add_argument(
         "--flop-counter",
         default="auto",
-        choices=("auto", "fvcore", "torch", "analytic"),
-        help="auto: fvcore on small inputs, torch FlopCounterMode (meta device) "
-        "on large ones (default: auto)",
+        choices=("auto", "analytic", "torch", "fvcore"),
+        help="analytic: the model graph's formulas (milliseconds); torch: FlopCounterMode "
+        "on the meta device; fvcore: traced on real tensors; auto: analytic, cross-checked "
+        "by torch when the model is built for timing (default: auto)",
     )
     p.add_argument(
         "--detail",
@@ -645,8 +675,9 @@ def _parser() -> argparse.ArgumentParser:
         _cmd_import_reference,
     )  # fmt: skip
     p.add_argument("file", metavar="FILE", help="reference weights (.safetensors)")
-    p.add_argument("--config", metavar="JSON", help="reference configuration (when the file "
-                   "does not carry one in its metadata)")  # fmt: skip
+    p.add_argument("--config", metavar="FILE|JSON", help="reference configuration, a JSON "
+                   "file or inline JSON (when the weights file does not carry one in its "
+                   "metadata)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
     _add_json(p)
     return parser
@@ -680,6 +711,8 @@ def _user_error(args: argparse.Namespace | None, err: BaseException, prefix: str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `stcnnt` command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wants_json = "--json" in argv
     parser = _parser()
     args = None
     try:
@@ -687,7 +720,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:  # report them against the subcommand, whose --help lists its options
             raise UsageError(f"stcnnt {args.command}", f"unrecognized arguments: {' '.join(extra)}")
     except UsageError as err:
-        print(f"{err.prog}: error: {err} (see '{err.prog} --help')", file=sys.stderr)
+        message = f"{err} (see '{err.prog} --help')"
+        if wants_json:
+            _emit_json({"ok": False, "error": {"type": "UsageError", "message": message}})
+        print(f"{err.prog}: error: {message}", file=sys.stderr)
         return 2
     prefix = f"stcnnt {args.command}"
     try:
@@ -703,8 +739,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `stcnnt schema | head`: the reader left; not an error
         sys.stderr.close()
         return 0
-    except Exception:  # a bug: say so, with what is needed to report it
+    except Exception as err:  # a bug: say so, with what is needed to report it
         _clear_progress(args)
+        if getattr(args, "json", False):
+            _emit_json({"ok": False, "error": {
+                "type": "InternalError", "message": f"{type(err).__name__}: {err}",
+            }})  # fmt: skip
         print(
             f"{prefix}: internal error (a bug in stcnnt-dsl, not in your input); please "
             f"report it on {ISSUES_URL} with the command line and this traceback:",

@@ -69,7 +69,7 @@ def test_unet_is_equivariant_to_permuting_frames():
 
 
 def test_causal_unet_is_not_equivariant_but_respects_time():
-    spec = "unet(channels=[8, 16], blocks=T1[causal=true]L1, window=4, grid=2)"
+    spec = "unet(channels=[8, 16], blocks=T1[causal=true]L1, window=4)"
     model = build(spec, seed=0).eval()
     x = _input(model, t=3, h=16, w=16)
     x2 = x.clone()
@@ -116,6 +116,54 @@ def test_backbone_attributes_follow_the_contract():
     assert all({"channels", "reduction"} <= set(f) for f in model.feature_info)
     other = build("unet", in_channels=3)
     assert other.in_channels == 3 and other.spec.in_channels == 3
+
+
+@pytest.mark.parametrize("arch", ["unet", "hrnet", "llm"])
+def test_feature_info_uses_timm_keys_and_real_module_names(arch):
+    model = build(arch, seed=0)
+    x = torch.randn(1, 2, 1, 64, 64)
+    with torch.no_grad():
+        features = model.forward_features(x)
+    assert len(features) == len(model.feature_info)
+    for info, feat in zip(model.feature_info, features, strict=True):
+        assert info["num_chs"] == info["channels"] == feat.shape[2]
+        assert feat.shape[-1] == 64 // info["reduction"]
+        module = model.get_submodule(info["module"])  # a real module of the model
+        captured: list[torch.Tensor] = []
+        handle = module.register_forward_hook(lambda m, i, o, seen=captured: seen.append(o))
+        with torch.no_grad():
+            model.forward_features(x)
+        handle.remove()
+        torch.testing.assert_close(captured[-1], feat)
+
+
+def test_no_weight_decay_names_bias_tables_norms_and_biases():
+    model = build("llm(channels=8, blocks=L1 G1 T1, norm=batch2d, activation=prelu)", seed=0)
+    names = model.no_weight_decay()
+    params = dict(model.named_parameters())
+    assert names <= set(params)
+    assert any(n.endswith("attn.bias_table") for n in names)
+    assert any(".norm1.norm.weight" in n for n in names)
+    assert all(n in names for n in params if n.endswith(".bias"))
+    assert any(n.endswith("mixer.1.weight") for n in names)  # the PReLU slope
+    decayed = set(params) - names
+    assert decayed and all(params[n].ndim >= 2 for n in decayed)
+    assert all("attn.qkv" in n or "proj" in n or "mixer" in n for n in decayed)
+
+
+def test_modules_sit_at_the_graph_names():
+    model = build("hrnet(channels=[8, 16], blocks=L1, resample=block)", seed=0)
+    for node in model.graph.nodes:
+        if node.has_module:
+            model.get_submodule(node.name)
+    assert {k.split(".")[0] for k in model.state_dict()} == {
+        "level0",
+        "level1",
+        "exchange",
+        "fuse",
+        "upsample",
+    }
+    assert model.level0.stage0 is model.get_submodule("level0.stage0")
 
 
 @pytest.mark.parametrize(

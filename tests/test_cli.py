@@ -22,7 +22,7 @@ import yaml
 
 import stcnnt_dsl
 from stcnnt_dsl import cli
-from stcnnt_dsl.io import load_model
+from stcnnt_dsl.tools.io import load_model
 
 ENTRY = shutil.which("stcnnt", path=str(Path(sys.executable).parent))
 COMMAND = [ENTRY] if ENTRY else [sys.executable, "-m", "stcnnt_dsl.cli"]
@@ -53,7 +53,14 @@ def files(tmp_path_factory) -> Path:
     (root / "typo.yaml").write_text("unet:\n  channels: [16, 32]\n  blocks: L1G1\n  windw: 4\n")
     (root / "bad_block.yaml").write_text("unet:\n  channels: [16, 32]\n  blocks: L1X1\n")
     (root / "good.yaml").write_text("unet:\n  channels: [8, 16]\n  blocks: L1G1\n")
+    (root / "trailing.json").write_text('{"unet": {"channels": [8], "blocks": "L1",}}')
+    (root / "latin1.yaml").write_bytes("name: caf\xe9\nunet: {channels: [8], blocks: L1}\n"
+                                       .encode("latin-1"))  # fmt: skip
     (root / "empty_bin").mkdir()
+    (root / "folder.svg").mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(root / "noconfig.safetensors"))
     return root
 
 
@@ -87,6 +94,27 @@ USER_ERRORS = {
     "schema folder": ["schema", "--out", "nodir/s.json"],
     "import missing": ["import-reference", "missing.safetensors", "--out", "m.safetensors"],
     "json shape rule": ["check", "unet", "--input", "1,1,1,100,100", "--json"],
+    # the user trial's catalogue (issue 11)
+    "out is a folder": ["build", "llm", "--out", "."],
+    "out json folder": ["build", "llm", "--out", ".", "--json"],
+    "out not writable": ["build", "llm", "--out", "/proc/m.safetensors"],
+    "out not safetensors": ["build", "llm", "--out", "m.pt"],
+    "graph onto a folder": ["graph", "unet", "-o", "folder.svg"],
+    "runs negative": ["profile", "--runs", "-1"],
+    "import without config": ["import-reference", "noconfig.safetensors", "--out", "m.safetensors"],
+    "config not json": [
+        "import-reference",
+        "noconfig.safetensors",
+        "--config",
+        "{bad",
+        "--out",
+        "m.safetensors",
+    ],
+    "explain block stage": ["explain", "L1G1", "--stage", "encoder.0"],
+    "json trailing comma": ["check", "trailing.json"],
+    "latin-1 file": ["check", "latin1.yaml"],
+    "missing arch json": ["build", "--json"],
+    "option not read": ["check", "unet(channels=[8], blocks=L1, decoder=[{causal=true}])"],
 }
 if not torch.cuda.is_available():
     USER_ERRORS["no cuda"] = ["profile", "unet", "--device", "cuda", "--runs", "0"]
@@ -101,6 +129,19 @@ EXPECTED_MESSAGE = {
     "explain typo": "^",
     "graph format": ".svg",
     "no cuda": "CUDA",
+    "out is a folder": "it is a folder",
+    "out json folder": "it is a folder",
+    "out not writable": "cannot write",
+    "out not safetensors": ".safetensors",
+    "graph onto a folder": "it is a folder",
+    "runs negative": "must be >= 0",
+    "import without config": "--config FILE",
+    "config not json": "not valid JSON",
+    "explain block stage": "block string",
+    "json trailing comma": "invalid JSON",
+    "latin-1 file": "not UTF-8",
+    "missing arch json": "the following arguments are required",
+    "option not read": "is not read by any cell of decoder.0",
 }
 
 
@@ -110,7 +151,9 @@ SUBPROCESS_ERRORS = [
     "no command", "unknown option", "bad dtype", "unknown architecture", "missing file",
     "yaml syntax", "unknown key", "expression syntax", "shape rule", "input not 5-D",
     "explain typo", "graph format", "weights folder", "profile device", "import missing",
-    "json shape rule", *(["no cuda"] if "no cuda" in USER_ERRORS else []),
+    "json shape rule", "out is a folder", "out json folder", "out not writable",
+    "graph onto a folder", "missing arch json", "option not read",
+    *(["no cuda"] if "no cuda" in USER_ERRORS else []),
 ]  # fmt: skip
 
 
@@ -135,6 +178,9 @@ def test_user_errors_exit_2_with_one_message(case, user_errors):
         doc = result.json()
         assert doc["ok"] is False and doc["error"]["type"] == "ShapeError"
         assert doc["error"]["nearest"]
+    elif "json" in case:  # every --json command prints one document, errors too
+        doc = result.json()
+        assert doc["ok"] is False and doc["error"]["message"]
     elif case not in ("no command",):
         assert result.out == ""
 
@@ -147,11 +193,57 @@ def test_user_errors_in_process(case, files, capsys, monkeypatch):
     assert "Traceback" not in err and "error:" in err
 
 
+def test_user_errors_with_json_print_one_document(files, capsys, monkeypatch):
+    monkeypatch.chdir(files)
+    for case, args in USER_ERRORS.items():
+        if "--json" not in args:
+            args = [*args, "--json"] if args else args
+        if not args:
+            continue
+        code = cli.main(args)
+        out = capsys.readouterr().out
+        assert code == 2, case
+        doc = json.loads(out)  # exactly one document, whatever went wrong
+        assert doc["ok"] is False and doc["error"]["message"], case
+
+
+def test_max_params_with_units_gets_a_hint(capsys, monkeypatch):
+    monkeypatch.setenv("STCNNT_MAX_PARAMS", "64GiB")
+    assert cli.main(["build", "llm"]) == 2
+    assert "no units" in capsys.readouterr().err
+
+
+def test_check_and_explain_read_stdin(capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("unet:\n  channels: [8]\n  blocks: L1\n"))
+    assert cli.main(["check", "-", "--input", "1,1,1,16,16"]) == 0
+    assert "runs on 1x1x1x16x16" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdin", io.StringIO("L1 G1"))
+    assert cli.main(["explain", "-"]) == 0
+    assert "cell 1: G1 (global)" in capsys.readouterr().out
+
+
+def test_check_json_gives_the_smallest_valid_size(capsys):
+    assert cli.main(["check", "unet", "--json"]) == 0
+    valid = json.loads(capsys.readouterr().out)["valid_inputs"]
+    assert valid["multiple"] == [32, 32] and valid["minimum"] == [32, 32]
+    assert cli.main(["check", "reference-unet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["valid_inputs"]["minimum"] == [32, 32]
+
+
+def test_profile_without_input_says_which_size_it_chose(capsys):
+    assert cli.main(["profile", "unet-2d-small", "--runs", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "no --input given: profiling 1x1x1x32x32" in captured.err
+    assert "unet-2d-small: input 1x1x1x32x32" in captured.out
+
+
 def test_internal_errors_exit_1_with_a_traceback(capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(stcnnt_dsl.spec, "list_architectures", broken)
+    monkeypatch.setattr(stcnnt_dsl.language.spec, "list_architectures", broken)
     assert cli.main(["list"]) == 1
     err = capsys.readouterr().err
     assert "internal error" in err and "Traceback" in err and "boom" in err
@@ -251,7 +343,7 @@ def test_json_documents(successes):
     check = successes["check json"].json()
     assert check["ok"] and check["output"] == [2, 3, 8, 64, 32]
     profile = successes["profile json"].json()
-    assert profile["flop_counts"]["fvcore"] == profile["flop_counts"]["analytic"]
+    assert profile["flop_counts"]["torch"] == profile["flop_counts"]["analytic"]
     assert profile["latency_ms"] > 0 and "Layer (type" in profile["layer_table"]
     assert successes["graph json"].json()["rendered"] is True
     explained = successes["explain json"].json()
@@ -282,7 +374,7 @@ def test_schema_validates_the_bundled_architectures(successes):
 
 def test_schema_rejects_broken_architectures():
     jsonschema = pytest.importorskip("jsonschema")
-    from stcnnt_dsl.spec import spec_json_schema
+    from stcnnt_dsl.language.spec import spec_json_schema
 
     validator = jsonschema.Draft202012Validator(spec_json_schema())
     good = {"unet": {"channels": [16, 32], "blocks": "L1G1"}}

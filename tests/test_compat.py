@@ -17,8 +17,8 @@ import stcnnt_dsl
 from stcnnt_dsl.compat import import_reference, read_reference, reference_spec
 from stcnnt_dsl.compat.weights import _reference_names
 from stcnnt_dsl.errors import SpecError, WeightsError
-from stcnnt_dsl.plan import make_plan
-from stcnnt_dsl.window_sizing import level_sizes
+from stcnnt_dsl.graph import build_graph
+from stcnnt_dsl.graph.window_sizing import level_sizes
 
 REFERENCE_DIR = Path(
     os.environ.get(
@@ -217,8 +217,8 @@ def test_hrnet_levels_with_diverging_window_sizes_become_overrides():
               "window_size": [32, 32], "patch_size": [4, 4],
               "backbone_hrnet": {"C": 8, "num_resolution_levels": 3}}  # fmt: skip
     spec = reference_spec(config)
-    assert set(spec.hrnet.overrides) == {"level0_stage2"}
-    assert spec.hrnet.overrides["level0_stage2"].grid != spec.hrnet.branches[0].grid
+    assert set(spec.hrnet.overrides) == {"level0.stage2"}
+    assert spec.hrnet.overrides["level0.stage2"].grid != spec.hrnet.branches[0].grid
     model = stcnnt_dsl.build(spec)
     # 2,232,947: the reference's own count for this configuration, from an independent
     # parameter counter that replays its construction (see docs/compat.md).
@@ -326,14 +326,14 @@ def test_window_sizing_is_an_option_layer_below_the_stage():
         "unet": {"channels": [8, 16, 32], "blocks": "L1G1", "window_sizing": "keep_size",
                  "decoder": [{}, {}, {"window": 2}]},
     }  # fmt: skip
-    plan = make_plan(spec)
-    windows = {s.key: s.cell_options()[0]["window"] for s in plan.stages}
+    plan = build_graph(spec)
+    windows = {s.name: s.plan.cell_values()[0]["window"] for s in plan.stages}
     assert windows == {"encoder.0": 16, "encoder.1": 16, "encoder.2": 8, "bridge": 4,
                        "decoder.2": 2, "decoder.1": 16, "decoder.0": 16}  # fmt: skip
-    sources = dict(plan.stage("encoder.2").layers)
+    sources = {layer.source: layer.values for layer in plan.node("encoder.2").plan.layers}
     assert sources["window_sizing"] == {"window": 8, "patch": 2}
     assert stcnnt_dsl.load_spec(stcnnt_dsl.dump_spec(spec)) == stcnnt_dsl.load_spec(spec)
     del spec["input_size"]
     with pytest.raises(SpecError, match="input_size") as err:
-        make_plan(spec)
+        build_graph(spec)
     assert err.value.path == "unet.window_sizing"

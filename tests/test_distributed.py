@@ -77,20 +77,17 @@ def _worker(rank: int, init_file: str, result_dir: str) -> None:
 
         fully_shard = _fsdp2()
         if fully_shard is None:
-            results["fsdp2"] = "this torch has no fully_shard (FSDP2)"
-        else:
-            try:
-                from torch.distributed.device_mesh import init_device_mesh
+            results["fsdp2"] = f"torch {torch.__version__} has no fully_shard (FSDP2)"
+        else:  # an error here is a failure of ours, not a skip
+            from torch.distributed.device_mesh import init_device_mesh
 
-                mesh = init_device_mesh("cpu", (WORLD,))
-                model = stcnnt_dsl.build(SPEC, seed=0)
-                for block in model.blocks:
-                    fully_shard(block, mesh=mesh)
-                fully_shard(model, mesh=mesh)
-                _loss(model(x)).backward()
-                results["fsdp2"] = _grads(model)
-            except (RuntimeError, NotImplementedError, ValueError) as err:
-                results["fsdp2"] = f"FSDP2 on CPU/gloo failed here: {err}"
+            mesh = init_device_mesh("cpu", (WORLD,))
+            model = stcnnt_dsl.build(SPEC, seed=0)
+            for block in model.blocks:
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            _loss(model(x)).backward()
+            results["fsdp2"] = _grads(model)
         if rank == 0:
             torch.save(results, os.path.join(result_dir, "grads.pt"))
     finally:
@@ -123,6 +120,6 @@ def test_ddp_gradients_match_one_process(distributed_grads, single_process_grads
 
 def test_fsdp2_gradients_match_one_process(distributed_grads, single_process_grads):
     result = distributed_grads["fsdp2"]
-    if isinstance(result, str):
+    if isinstance(result, str):  # only a torch without FSDP2 gets here
         pytest.skip(result)
     _assert_same(result, single_process_grads)

@@ -141,28 +141,30 @@ CATALOGUE: list[Entry] = [
       SpecError, "unet.mixer_kernel", ("must be odd",), "use 1, 3, 5, ..."),
     E("option-not-for-block", "Options", "a keyword option no cell of a Block reads",
       ("Block", "T1", 8, 8, {"window": 4}), SpecError, "Block.window",
-      ("does not apply to any cell of T1",), "remove it, or add a cell that reads it."),
+      ("is not read by any cell of Block (T1 (temporal))", "remove it"),
+      "remove it, or add a cell that reads it."),
     E("option-code-string", "Options", "a string that looks like code",
       ("build", unet(activation="__import__('os').system('ls')")), SpecError,
       "unet.activation", ("expected one of", "gelu"),
       "options are closed lists of names: nothing is imported or evaluated."),
     E("heads-divide-patch", "Options", "heads that do not divide the channels of a patch",
-      ("build", unet(heads=3)), SpecError, "unet.encoder[0].cells[0].heads",
-      ("heads=3 must divide the token size 64", "16 x patch 2x2", "e.g. heads=2"),
+      ("build", unet(heads=3)), SpecError, "unet.heads",
+      ("encoder.0 cell 0 (L1)", "heads=3 must divide the token size 64", "16 x patch 2x2",
+       "e.g. heads=2"),
       "use a divisor of channels x patch pixels, or `auto`."),
     E("heads-divide-temporal", "Options", "temporal heads that do not divide the channels",
       ("build", {"unet": {"channels": [16], "blocks": "T1", "heads": 3}}), SpecError,
-      "unet.encoder[0].cells[0].heads", ("heads=3", "out channels 16", "temporal"),
+      "unet.heads", ("heads=3", "out channels 16", "temporal"),
       "use a divisor of the channels."),
     E("window-not-multiple-of-patch", "Options", "a window that is not a multiple of the patch",
-      ("build", unet(window=6, patch=4)), SpecError, "unet.encoder[0].cells[0].patch",
+      ("build", unet(window=6, patch=4)), SpecError, "unet.patch",
       ("patch 4x4 must divide window 6x6",), "make the window a whole number of patches."),
     E("layer-norm-without-size", "Options", "norm=layer without input_size",
-      ("build", unet(norm="layer")), SpecError, "unet.encoder[0].cells[0].norm",
+      ("build", unet(norm="layer")), SpecError, "unet.norm",
       ("needs the input size", "input_size"), "set `input_size: [H, W]` or use instance2d."),
     E("qkv-linear-temporal", "Options", "linear Q/K/V on a temporal cell",
       ("build", {"unet": {"channels": [16], "blocks": "T1[qkv=linear]"}}), SpecError,
-      "unet.encoder[0].cells[0].qkv", ("not available for temporal",), "use qkv=conv."),
+      "unet.blocks", ("encoder.0 cell 0", "not available for temporal",), "use qkv=conv."),
     # ------------------------------------------------------------------ topology
     E("blocks-list-short", "Topology", "fewer block strings than levels (the reference "
       "silently reuses the first)",
@@ -213,7 +215,7 @@ CATALOGUE: list[Entry] = [
       ("unknown topology 'unat'", 'did you mean "unet"'), "unet, hrnet or llm."),
     E("expression-unknown-key", "Topology", "a misspelt key in an expression",
       ("build", "unet(channels=[16], blocks=L1, levls=1)"), SpecError, "unet.levls",
-      ("<expression>:1:38", 'did you mean "levels"'), "fix the spelling."),
+      ("<expression>:1:32", 'did you mean "levels"'), "fix the spelling."),
     E("window-sizing-without-size", "Topology", "per-level window sizing without input_size",
       ("build", unet(window_sizing="mixed")), SpecError, "unet.window_sizing",
       ("input_size",), "set input_size: [H, W] or window_sizing: fixed."),
@@ -226,8 +228,9 @@ CATALOGUE: list[Entry] = [
       ("window 8x8: 8 must divide H=20", "40x32 is 20x16", "nearest valid H: 32 or 64"),
       "use a listed size (or pad / crop the input)."),
     E("input-hw-downsampling", "Inputs", "H, W that the down-sampling steps cannot halve",
-      ("check", "unet", (1, 2, 1, 36, 36)), ShapeError, "unet",
-      ("divisible by 8", "nearest valid H: 32 or 64"), "use a multiple of 2^levels."),
+      ("check", "unet", (1, 2, 1, 36, 36)), ShapeError, "unet.encoder[0]",
+      ("valid inputs are H and W multiples of 32", "nearest valid H: 32 or 64",
+       "encoder.0 cell 1 (L1)"), "use a multiple of the model's size multiple."),
     E("input-t-zero", "Inputs", "T = 0 frames", ("check", "unet", (1, 0, 1, 64, 64)),
       ShapeError, "", ("must be >= 1", "(1, 0, 1, 64, 64)"), "T >= 1 (1 for 2D)."),
     E("input-t-conv3d-reflect", "Inputs", "one frame through a C3 cell with reflect padding",
@@ -275,10 +278,11 @@ CATALOGUE: list[Entry] = [
     # ------------------------------------------------------------------ resources
     E("resource-params", "Resources", "an absurd channel count (refused in milliseconds)",
       ("build", {"unet": {"channels": [1_000_000_000], "blocks": "L1"}}), ResourceError,
-      "unet.decoder[0]", ("parameters", "over the limit", "max_params", "STCNNT_MAX_PARAMS"),
+      "unet.encoder[0]", ("parameters", "over the limit", "max_params", "STCNNT_MAX_PARAMS",
+                          "decoder.0 alone"),
       "fix the typo, or raise the limit (max_params=..., STCNNT_MAX_PARAMS)."),
     E("resource-memory", "Resources", "an input far too big for memory",
-      ("check", "unet", (64, 64, 1, 512, 512)), ResourceError, "unet.decoder[0]",
+      ("check", "unet", (64, 64, 1, 512, 512)), ResourceError, "unet.encoder[0]",
       ("estimated memory", "TiB", "max_memory", "STCNNT_MAX_MEMORY"),
       "a smaller input, or raise the limit (max_memory=..., STCNNT_MAX_MEMORY)."),
     E("resource-cells", "Resources", "a million cells in one model",
@@ -324,6 +328,86 @@ CATALOGUE: list[Entry] = [
       ("text", "unet:\n  blocks: L1\n  channels: [" + "9" * 5_000 + "]\n"), SpecError, (3, 14),
       ("number too long",), "write the number you mean.",
       shown='stcnnt_dsl.load_spec("unet:\\n  blocks: L1\\n  channels: [" + "9" * 5_000 + "]")'),
+    # ------------------------------------------------------------------ options no cell reads
+    E("option-not-read-stage", "Options no cell reads", "a stage option that no cell of the "
+      "stage reads (the decoder is not causal however often it says so)",
+      ("file", "unet:\n  channels: [16]\n  blocks: L1G1\n  decoder:\n  - {causal: true}\n"),
+      SpecError, (5, 6), ("arch.yaml:5:6", "unet.decoder[0].causal",
+                          "not read by any cell of decoder.0", "temporal"),
+      "remove it, or put it where a T cell reads it (or under `defaults:`)."),
+    E("option-not-read-override", "Options no cell reads", "an override that no cell of its "
+      "stage reads", ("build", unet(blocks="L1G1", overrides={"bridge": {"causal": True}})),
+      SpecError, "unet.overrides.bridge.causal", ("not read by any cell of bridge",),
+      "remove it, or set it on a stage with temporal cells."),
+    E("option-not-read-topology", "Options no cell reads", "a topology option no cell reads",
+      ("build", unet(blocks="L1", grid=2)), SpecError, "unet.grid",
+      ("not read by any cell", "grid is read by global, vit cells"),
+      "remove it, or move it to `defaults:` (where options may serve some cells only)."),
+    E("option-not-read-inline", "Options no cell reads", "an inline option a cell without "
+      "mixer cannot read", ("block", "L0[activation=relu]"), DSLSyntaxError, (1, 4),
+      ("L0 does not read option 'activation'", "write L1"),
+      "give the cell a mixer (`L1`) or drop the option."),
+    E("option-not-read-block", "Options no cell reads", "a Block keyword a conv cell does not "
+      "read", ("Block", "C2", 4, 4, {"mixer_ratio": 8}), SpecError, "Block.mixer_ratio",
+      ("not read by any cell of Block (C2 (conv2d))",), "C2/C3 cells have no mixer: remove it."),
+    E("option-qkv-kernel-linear", "Options no cell reads", "a Q/K/V kernel with linear Q/K/V",
+      ("build", unet(qkv="linear", qkv_kernel=5)), SpecError, "unet.qkv_kernel",
+      ("qkv_kernel is read only with qkv=conv",), "drop qkv_kernel, or use qkv=conv."),
+    E("option-null", "Options no cell reads", "an option set to null (it used to mean the "
+      "default, silently)", ("file", "unet:\n  channels: [16]\n  blocks: L1\n  window: null\n"),
+      SpecError, (4, 11), ("window cannot be null",), "remove the key to keep the default."),
+    # ------------------------------------------------------------------ time
+    E("causal-mixing-norm", "Causal attention", "causal temporal attention with a norm whose "
+      "statistics span frames", ("Block", "L1 T1[causal=true] G1 T1[causal=true]", 8, 8,
+                                 {"norm": "instance3d"}),
+      SpecError, "Block.norm", ("causal temporal attention cannot use norm=instance3d",
+                                "later frames"), "use instance2d or layer norms."),
+    E("causal-with-c3", "Causal attention", "a causal model with a C3 cell (it convolves over "
+      "time)", ("build", unet(blocks="T1[causal=true] C3")), SpecError, "unet.blocks",
+      ("C3 cell convolves over T",), "use C2, or drop causal."),
+    E("batch-norm-one-value", "Inputs", "batch norm training with one value per channel",
+      ("check", "unet(channels=[8, 8, 8], blocks=C2, norm=batch2d)", (1, 1, 1, 8, 8)),
+      ShapeError, "unet.bridge", ("needs more than one value per channel in training",
+                                  "1*1*1*1 = 1"),
+      "a larger batch or input, or instance2d."),
+    E("input-dtype", "Inputs", "a float64 input to a float32 model",
+      ("forward", "llm", (1, 1, 1, 16, 16), torch.float64), ShapeError, "",
+      ("the input is float64 but the weights are float32",), "convert the input or the model."),
+    # ------------------------------------------------------------------ files and text
+    E("yaml-tabs", "Sources and YAML", "tabs for indentation",
+      ("file", "unet:\n\tchannels: [16]\n"), DSLSyntaxError, (2, 1),
+      ("YAML does not allow tabs",), "indent with spaces."),
+    E("yaml-empty", "Sources and YAML", "an empty (or comments-only) file",
+      ("file", "# nothing here\n"), SpecError, None, ("empty (or only comments)",),
+      "write a topology."),
+    E("json-trailing-comma", "Sources and YAML", "a .json file that is not JSON (a trailing "
+      "comma)", ("jsonfile", '{"unet": {"channels": [16], "blocks": "L1",}}'),
+      DSLSyntaxError, (1, 44), ("invalid JSON",), "remove the trailing comma."),
+    E("file-not-utf8", "Sources and YAML", "a Latin-1 file", ("bytes", "unet:\n  name: caf\xe9\n"),
+      SpecError, None, ("not UTF-8", "line 2"), "save the file as UTF-8."),
+    E("expression-tuple", "Sources and YAML", "a Python tuple in an expression",
+      ("text", "unet(channels=[16], blocks=L1, window=(8, 4))"), DSLSyntaxError, (1, 40),
+      ("square brackets, e.g. window=[8, 4]",), "write [8, 4]."),
+    E("expression-capital-word", "Sources and YAML", "a Python boolean in an expression",
+      ("text", "unet(channels=[16], blocks=L1, gate=True)"), DSLSyntaxError, (1, 37),
+      ("write 'true'",), "write true / false."),
+    E("expression-topology-case", "Sources and YAML", "a topology name in capitals",
+      ("text", "UNet(channels=[16], blocks=L1)"), DSLSyntaxError, (1, 1),
+      ("topology names are lower case: unet(...)",), "write unet(...)."),
+    E("overrides-top-level", "Sources and YAML", "overrides at the top level",
+      ("file", "unet:\n  channels: [16]\n  blocks: L1\noverrides: {bridge: {window: 4}}\n"),
+      SpecError, (4, 1), ("overrides go under the topology key",), "indent it under unet:."),
+    E("located-build-error", "Sources and YAML", "an error found while building the model, "
+      "located in the file", ("file", "defaults: {heads: 3}\nunet:\n  channels: [16]\n"
+                              "  blocks: L1\n"), SpecError, (1, 19),
+      ("arch.yaml:1:19", "defaults.heads", "encoder.0 cell 0 (L1)"),
+      "use a head count that divides the token size."),
+    # ------------------------------------------------------------------ saving
+    E("save-not-safetensors", "Weights files", "saving under a name that hides the format",
+      ("save", "m.pt"), WeightsError, None, ("must end in .safetensors",),
+      "name it m.safetensors."),
+    E("save-to-folder", "Weights files", "saving onto a folder", ("save", "."), WeightsError,
+      None, ("it is a folder",), "give a file name."),
     # ------------------------------------------------------------------ weights files
     E("weights-pickle", "Weights files", "a pickle (.pt) file given to load_model (never "
       "unpickled)", ("weights", "pickle"), WeightsError, None,
@@ -358,7 +442,15 @@ def _run(call: tuple) -> Any:
         return load_spec(args[0])
     if kind == "file":
         Path("arch.yaml").write_text(args[0])
+        return build("arch.yaml")
+    if kind == "jsonfile":
+        Path("arch.json").write_text(args[0])
+        return load_spec("arch.json")
+    if kind == "bytes":
+        Path("arch.yaml").write_bytes(args[0].encode("latin-1"))
         return load_spec("arch.yaml")
+    if kind == "save":
+        return stcnnt_dsl.save_model(build({"llm": {"channels": 8, "blocks": "L1"}}), args[0])
     if kind == "build":
         return build(args[0], **(args[1] if len(args) > 1 else {}))
     if kind == "check":
@@ -387,7 +479,7 @@ def _weights_file(variant: str) -> Path:
         save_file({"weight": torch.zeros(2)}, str(path))
         return path
     stcnnt_dsl.save_model(build({"llm": {"channels": 8, "blocks": "L1"}}, seed=0), path)
-    meta = stcnnt_dsl.io.read_metadata(path)
+    meta = stcnnt_dsl.tools.io.read_metadata(path)
     tensors = _load_safetensors(path)
     meta["spec"] = meta["spec"].replace("channels: 8", "channels: 16")
     save_file(tensors, str(path), metadata=meta)
@@ -511,7 +603,13 @@ def _show(entry: Entry) -> str:
     if kind in ("load", "text"):
         return f"stcnnt_dsl.load_spec({args[0]!r})"
     if kind == "file":
-        return f"# arch.yaml\n{args[0]}# then: stcnnt_dsl.load_spec('arch.yaml')"
+        return f"# arch.yaml\n{args[0]}# then: stcnnt_dsl.build('arch.yaml')"
+    if kind == "jsonfile":
+        return f"# arch.json\n{args[0]}\n# then: stcnnt_dsl.load_spec('arch.json')"
+    if kind == "bytes":
+        return f"# arch.yaml, saved as Latin-1\n{args[0]}# then: stcnnt_dsl.load_spec('arch.yaml')"
+    if kind == "save":
+        return f"stcnnt_dsl.save_model(model, {args[0]!r})"
     if kind == "build":
         extra = "".join(f", {k}={_value(v)}" for k, v in (args[1] if len(args) > 1 else {}).items())
         return f"stcnnt_dsl.build({args[0]!r}{extra})"

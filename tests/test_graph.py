@@ -9,8 +9,8 @@ import pytest
 
 import stcnnt_dsl
 from stcnnt_dsl.errors import ShapeError, STCNNTError
-from stcnnt_dsl.graph import GraphvizMissingWarning, render_graph, to_dot
-from stcnnt_dsl.plan import make_plan
+from stcnnt_dsl.graph import build_graph
+from stcnnt_dsl.tools.diagram import GraphvizMissingWarning, render_graph, to_dot
 
 HAS_DOT = shutil.which("dot") is not None
 
@@ -20,13 +20,13 @@ HAS_DOT = shutil.which("dot") is not None
 def test_dot_source_shows_every_stage(arch, detail):
     source = to_dot(arch, detail=detail)
     assert source.startswith("digraph stcnnt {") and source.rstrip().endswith("}")
-    plan = make_plan(arch)
+    plan = build_graph(arch)
     for stage in plan.stages:
-        assert f'"{stage.key}' in source
-        assert str(stage.block) in source
+        assert f'"{stage.name}' in source
+        assert str(stage.plan.block) in source
         if detail == "cell":
-            assert f'"cluster_{stage.key.replace(".", "_")}"' in source
-            assert f'"{stage.key}.cells.{len(stage.block) - 1}"' in source
+            assert f'"cluster_{stage.name.replace(".", "_")}"' in source
+            assert f'"{stage.name}.cells.{len(stage.plan.block) - 1}"' in source
     assert '"input"' in source and '"output"' in source
     if HAS_DOT:  # the source is valid DOT
         subprocess.run(["dot", "-Tcanon"], input=source, text=True, check=True,
@@ -45,13 +45,13 @@ def test_unet_diagram_has_gates_skips_and_resampling():
 
 def test_hrnet_and_llm_diagrams_show_their_wiring():
     hrnet = to_dot("hrnet")
-    assert hrnet.count('label="fuse\\nlevel') == 3
-    assert "down x4" in hrnet and "up x4" in hrnet
+    assert all(f'"sum:level{k}.output"' in hrnet for k in range(3))  # the fusion sums
+    assert "down x4" in hrnet and "up x4" in hrnet and '"cat:output"' in hrnet
     llm = to_dot("llm")
-    assert '"sum.2"' in llm  # block 2 takes the sum of blocks 0 and 1
-    assert 'style="dashed"' in llm
+    assert '"sum:blocks.2"' in llm  # block 2 takes the sum of blocks 0 and 1
+    assert '"blocks.0" -> "sum:blocks.2"' in llm
     plain = to_dot("llm(channels=8, blocks=[L1, L1, L1], dense_skips=false)")
-    assert '"sum.2"' not in plain
+    assert '"sum:blocks.2"' not in plain
 
 
 def test_cell_detail_shows_options_and_dense_connections():
@@ -86,7 +86,7 @@ def test_renders_svg_with_graphviz(arch, tmp_path):
     assert path == tmp_path / f"{arch}.svg"
     text = path.read_text()
     assert "<svg" in text
-    assert make_plan(arch).stages[0].key in text
+    assert build_graph(arch).stages[0].name in text
 
 
 @pytest.mark.skipif(not HAS_DOT, reason="Graphviz's dot is not installed")

@@ -28,7 +28,7 @@ import torch
 
 import stcnnt_dsl
 from stcnnt_dsl import STCNNTError, WeightsError, build, load_spec, parse_block
-from stcnnt_dsl.language import parse_expression
+from stcnnt_dsl.language.parser import parse_expression
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -306,6 +306,10 @@ def test_the_package_has_no_code_evaluation_or_unsafe_loading():
                     a.name == "import_module" for a in node.names
                 ):
                     problems.append(f"{where}:{node.lineno}: import_module")
+    # The one dynamic import: the torch-based names of the package, from a closed table
+    # of literal module names (tests/test_layout.py checks the table is literal).
+    lazy = str(Path("stcnnt_dsl") / "_lazy.py")
+    problems = [p for p in problems if not (p.startswith(lazy) and "import_module" in p)]
     assert not problems, problems
 
 
@@ -449,8 +453,8 @@ _CLI_CASES = {
     "absurd channels (check)": (["check", "unet(channels=[1000000000], blocks=L1)"], "max_params"),
     "absurd channels (build)": (["build", "unet(channels=[1000000000], blocks=L1)"], "max_params"),
     "absurd input (check)": (["check", "unet", "--input", "64,64,1,512,512"], "max_memory"),
-    "absurd input (profile)": (
-        ["profile", "unet", "--input", "1,100000,1,512,512", "--runs", "0"],
+    "absurd input (profile)": (  # timing would allocate it: refused first
+        ["profile", "unet", "--input", "1,100000,1,512,512", "--runs", "1"],
         "max_memory",
     ),
     "long block string": (["explain", "L1" * 60_000], "limit is 100000"),

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 import stcnnt_dsl
 from stcnnt_dsl.errors import WeightsError
-from stcnnt_dsl.io import FORMAT_VERSION, load_model, read_metadata, save_model
-from stcnnt_dsl.spec import dump_spec
+from stcnnt_dsl.language.spec import dump_spec
+from stcnnt_dsl.tools.io import FORMAT_VERSION, load_model, read_metadata, save_model
 
 SMALL_ARCHS = [
     "unet-2d-small",
@@ -144,7 +144,106 @@ def test_files_that_are_not_ours(tmp_path):
 
 
 def test_save_needs_a_backbone_and_a_folder(tmp_path):
-    with pytest.raises(WeightsError, match="Backbone"):
+    with pytest.raises(WeightsError, match=r"built by stcnnt_dsl\.build"):
         save_model(torch.nn.Linear(2, 2), tmp_path / "m.safetensors")
+    model = stcnnt_dsl.build("llm(channels=8, blocks=L1)")
     with pytest.raises(WeightsError, match="does not exist"):
-        save_model(stcnnt_dsl.build("llm(channels=8, blocks=L1)"), tmp_path / "no" / "m.st")
+        save_model(model, tmp_path / "no" / "m.safetensors")
+    with pytest.raises(WeightsError, match=r"end in \.safetensors"):
+        save_model(model, tmp_path / "m.pt")
+    with pytest.raises(WeightsError, match="it is a folder"):
+        save_model(model, tmp_path)
+    with pytest.raises(WeightsError, match="is a folder"):
+        load_model(tmp_path)
+
+
+def test_a_compiled_model_is_saved_as_its_module(tmp_path):
+    model = stcnnt_dsl.build("llm(channels=8, blocks=L1)", seed=0)
+    compiled = torch.compile(model)  # not run: saving only unwraps it
+    path = save_model(compiled, tmp_path / "m.safetensors")
+    loaded = load_model(path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_mixed_dtypes_are_kept(tmp_path):
+    model = stcnnt_dsl.build("llm(channels=8, blocks=L1, norm=batch2d)", seed=0)
+    for name, param in model.named_parameters():
+        if "norm" not in name:
+            param.data = param.data.to(torch.bfloat16)
+    loaded = load_model(save_model(model, tmp_path / "m.safetensors"))
+    for name, tensor in model.state_dict().items():
+        assert loaded.state_dict()[name].dtype == tensor.dtype, name
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16, torch.float32}
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    path = tmp_path / "m.safetensors"
+    model = stcnnt_dsl.build("llm(channels=8, blocks=L1)", seed=0)
+    save_model(model, path)
+    before = path.read_bytes()
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("stcnnt_dsl.tools.io.save_file", disk_full)
+    with pytest.raises(WeightsError, match="No space left"):
+        save_model(stcnnt_dsl.build("llm(channels=8, blocks=L1)", seed=1), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left
+    assert safetensors.torch.load_file(path)
+
+
+def test_a_writer_killed_mid_save_leaves_the_old_file_intact(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "m.safetensors"
+    save_model(stcnnt_dsl.build("llm(channels=8, blocks=L1)", seed=0), path)
+    before = path.read_bytes()
+    script = textwrap.dedent(f"""
+        import os, stcnnt_dsl.tools.io as io
+        def crash(tensors, filename, metadata=None):
+            with open(filename, "wb") as handle:
+                handle.write(b"half a file")
+            os._exit(9)  # the process dies mid-save: no cleanup runs
+        io.save_file = crash
+        io.save_model(stcnnt_dsl.build("llm(channels=8, blocks=L1)", seed=1), {str(path)!r})
+    """)
+    result = subprocess.run([sys.executable, "-c", "import stcnnt_dsl\n" + script])
+    assert result.returncode == 9
+    assert path.read_bytes() == before
+
+
+def test_files_of_format_1_load_with_the_old_hrnet_names(tmp_path):
+    """stcnnt-dsl 0.1 wrote HR-Net modules as blocks.level0_stage0, outputs.0, ...;
+    those files still load, with the same weights."""
+    import re
+
+    model = stcnnt_dsl.build("hrnet(channels=[8, 16], blocks=L1, resample=block)", seed=0)
+    new = {k: v.contiguous() for k, v in model.state_dict().items()}
+    old_names = [
+        (r"^level(\d+)\.stage(\d+)\.", r"blocks.level\1_stage\2."),
+        (r"^level(\d+)\.output\.", r"outputs.\1."),
+        (r"^exchange\.stage(\d+)\.(\d+)to(\d+)\.", r"transitions.stage\1_\2to\3."),
+        (r"^upsample\.(\d+)\.", lambda m: f"output_up.{int(m[1]) - 1}."),
+    ]
+    old = {}
+    for key, value in new.items():
+        for pattern, repl in old_names:
+            key = re.sub(pattern, repl, key)
+        old[key] = value
+    assert any(k.startswith("transitions.") for k in old) and any(
+        k.startswith("output_up.") for k in old
+    )
+    metadata = {"format": "stcnnt-dsl", "format_version": "1", "spec": dump_spec(model.spec)}
+    save_file(old, str(tmp_path / "old.safetensors"), metadata=metadata)
+    loaded = load_model(tmp_path / "old.safetensors")
+    for key, value in new.items():
+        assert torch.equal(loaded.state_dict()[key], value), key

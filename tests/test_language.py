@@ -8,9 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stcnnt_dsl.blockspec import BlockSpec, CellSpec
 from stcnnt_dsl.errors import DSLSyntaxError
-from stcnnt_dsl.language import (
+from stcnnt_dsl.language.blockspec import BlockSpec, CellSpec
+from stcnnt_dsl.language.options import CELL_KINDS, OPTIONS, options_for_kind
+from stcnnt_dsl.language.parser import (
     MAX_CELLS,
     Expression,
     format_block,
@@ -18,7 +19,6 @@ from stcnnt_dsl.language import (
     parse_block,
     parse_expression,
 )
-from stcnnt_dsl.options import CELL_KINDS, OPTIONS, options_for_kind
 
 # --------------------------------------------------------------------------- upstream strings
 
@@ -447,20 +447,22 @@ def _valid_value(name):
 
     def ok(value):
         try:
-            opt.validate(value)
+            opt.type.check(value)
         except Exception:
             return False
         return True
 
-    return _from_schema(opt.schema).filter(ok).map(opt.validate)
+    return _from_schema(opt.schema).filter(ok).map(opt.type.check)
 
 
 @st.composite
 def cell_specs(draw):
     kind = draw(st.sampled_from(CELL_KINDS))
-    names = draw(st.lists(st.sampled_from(options_for_kind(kind)), unique=True, max_size=4))
+    mixer = draw(st.booleans())
+    readable = options_for_kind(kind, mixer and kind not in ("conv2d", "conv3d"))
+    names = draw(st.lists(st.sampled_from(readable), unique=True, max_size=4))
     options = {name: draw(_valid_value(name)) for name in names}
-    return CellSpec(kind, draw(st.booleans()), options)
+    return CellSpec(kind, mixer, options)
 
 
 block_specs = st.lists(cell_specs(), min_size=1, max_size=8).map(BlockSpec)

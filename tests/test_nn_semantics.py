@@ -9,7 +9,6 @@ mixer, and compared with the set computed from the window geometry.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 
@@ -19,16 +18,12 @@ import torch.nn.functional as F
 
 import stcnnt_dsl.nn.functional as nnf
 from stcnnt_dsl.errors import ShapeError, SpecError, STCNNTError
+from stcnnt_dsl.graph.geometry import cell_geometry
+from stcnnt_dsl.language.options import OPTIONS
 from stcnnt_dsl.nn import make_cell
 from stcnnt_dsl.nn.cells import DropPath
 from stcnnt_dsl.nn.checks import check_input_tensor
 from stcnnt_dsl.nn.norms import Norm5d
-from stcnnt_dsl.options import OPTIONS
-
-HAVE_LANGUAGE = importlib.util.find_spec("stcnnt_dsl.language") is not None
-needs_language = pytest.mark.skipif(
-    not HAVE_LANGUAGE, reason="stcnnt_dsl.language (parse_block) is not written yet"
-)
 
 KIND = {"L": "local", "G": "global", "T": "temporal", "V": "vit", "C2": "conv2d", "C3": "conv3d"}
 DT = torch.float64
@@ -47,9 +42,8 @@ def options(**values):
 def cell(kind, cin=4, cout=4, *, mixer=False, input_size=None, seed=0, **values):
     """A float64 cell in eval mode (kind: a letter L/G/T/V/C2/C3 or a kind name)."""
     torch.manual_seed(seed)
-    module = make_cell(
-        KIND.get(kind, kind), cin, cout, options(**values), mixer=mixer, input_size=input_size
-    )
+    geometry = cell_geometry(KIND.get(kind, kind), mixer, cin, cout, options(**values), input_size)
+    module = make_cell(geometry)
     return module.to(DT).eval()
 
 
@@ -431,7 +425,7 @@ def test_temporal_is_equivariant_to_frame_permutation():
 
 
 def test_temporal_causal_depends_on_past_only():
-    m = cell("T", norm="batch2d", causal=True)
+    m = cell("T", norm="instance2d", causal=True)  # a norm without statistics over frames
     x = randn(2, 5, 4, 6, 8)
     for t in range(5):
         got = influence(m, x, 1, t, 3, 4)  # [B, T, H, W]
@@ -542,7 +536,7 @@ TEMPORAL_VARIANTS = [
 def test_temporal_attention_matches_reference(frames, sdpa, values, monkeypatch):
     # 8 channels, heads 1 or 2, 4x6 frames: per-head dim <= 192 (SDPA is used only up
     # to 512 features per head)
-    attn = cell("T", 4, 8, norm="batch2d", heads=values.pop("heads", 1), **values).attn
+    attn = cell("T", 4, 8, norm="instance2d", heads=values.pop("heads", 1), **values).attn
     x = randn(1, frames, 4, 4, 6)
     spy = SdpaSpy(monkeypatch)
     with torch.no_grad():
@@ -574,7 +568,7 @@ def test_both_kernel_paths_agree(kind, values, monkeypatch):
     """The same input through SDPA (threshold 1) and matmul + softmax (threshold
     infinite) gives the same output, and both match the reference."""
     values = {"rel_pos_bias": False, **values}
-    m = cell(kind, 4, 8, norm="batch2d", **values)
+    m = cell(kind, 4, 8, norm="instance2d", **values)
     attn = m.attn
     if getattr(attn, "bias_table", None) is not None:
         with torch.no_grad():
@@ -920,13 +914,11 @@ def test_input_tensor_checks(x, pattern):
         check_input_tensor(x, 4, "Block")
 
 
-# ------------------------------------------------------------- blocks (need language)
+# ------------------------------------------------------------------------- blocks
 
 
 @pytest.fixture
 def Block():
-    if not HAVE_LANGUAGE:
-        pytest.skip("stcnnt_dsl.language (parse_block) is not written yet")
     from stcnnt_dsl.nn import Block
 
     return Block
@@ -937,7 +929,6 @@ def _block(Block, text, cin=4, cout=4, **values):
     return Block(text, cin, cout, **values).to(DT).eval()
 
 
-@needs_language
 def test_block_first_cell_maps_channels(Block):
     b = _block(Block, "L1G0T1C2", 3, 8, window=4, patch=2)
     assert [(c.in_channels, c.out_channels) for c in b.cells] == [(3, 8)] + [(8, 8)] * 3
@@ -946,7 +937,6 @@ def test_block_first_cell_maps_channels(Block):
     assert b(randn(1, 2, 3, 8, 8)).shape == (1, 2, 8, 8, 8)
 
 
-@needs_language
 @pytest.mark.parametrize("dense", [True, False])
 def test_block_dense_connections(Block, dense):
     """dense: cell k gets the sum of the outputs of cells 0..k-1 (not the block input);
@@ -971,7 +961,6 @@ def test_block_dense_connections(Block, dense):
     torch.testing.assert_close(y, outputs[-1])
 
 
-@needs_language
 def test_block_dense_differs_from_chain(Block):
     x = randn(1, 2, 4, 8, 8)
     with torch.no_grad():
@@ -980,7 +969,6 @@ def test_block_dense_differs_from_chain(Block):
     assert not torch.allclose(a, b)
 
 
-@needs_language
 def test_block_window_not_dividing_h_is_a_shape_error_at_forward(Block):
     b = _block(Block, "L1 G1", 4, 8, window=8, patch=2)  # construction is fine
     with pytest.raises(ShapeError) as err:
@@ -998,14 +986,12 @@ def test_block_window_not_dividing_h_is_a_shape_error_at_forward(Block):
     assert "H" not in err.value.nearest
 
 
-@needs_language
 def test_block_names_the_failing_cell(Block):
     b = _block(Block, "T1 L1[window=4] G1[window=6]", 4, 4, patch=2)
     with pytest.raises(ShapeError, match=r"cell 2.*6 must divide H=16"):
         b(randn(1, 2, 4, 16, 12))
 
 
-@needs_language
 def test_block_grid_size_rule(Block):
     """G with grid 3x2 of windows made of 2x4 patches: H must be a multiple of 6 and W
     of 8."""
@@ -1017,14 +1003,13 @@ def test_block_grid_size_rule(Block):
     assert err.value.nearest["H"] == [6, 12]
 
 
-@needs_language
 def test_block_heads_not_dividing_is_a_spec_error_at_construction(Block):
     with pytest.raises(SpecError, match="heads") as err:
         Block("T1 L1", 4, 4, heads=3, window=4, patch=2)
-    assert "cells[0]" in err.value.path or "cells[1]" in err.value.path
+    assert err.value.path == "Block.heads"  # the keyword that set it
+    assert "cell 0 (T1)" in str(err.value)
 
 
-@needs_language
 @pytest.mark.parametrize(
     "x, pattern",
     [
@@ -1040,7 +1025,6 @@ def test_block_input_errors(Block, x, pattern):
         b(x)
 
 
-@needs_language
 def test_block_layer_norm_size(Block):
     with pytest.raises(STCNNTError, match="input_size"):
         Block("L1", 4, 4, norm="layer", window=4, patch=2)
@@ -1052,7 +1036,6 @@ def test_block_layer_norm_size(Block):
         Block("L1", 4, 4, norm="layer", window=4, patch=2, input_size=(8, 10))
 
 
-@needs_language
 @pytest.mark.parametrize("norm", ["batch2d", "batch3d", "instance2d", "instance3d"])
 def test_block_accepts_variable_sizes(Block, norm):
     b = _block(Block, "L1 G1 T1 V1 C2 C3", 3, 8, window=4, patch=2, norm=norm)
@@ -1079,7 +1062,6 @@ BAD_BLOCK_USES = {
 }  # fmt: skip
 
 
-@needs_language
 @pytest.mark.parametrize("use", list(BAD_BLOCK_USES))
 def test_block_errors_are_never_raw_torch_errors(Block, use):
     """Every mistake a user can make with a Block surfaces as an STCNNTError."""

@@ -32,7 +32,7 @@ TINY = {
 }
 
 
-def _model(arch: Any, **options: Any) -> stcnnt_dsl.backbones.Backbone:
+def _model(arch: Any, **options: Any) -> stcnnt_dsl.models.Backbone:
     spec = stcnnt_dsl.load_spec(arch).model_dump(exclude_none=True, round_trip=True)
     spec.setdefault("defaults", {}).update(options)
     return stcnnt_dsl.build(spec, seed=0)

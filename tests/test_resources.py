@@ -13,19 +13,18 @@ from hypothesis import strategies as st
 
 import stcnnt_dsl
 from stcnnt_dsl import ResourceError, SpecError, build, check
-from stcnnt_dsl.backbones import BACKBONES
-from stcnnt_dsl.nn import Block
-from stcnnt_dsl.plan import make_plan
-from stcnnt_dsl.resources import (
+from stcnnt_dsl.graph import build_graph
+from stcnnt_dsl.graph.guard import (
     DEFAULT_MAX_MEMORY,
     DEFAULT_MAX_PARAMS,
     ENV_MAX_MEMORY,
     ENV_MAX_PARAMS,
-    block_params,
     estimate,
     guard,
     limits,
 )
+from stcnnt_dsl.models import Backbone
+from stcnnt_dsl.nn import Block
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,19 +36,19 @@ def _one_thread():
 
 
 def _meta_params(source) -> int:
-    plan = make_plan(source)
+    plan = build_graph(source)
     with torch.device("meta"):
-        model = BACKBONES[plan.spec.topology](plan)
+        model = Backbone(plan)
     return sum(p.numel() for p in model.parameters())
 
 
 SPECS = [
     *stcnnt_dsl.list_architectures(),
     {"defaults": {"window": 4}, "hrnet": {"channels": [8, 16], "blocks": "L1G1",
-     "resample": "block", "overrides": {"level1_stage1": {"blocks": "T1 C2"},
-                                        "output1": {"window": 2, "blocks": "V1 L1 L1"}}}},
+     "resample": "block", "overrides": {"level1.stage1": {"blocks": "T1 C2"},
+                                        "level1.output": {"window": 2, "blocks": "V1 L1 L1"}}}},
     {"unet": {"channels": [8, 16], "blocks": "L1G1",
-              "overrides": {"decoder_0": {"blocks": "T1 C2 C3", "mixer_ratio": 1}}}},
+              "overrides": {"decoder.0": {"blocks": "T1 C2 C3", "mixer_ratio": 1}}}},
     {"unet": {"channels": [8, 16], "blocks": "L1G1T1", "down": "interpolate",
               "up": "interpolate", "gate": False}},
     {"defaults": {"window": 4}, "hrnet": {"channels": [8, 16, 24], "blocks": "L1G1",
@@ -121,9 +120,9 @@ def test_parameter_count_is_exact_for_random_specs(source):
 
 def _measured_activation_bytes(source, shape) -> int:
     """Bytes autograd saves in a training forward (meta device, storages counted once)."""
-    plan = make_plan(source)
+    plan = build_graph(source)
     with torch.device("meta"):
-        model = BACKBONES[plan.spec.topology](plan).train()
+        model = Backbone(plan).train()
     x = torch.empty(shape, device="meta")
     skip = {p.untyped_storage()._cdata for p in model.parameters()} | {x.untyped_storage()._cdata}
     seen: dict = {}
@@ -227,21 +226,33 @@ def test_guard_returns_the_estimate_and_names_the_biggest_stage():
     assert est.params == 14_774_648
     with pytest.raises(ResourceError) as info:
         guard("unet", max_params=1_000_000)
-    assert info.value.path == max(est.per_stage, key=est.per_stage.get)
+    biggest = max(est.per_stage, key=est.per_stage.get)
+    assert biggest == "bridge" and f"{biggest} alone has" in str(info.value)
+    assert info.value.path == build_graph("unet").node(biggest).path
 
 
 def test_block_params_match_a_standalone_block():
     block = Block("L1 G1 T1 V1 C2 C3", 4, 8, window=4, patch=2, heads=2, norm="batch2d")
     expected = sum(p.numel() for p in block.parameters())
-    assert block_params(block.spec.cells, 4, 8, block.cell_options) == expected
+    assert sum(block.plan.params().values()) == expected
+    modules = dict(block.named_parameters()) | dict(block.named_modules())
+    for path, count in block.plan.params().items():  # every sub-module, one by one
+        found = modules[path]
+        numel = found.numel() if isinstance(found, torch.nn.Parameter) else sum(
+            p.numel() for p in found.parameters())  # fmt: skip
+        assert numel == count, path
 
 
-def test_fast_auto_heads_agrees_with_the_layers():
-    from stcnnt_dsl.nn.functional import auto_heads
-    from stcnnt_dsl.resources import _auto_heads
+def test_auto_heads_is_the_most_heads_with_32_features_each():
+    from stcnnt_dsl.graph.geometry import auto_heads
 
-    for features in [*range(1, 3000), 4096 * 32, 2**20 * 3, 999_983]:
-        assert _auto_heads(features) == auto_heads(features), features
+    def slow(features):
+        return max([h for h in range(1, features + 1) if features % h == 0
+                    and features // h >= 32] or [1])  # fmt: skip
+
+    for features in [*range(1, 600), 4096, 4096 * 3]:
+        assert auto_heads(features) == slow(features), features
+    assert auto_heads(999_983) == 1  # a prime: one head
 
 
 def test_absurd_sizes_with_many_cells_are_refused_quickly():

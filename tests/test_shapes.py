@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stcnnt_dsl import ShapeError, SpecError, build, check, infer_shapes
-from stcnnt_dsl.shapes import parse_shape
+from stcnnt_dsl.graph import parse_shape
 
 
 def _run_unchecked(model, x):
@@ -64,7 +64,7 @@ def test_check_accepts_exactly_what_runs(case):
         accepted = True
     except ShapeError:
         accepted = False
-    model = build(spec, seed=0).eval()
+    model = build(spec, seed=0).train()  # check() is about training: batch statistics
     try:
         out, feats = _run_unchecked(model, torch.randn(*shape))
         ran = True
@@ -104,8 +104,16 @@ def test_bundled_accept_every_multiple_of_32(name):
 @pytest.mark.parametrize(
     ("source", "shape", "words"),
     [
-        ("unet", (1, 1, 1, 40, 64), ["encoder level 1", "window 8x8", "nearest valid H: 32 or 64"]),
-        ("unet", (1, 1, 1, 20, 20), ["down-sampling", "divisible by 8"]),
+        (
+            "unet",
+            (1, 1, 1, 40, 64),
+            ["encoder.1 cell 1 (L1)", "window 8x8", "nearest valid H: 32 or 64"],
+        ),
+        (
+            "unet",
+            (1, 1, 1, 20, 20),
+            ["valid inputs are H and W multiples of 32", "nearest valid H: 32"],
+        ),
         ("unet", (1, 1, 2, 64, 64), ["input channel"]),
         ("hrnet", (1, 1, 1, 64, 72), ["level", "W=", "nearest valid W: 64 or 96"]),
         ("unet-3d-small", "1,1,1,16,24", ["nearest valid W: 16 or 32"]),

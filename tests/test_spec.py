@@ -20,7 +20,7 @@ from stcnnt_dsl import (
     list_architectures,
     load_spec,
 )
-from stcnnt_dsl.plan import make_plan
+from stcnnt_dsl.graph import build_graph
 
 UNET_YAML = textwrap.dedent(
     """\
@@ -100,13 +100,13 @@ def test_cascade_layers_reach_the_cells():
             },
         }
     )
-    plan = make_plan(spec)
-    enc0 = plan.stage("encoder.0").cell_options()
+    plan = build_graph(spec)
+    enc0 = plan.node("encoder.0").plan.cell_values()
     assert enc0[0]["window"] == 4  # topology beats defaults
     assert enc0[0]["patch"] == 1  # stage beats topology
     assert enc0[0]["heads"] == 2  # defaults beat the library default
     assert enc0[1]["heads"] == 1  # inline beats everything
-    dec0 = plan.stage("decoder.0").cell_options()
+    dec0 = plan.node("decoder.0").plan.cell_values()
     assert dec0[0]["patch"] == 1  # decoder levels inherit their encoder's overrides
 
 
@@ -165,7 +165,7 @@ def test_cascade_layers_reach_the_cells():
 )
 def test_spec_errors_name_the_path(source, path, words):
     with pytest.raises(SpecError) as info:
-        make_plan(source)
+        build_graph(source)
     err = info.value
     assert err.path == path
     for word in words:
@@ -304,7 +304,7 @@ def test_dump_load_round_trip_property(data):
 @settings(max_examples=40)
 @given(specs())
 def test_expression_and_yaml_agree_property(data):
-    from stcnnt_dsl.language import format_expression
+    from stcnnt_dsl.language.parser import format_expression
 
     spec = load_spec(data)
     body = spec.body.model_dump(mode="json", exclude_none=True)
@@ -341,15 +341,15 @@ def test_overrides_address_single_stages_by_name():
             "blocks": "L1G1",
             "window": 4,
             "branches": [{"window": 8}, {}],
-            "overrides": {"level0_stage1": {"window": 2}, "output1": {"blocks": "C2"}},
+            "overrides": {"level0.stage1": {"window": 2}, "level1.output": {"blocks": "C2"}},
         }
     }
-    plan = make_plan(spec)
-    assert plan.stage("level0.stage0").cell_options()[0]["window"] == 8  # branch
-    assert plan.stage("level0.stage1").cell_options()[0]["window"] == 2  # override wins
-    assert plan.stage("output1").block == stcnnt_dsl.parse_block("C2")
+    graph = build_graph(spec)
+    assert graph.node("level0.stage0").plan.cell_values()[0]["window"] == 8  # branch
+    assert graph.node("level0.stage1").plan.cell_values()[0]["window"] == 2  # override wins
+    assert graph.node("level1.output").plan.block == stcnnt_dsl.parse_block("C2")
     assert load_spec(dump_spec(spec)) == load_spec(spec)
     with pytest.raises(SpecError) as info:
-        make_plan({"unet": {"channels": [8], "blocks": "L1", "overrides": {"decoder_1": {}}}})
-    assert info.value.path == "unet.overrides.decoder_1"
-    assert 'did you mean "decoder_0"' in str(info.value)
+        build_graph({"unet": {"channels": [8], "blocks": "L1", "overrides": {"decoder.1": {}}}})
+    assert info.value.path == "unet.overrides.decoder.1"
+    assert 'did you mean "decoder.0"' in str(info.value)

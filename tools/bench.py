@@ -57,9 +57,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 import stcnnt_dsl
+from stcnnt_dsl.tools.flops import CPU_SDPA_FORMULAS
 
 TUNED_GLIBC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 DEFAULT_INPUT = {"cpu": (1, 16, 1, 128, 128), "cuda": (1, 16, 1, 256, 256)}
@@ -67,7 +68,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 Shape = tuple[int, int, int, int, int]
 Tensor = torch.Tensor
 
-aten = torch.ops.aten
 # Profiler names of convolutions: aten's, and oneDNN's fused conv + activation / + sum
 # (eager CPU inference and inductor's frozen graphs). None of them nests another.
 CONV_OPS = (
@@ -80,24 +80,9 @@ CONV_OPS = (
 # ------------------------------------------------------------------------- FLOP counting
 
 
-def _cpu_sdpa(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(q, k, v)
-
-
-def _cpu_sdpa_backward(grad, q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad, q, k, v)
-
-
-EXTRA_FORMULAS: dict[Any, Callable[..., int]] = {}
-if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-    EXTRA_FORMULAS[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa
-if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
-    EXTRA_FORMULAS[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _cpu_sdpa_backward
-
-
 def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
     """(total FLOPs, FLOPs per op) of `fn()`."""
-    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS)
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FORMULAS)
     with counter:
         fn()
     per_op = counter.get_flop_counts().get("Global", {})

@@ -43,19 +43,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import (
-    FlopCounterMode,
-    sdpa_backward_flop_count,
-    sdpa_flop_count,
-)
+from torch.utils.flop_counter import FlopCounterMode
 
 from stcnnt_dsl.errors import STCNNTError
-from stcnnt_dsl.language import parse_block
+from stcnnt_dsl.language.options import OPTIONS, validate_option
+from stcnnt_dsl.language.parser import parse_block
 from stcnnt_dsl.nn import Block
 from stcnnt_dsl.nn import functional as nnf
-from stcnnt_dsl.options import OPTIONS, validate_option
-
-aten = torch.ops.aten
+from stcnnt_dsl.tools.flops import CPU_SDPA_FORMULAS
 
 # name -> block text (one cell)
 CELLS: dict[str, str] = {
@@ -72,25 +67,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch
 
 
 # ----------------------------------------------------------------- FLOP counting
-
-
-def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def _cpu_sdpa_backward_flop(
-    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
-) -> int:
-    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-
-CPU_SDPA_FORMULAS: dict[Any, Callable[..., int]] = {}
-if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-    CPU_SDPA_FORMULAS[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flop
-if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
-    CPU_SDPA_FORMULAS[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
-        _cpu_sdpa_backward_flop
-    )
 
 
 class SdpaCalls:

@@ -2,6 +2,7 @@
 
     python tools/docs_tables.py options
     python tools/docs_tables.py architectures
+    python tools/docs_tables.py --write      # update both tables in README.md
 
 tests/test_docs.py checks that README.md holds exactly what this prints, so the
 documentation cannot drift from the option registry and the bundled files.
@@ -10,8 +11,9 @@ documentation cannot drift from the option registry and the bundled files.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from stcnnt_dsl.options import CELL_KINDS, OPTIONS, format_value
+from stcnnt_dsl.language.options import CELL_KINDS, OPTIONS, format_value
 
 
 def options_table() -> str:
@@ -20,6 +22,8 @@ def options_table() -> str:
         kinds = ", ".join(k for k in CELL_KINDS if k in opt.applies_to)
         if opt.applies_to == frozenset(CELL_KINDS):
             kinds = "all cells"
+        if opt.mixer_only:
+            kinds += " (with a mixer)" if opt.name != "activation" else " (L/G/T/V with a mixer)"
         if opt.name == "input_size":
             where = "top level of a spec; `Block(input_size=...)`"
         elif opt.level == "block":
@@ -34,13 +38,13 @@ def options_table() -> str:
 
 def architectures_table() -> str:
     import stcnnt_dsl
-    from stcnnt_dsl.plan import make_plan
+    from stcnnt_dsl.graph import build_graph
 
     rows = ["| name | params | accepts | description |", "|---|---|---|---|"]
     for name in stcnnt_dsl.list_architectures():
         model = stcnnt_dsl.build(name, seed=0)
         params = sum(p.numel() for p in model.parameters())
-        rule = make_plan(name).global_rule()
+        rule = build_graph(name).rule()
         mh, mw = rule.multiple
         sizes = f"H, W multiples of {mh}" if mh == mw else f"H multiple of {mh}, W of {mw}"
         if rule.exact:
@@ -54,6 +58,23 @@ def architectures_table() -> str:
     return "\n".join(rows)
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def write_readme(path: Path = README) -> None:
+    """Replace both generated tables in README.md."""
+    text = path.read_text(encoding="utf-8")
+    for name, table in (("options", options_table()), ("architectures", architectures_table())):
+        start, end = f"<!-- {name}-table:start -->", f"<!-- {name}-table:end -->"
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{table}\n{end}{tail}"
+    path.write_text(text, encoding="utf-8")
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "options"
-    print(options_table() if which == "options" else architectures_table())
+    if which == "--write":
+        write_readme()
+    else:
+        print(options_table() if which == "options" else architectures_table())

@@ -38,11 +38,10 @@ from hypothesis import strategies as st
 
 import stcnnt_dsl
 from stcnnt_dsl import STCNNTError, dump_spec, format_block, load_spec, parse_block
-from stcnnt_dsl.backbones import BACKBONES
+from stcnnt_dsl.graph import build_graph, infer_shapes
+from stcnnt_dsl.language.options import OPTIONS
+from stcnnt_dsl.models import Backbone
 from stcnnt_dsl.nn import Block
-from stcnnt_dsl.options import OPTIONS
-from stcnnt_dsl.plan import make_plan
-from stcnnt_dsl.shapes import infer_shapes
 
 # Seconds per case: generous on purpose (a shared, loaded machine must not fail the
 # suite); what the bound catches is a hang or an exponential blow-up.
@@ -305,7 +304,7 @@ _shapes = [(1, 1, 8, 8), (1, 2, 16, 16), (2, 1, 32, 32), (1, 3, 32, 64), (1, 2, 
 def _runs_on_meta(spec: Any) -> None:
     """`check` accepting a shape means it runs: a meta-device forward (no memory) must
     succeed and give the shape `infer_shapes` promised."""
-    plan = make_plan(spec)
+    plan = build_graph(spec)
     for t, h, w in sorted({(t, h, w) for _, t, h, w in _shapes}):
         try:
             plan.check(t, h, w)
@@ -314,7 +313,7 @@ def _runs_on_meta(spec: Any) -> None:
         shape = (1, t, spec.in_channels, h, w)
         stcnnt_dsl.check(plan, shape)  # the public check agrees (or raises STCNNTError)
         with torch.device("meta"):
-            model = BACKBONES[spec.topology](plan)
+            model = Backbone(plan)
         out = model(torch.empty(shape, device="meta"))
         expected = infer_shapes(plan, shape)["output"]
         if tuple(out.shape) != tuple(expected):

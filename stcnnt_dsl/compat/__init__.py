@@ -9,7 +9,14 @@
 See docs/compat.md for the key-by-key mapping and what is not supported.
 """
 
+from typing import Any
+
+from .._lazy import load
 from .config import REFERENCE_DEFAULTS, reference_spec
-from .weights import import_reference, read_reference
+
+
+def __getattr__(name: str) -> Any:
+    return load(__name__, name, globals())  # import_reference, read_reference need torch
+
 
 __all__ = ["REFERENCE_DEFAULTS", "import_reference", "read_reference", "reference_spec"]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import SpecError
-from ..spec import ArchSpec, load_spec
+from ..language.spec import ArchSpec, load_spec
 from .sizing import METHODS, Geometry, ReferenceSizer, hrnet_geometry, unet_geometry
 
 __all__ = ["REFERENCE_DEFAULTS", "reference_spec"]
@@ -324,10 +324,11 @@ def _topology(flat: Mapping[str, Any]) -> str:
 
 
 def _hrnet_stage_name(reference_name: str) -> str:
-    """Our stage name for a reference HR-Net block: B12 -> level1_stage2, output_B1 -> output1."""
+    """Our stage name for a reference HR-Net block: B12 -> level1.stage2, output_B1 ->
+    level1.output."""
     if reference_name.startswith("output_B"):
-        return f"output{reference_name[len('output_B'):]}"
-    return f"level{reference_name[1]}_stage{reference_name[2]}"
+        return f"level{reference_name[len('output_B') :]}.output"
+    return f"level{reference_name[1]}.stage{reference_name[2]}"
 
 
 def reference_spec(config: Any) -> ArchSpec:

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..backbones import Backbone
-from ..compiler import build
 from ..errors import WeightsError
+from ..graph.nodes import BlockNode, GateNode, Node
+from ..models.backbone import Backbone
+from ..models.build import build
 from ..nn.attention import SpatialAttention, TemporalAttention
 from ..nn.cells import AttentionCell, ConvCell
 from ..nn.functional import relative_position_index
@@ -31,39 +32,37 @@ from .config import reference_spec
 
 __all__ = ["import_reference", "read_reference"]
 
-# Our module paths -> reference module paths, per topology (cells are mapped separately).
-# A replacement is a template (group n as {n}) or, where it needs arithmetic, a function.
-_UNET_CELL = [
-    (r"encoder\.(\d+)\.cells\.(\d+)\.", "D{1}.block.cell_{2}."),
-    (r"decoder\.(\d+)\.cells\.(\d+)\.", "U{1}.block.cell_{2}."),
-    (r"bridge\.cells\.(\d+)\.", "bridge.block.cell_{1}."),
-]
-_HRNET_CELL = [
-    (r"blocks\.level(\d+)_stage(\d+)\.cells\.(\d+)\.", "B{1}{2}.block.cell_{3}."),
-    (r"outputs\.(\d+)\.cells\.(\d+)\.", "output_B{1}.block.cell_{2}."),
-]
-_UNET_OTHER = [
-    (r"down\.(\d+)\.merges\.(\d+)\.conv\.weight", "down_{1}.block.D2_{2}.conv.conv.weight"),
-    (r"up\.(\d+)\.convs\.(\d+)\.weight", "up_{1}.block.U2_{2}.conv.conv.weight"),
-    (r"gates\.(\d+)\.query\.weight", "attention_{1}.conv_query.conv.weight"),
-    (r"gates\.(\d+)\.key\.weight", "attention_{1}.conv_x.conv.weight"),
-    (r"gates\.(\d+)\.psi\.weight", "attention_{1}.conv_gate.conv.weight"),
-]
-_HRNET_OTHER = [
-    (r"transitions\.stage(\d+)_(\d+)to(\d+)\.merges\.(\d+)\.conv\.weight",
-     lambda m: f"down_{m[2]}{int(m[1]) - 1}_{m[3]}{m[1]}.block.D2_{m[4]}.conv.conv.weight"),
-    (r"fuse\.(\d+)to(\d+)\.merges\.(\d+)\.conv\.weight",
-     "down_{1}_{2}.block.D2_{3}.conv.conv.weight"),
-    (r"fuse\.(\d+)to(\d+)\.convs\.(\d+)\.weight", "up_{1}_{2}.block.U2_{3}.conv.conv.weight"),
-    (r"output_up\.(\d+)\.convs\.(\d+)\.weight",
-     lambda m: f"up_{int(m[1]) + 1}.block.U2_{m[2]}.conv.conv.weight"),
-]  # fmt: skip
+
+def _node_prefix(topology: str, node: Node) -> str:
+    """The reference module (with `.block.` where it has one) of one of our nodes."""
+    m = node.meta
+    if topology == "unet":
+        level = m.get("level")
+        if isinstance(node, GateNode):
+            return f"attention_{level}."
+        head, _, _ = node.name.partition(".")
+        name = {"encoder": f"D{level}", "decoder": f"U{level}", "bridge": "bridge",
+                "down": f"down_{level}", "up": f"up_{level}"}[head]  # fmt: skip
+        return f"{name}.block."
+    if isinstance(node, BlockNode):
+        if "stage" in m:
+            return f"B{m['level']}{m['stage']}.block."
+        return f"output_B{m['level']}.block."
+    a, b = m["from"], m["to"]
+    if node.name.startswith("exchange."):
+        j = m["stage"]
+        return f"down_{a}{j - 1}_{b}{j}.block."
+    if node.name.startswith("upsample."):
+        return f"up_{a}.block."
+    return f"{'down' if b > a else 'up'}_{a}_{b}.block."
 
 
-def _rename(rule: Any, match: re.Match) -> str:
-    if callable(rule):
-        return rule(match)
-    return rule.format("", *match.groups())
+_RESAMPLE = [
+    (r"merges\.(\d+)\.conv\.weight", "D2_{1}.conv.conv.weight"),
+    (r"convs\.(\d+)\.weight", "U2_{1}.conv.conv.weight"),
+]
+_GATE = {"query.weight": "conv_query.conv.weight", "key.weight": "conv_x.conv.weight",
+         "psi.weight": "conv_gate.conv.weight"}  # fmt: skip
 
 
 def _norm_name(prefix: str, norm: nn.Module, rest: str) -> str:
@@ -102,35 +101,38 @@ def _cell_names(cell: nn.Module, key: str) -> list[str] | None:
 
 
 def _reference_names(model: Backbone) -> tuple[dict[str, list[str]], dict[str, Callable]]:
-    """(our state_dict key -> reference keys, optional reference key -> its checker)."""
-    unet = model.spec.topology == "unet"
-    cell_rules = _UNET_CELL if unet else _HRNET_CELL
-    other_rules = _UNET_OTHER if unet else _HRNET_OTHER
+    """(our state_dict key -> reference keys, optional reference key -> its checker),
+    node by node over the model graph."""
     names: dict[str, list[str]] = {}
     optional: dict[str, Callable] = {}
-    cells: dict[str, tuple[nn.Module, str]] = {}
-    for path, module in model.named_modules():
-        if isinstance(module, (AttentionCell, ConvCell)):
-            for pattern, rename in cell_rules:
-                match = re.fullmatch(pattern, path + ".")
-                if match:
-                    cells[path + "."] = (module, _rename(rename, match))
-                    _optional_names(module, _rename(rename, match), optional)
-    for key in model.state_dict():
-        prefix = next((p for p in cells if key.startswith(p)), None)
-        found = None
-        if prefix is not None:
-            cell, ref_prefix = cells[prefix]
-            local = _cell_names(cell, key[len(prefix) :])
-            found = None if local is None else [ref_prefix + n for n in local]
-        else:
-            for pattern, rename in other_rules:
-                match = re.fullmatch(pattern, key)
-                if match:
-                    found = [_rename(rename, match)]
-        if found is None:  # pragma: no cover - a module this mapping does not know
-            raise WeightsError(f"no reference name is known for our weight {key!r}")
-        names[key] = found
+    graph = model.graph
+    for node in graph.nodes:
+        if not node.has_module:
+            continue
+        module = model.get_submodule(node.name)
+        prefix = _node_prefix(graph.topology, node)
+        for key in module.state_dict():
+            found = None
+            cell_match = re.match(r"cells\.(\d+)\.(.*)", key)
+            if isinstance(node, BlockNode) and cell_match:
+                cell = module.cells[int(cell_match[1])]
+                local = _cell_names(cell, cell_match[2])
+                found = (
+                    None if local is None else [f"{prefix}cell_{cell_match[1]}.{n}" for n in local]
+                )
+            elif isinstance(node, GateNode):
+                found = [prefix + _GATE[key]] if key in _GATE else None
+            else:
+                for pattern, template in _RESAMPLE:
+                    match = re.fullmatch(pattern, key)
+                    if match:
+                        found = [prefix + template.format("", *match.groups())]
+            if found is None:  # pragma: no cover - a module this mapping does not know
+                raise WeightsError(f"no reference name is known for our weight {node.name}.{key!r}")
+            names[f"{node.name}.{key}"] = found
+        if isinstance(node, BlockNode):
+            for c, cell in enumerate(module.cells):
+                _optional_names(cell, f"{prefix}cell_{c}.", optional)
     return names, optional
 
 

@@ -1,4 +1,9 @@
-"""The ST-CNNT layer library: attentions, norms, cells and blocks over [B, T, C, H, W]."""
+"""The ST-CNNT layer library: attentions, norms, cells, blocks, resampling and heads over
+[B, T, C, H, W] tensors.
+
+The layers (attention, cells, norms, sampling, functional) are plain torch modules whose
+sizes come resolved from the model graph's cell geometry; `Block` builds a stack of cells
+from a block string for use in any network."""
 
 from .attention import SpatialAttention, TemporalAttention
 from .block import Block

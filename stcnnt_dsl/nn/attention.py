@@ -17,12 +17,11 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from ..errors import ShapeError, SpecError
-from ..options import GLOBAL, LOCAL, VIT, as_pair
+from ..errors import ShapeError
+from ..registry import LOCAL
 from .functional import (
     LONG_SEQUENCE_CHUNK,
     attend,
-    auto_heads,
     frame_tokens,
     fused_conv2d,
     partition,
@@ -31,11 +30,9 @@ from .functional import (
     unpartition_heads,
 )
 
-__all__ = ["GLOBAL_BIAS_EXTENT", "SpatialAttention", "TemporalAttention"]
+__all__ = ["SpatialAttention", "TemporalAttention"]
 
-# Without input_size, G's relative position table covers grid offsets up to +-(8-1)
-# windows; farther windows share the edge entry (clipped relative positions).
-GLOBAL_BIAS_EXTENT = 8
+Pair = tuple[int, int]
 
 
 def _conv(cin: int, cout: int, kernel: int, padding_mode: str, *, bias: bool, stride: int = 1):
@@ -63,7 +60,14 @@ def _project(proj: nn.Conv2d | None, y: Tensor, add: Tensor | None) -> Tensor:
 
 
 class SpatialAttention(nn.Module):
-    """Local (L), global (G) or ViT-style (V) attention over windows and patches."""
+    """Local (L), global (G) or ViT-style (V) attention over windows and patches.
+
+    Every size is resolved by the caller (`stcnnt_dsl.graph.geometry.SpatialGeometry`
+    holds the rules: heads, window or grid, patch, bias table extent): `window` and
+    `patch` in pixels, or a `grid` of windows (G, V) whose size follows the input; V has
+    no patch (a token is a whole window); `bias_extent` sizes the relative position
+    table (None: no bias).
+    """
 
     def __init__(
         self,
@@ -71,101 +75,53 @@ class SpatialAttention(nn.Module):
         in_channels: int,
         out_channels: int,
         *,
-        heads: int | str = "auto",
-        window: int | tuple[int, int] = 8,
-        patch: int | tuple[int, int] = 2,
-        grid: int | tuple[int, int] | None = None,
-        qkv: str = "conv",
-        cosine: bool = False,
-        qk_norm: bool = False,
-        rel_pos_bias: bool | str = False,
-        att_dropout: float = 0.0,
-        out_proj: bool = True,
-        qkv_kernel: int = 3,
-        padding: str = "zeros",
-        input_size: tuple[int, int] | None = None,
+        heads: int,
+        window: Pair | None,
+        patch: Pair | None,
+        grid: Pair | None,
+        bias_extent: Pair | None,
+        bias_after_softmax: bool,
+        qkv: str,
+        qkv_kernel: int,
+        cosine: bool,
+        qk_norm: bool,
+        att_dropout: float,
+        out_proj: bool,
+        padding: str,
     ) -> None:
         super().__init__()
-        if kind not in (LOCAL, GLOBAL, VIT):
-            raise SpecError(f"SpatialAttention kind must be local, global or vit, got {kind!r}")
         self.kind = kind
         self.mode = "local" if kind == LOCAL else "global"
         self.out_channels = out_channels
-        # With `grid` (G, V) the number of windows is fixed and the window size follows
-        # the input; otherwise the window size is fixed in pixels.
-        self.grid = as_pair(grid) if grid is not None and kind != LOCAL else None
-        self.window = None if self.grid else as_pair(window)
-        # V: a token is a whole window, i.e. G with one patch per window.
-        self.patch = None if kind == VIT else as_pair(patch)
-        if self.window and self.patch:
-            (wh, ww), (ph, pw) = self.window, self.patch
-            if wh % ph or ww % pw:
-                raise SpecError(
-                    f"patch {ph}x{pw} must divide window {wh}x{ww} (a window is a whole "
-                    "number of patches)",
-                    "patch",
-                )
-        patch_px = self.patch or self.window  # None only for V with a grid
-        token = out_channels * patch_px[0] * patch_px[1] if patch_px else None
-        if token is None:
-            # V with a grid: the token size follows the input, so heads split channels.
-            self.heads = auto_heads(out_channels) if heads == "auto" else int(heads)
-            divides, what = out_channels, f"the out channels {out_channels} (V with a grid)"
-        else:
-            self.heads = auto_heads(token) if heads == "auto" else int(heads)
-            divides = token
-            what = (
-                f"the token size {token} (= out channels {out_channels} x patch "
-                f"{patch_px[0]}x{patch_px[1]})"
-            )
-        if divides % self.heads:
-            raise SpecError(
-                f"heads={self.heads} must divide {what}; e.g. heads={auto_heads(divides)}",
-                "heads",
-            )
+        self.heads = heads
+        self.grid, self.window, self.patch = grid, window, patch
+        patch_px = patch or window  # None only for V with a grid
         self.qkv_mode = qkv
         if qkv == "conv":
             self.qkv = _conv(in_channels, 3 * out_channels, qkv_kernel, padding, bias=False)
-        elif token is None:
-            raise SpecError(
-                "qkv=linear needs a fixed token size, but a V cell with a grid has tokens "
-                "that grow with the input; use qkv=conv or a fixed window",
-                "qkv",
-            )
         else:
             cin_token = in_channels * patch_px[0] * patch_px[1]
-            self.qkv = nn.Linear(cin_token, 3 * token, bias=False)
+            self.qkv = nn.Linear(
+                cin_token, 3 * out_channels * patch_px[0] * patch_px[1], bias=False
+            )
         self.cosine, self.qk_norm, self.att_dropout = cosine, qk_norm, att_dropout
-        self.bias_after_softmax = rel_pos_bias == "after_softmax"
-        self.rel_pos_bias = bool(rel_pos_bias)
+        self.bias_after_softmax = bias_after_softmax
+        self.rel_pos_bias = bias_extent is not None
         self.bias_table: nn.Parameter | None = None
-        if self.rel_pos_bias:
-            self.bias_extent = self._bias_extent(input_size)
-            eh, ew = self.bias_extent
-            table = torch.zeros((2 * eh - 1) * (2 * ew - 1), self.heads)
+        self.bias_extent = bias_extent
+        if bias_extent is not None:
+            eh, ew = bias_extent
+            table = torch.zeros((2 * eh - 1) * (2 * ew - 1), heads)
             self.bias_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
         # Where the token grid does not depend on the input (L; G and V with `grid`) its
         # index is a buffer: no work per forward, and a constant that torch.compile can
         # fold (with freezing, the whole bias becomes a constant).
         fixed = self._fixed_token_grid()
         index = None
-        if self.rel_pos_bias and fixed is not None:
-            index = relative_position_index(fixed, self.bias_extent)
+        if bias_extent is not None and fixed is not None:
+            index = relative_position_index(fixed, bias_extent)
         self.register_buffer("bias_index", index, persistent=False)
         self.proj = _conv(out_channels, out_channels, 3, padding, bias=True) if out_proj else None
-
-    def _bias_extent(self, input_size: tuple[int, int] | None) -> tuple[int, int]:
-        """Token grid the bias table is sized for: L: patches per window (fixed);
-        G/V: the window grid (fixed with `grid`, else from input_size, else clipped)."""
-        if self.mode == "local":
-            (wh, ww), (ph, pw) = self.window, self.patch
-            return (wh // ph, ww // pw)
-        if self.grid is not None:
-            return self.grid
-        if input_size is not None:
-            wh, ww = self.window
-            return (max(1, input_size[0] // wh), max(1, input_size[1] // ww))
-        return (GLOBAL_BIAS_EXTENT, GLOBAL_BIAS_EXTENT)
 
     def geometry(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """(window, patch) in pixels for an h x w input."""
@@ -270,33 +226,19 @@ class TemporalAttention(nn.Module):
         in_channels: int,
         out_channels: int,
         *,
-        heads: int | str = "auto",
-        cosine: bool = False,
-        qk_norm: bool = False,
-        att_dropout: float = 0.0,
-        causal: bool = False,
-        qk_stride: int = 1,
-        out_proj: bool = True,
-        qkv_kernel: int = 3,
-        padding: str = "zeros",
-        qkv: str = "conv",
+        heads: int,
+        qkv_kernel: int,
+        cosine: bool,
+        qk_norm: bool,
+        att_dropout: float,
+        causal: bool,
+        qk_stride: int,
+        out_proj: bool,
+        padding: str,
     ) -> None:
         super().__init__()
-        if qkv != "conv":
-            raise SpecError(
-                "qkv=linear is not available for temporal attention: a token is a whole "
-                "frame (C*H*W features), far too many for a linear map; use qkv=conv",
-                "qkv",
-            )
         self.out_channels = out_channels
-        self.heads = auto_heads(out_channels) if heads == "auto" else int(heads)
-        if out_channels % self.heads:
-            raise SpecError(
-                f"heads={self.heads} must divide the out channels {out_channels} of a "
-                f"temporal cell (heads are groups of channels); e.g. heads="
-                f"{auto_heads(out_channels)}",
-                "heads",
-            )
+        self.heads = heads
         self.stride = qk_stride
         if qk_stride == 1:
             self.qkv = _conv(in_channels, 3 * out_channels, qkv_kernel, padding, bias=False)

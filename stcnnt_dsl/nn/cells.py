@@ -15,13 +15,12 @@ Conv cell (C2: 3x3 conv over H, W; C3: 3x3x3 conv over T, H, W), as the referenc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
 from ..errors import SpecError
-from ..options import CONV2D, CONV3D, TEMPORAL
+from ..registry import ACTIVATIONS, CONV3D, TEMPORAL
 from .attention import SpatialAttention, TemporalAttention
 from .functional import ONEDNN_UNARY, can_fuse, fused_conv2d
 from .norms import Norm5d
@@ -30,7 +29,11 @@ __all__ = ["AttentionCell", "ConvCell", "DropPath", "Mixer", "make_activation", 
 
 
 def make_activation(name: str) -> nn.Module:
-    """The activation called `name` (see the `activation` option)."""
+    """The activation called `name` (see the `activation` option; registered ones via
+    `stcnnt_dsl.register_activation`)."""
+    component = ACTIVATIONS.get(name)
+    if component is not None and component.factory is not None:
+        return component.factory()
     factories = {
         "gelu": nn.GELU,
         "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
@@ -47,7 +50,9 @@ def make_activation(name: str) -> nn.Module:
     }
     if name not in factories:
         raise SpecError(
-            f"unknown activation {name!r}; choose from {', '.join(factories)}", "activation"
+            f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)} (or register "
+            "it with stcnnt_dsl.register_activation)",
+            "activation",
         )
     return factories[name]()
 
@@ -83,10 +88,9 @@ class Mixer(nn.Sequential):
     """Conv MLP over (C, H, W): conv(k) -> activation -> conv(k) [-> dropout]."""
 
     def __init__(
-        self, cin: int, cout: int, *, ratio: float, kernel: int, activation: str,
+        self, cin: int, cout: int, *, hidden: int, kernel: int, activation: str,
         dropout: float, padding: str,
     ) -> None:  # fmt: skip
-        hidden = max(1, int(ratio * cout))
         layers = [
             conv2d(cin, hidden, kernel, padding, bias=True),
             make_activation(activation),
@@ -119,68 +123,55 @@ class Mixer(nn.Sequential):
 class _Residual(nn.Module):
     """Shared parts of all cells: the residual projection and stochastic depth."""
 
-    def _init_residual(self, cin: int, cout: int, opts: Mapping[str, Any]) -> None:
-        self.in_channels, self.out_channels = cin, cout
+    def _init_residual(self, geom: Any) -> None:
+        o = geom.options
+        self.kind = geom.kind
+        self.in_channels, self.out_channels = geom.in_channels, geom.out_channels
         self.proj = (
-            None
-            if cin == cout
-            else conv2d(cin, cout, opts["proj_kernel"], opts["padding"], bias=True)
+            conv2d(geom.in_channels, geom.out_channels, o.proj_kernel, o.padding, bias=True)
+            if geom.changes_channels
+            else None
         )
-        self.drop_path = DropPath(opts["drop_path"])
+        self.drop_path = DropPath(o.drop_path)
 
     def residual(self, x: Tensor) -> Tensor:
         return x if self.proj is None else frames(self.proj, x)
 
 
 class AttentionCell(_Residual):
-    """Norm + L/G/T/V attention + optional conv mixer, sequential or parallel."""
+    """Norm + L/G/T/V attention + optional conv mixer, sequential or parallel, built
+    from its geometry (`stcnnt_dsl.graph.geometry`)."""
 
-    def __init__(
-        self,
-        kind: str,
-        in_channels: int,
-        out_channels: int,
-        options: Mapping[str, Any],
-        *,
-        mixer: bool = True,
-        input_size: tuple[int, int] | None = None,
-    ) -> None:
+    def __init__(self, geom: Any) -> None:
         super().__init__()
-        self.kind = kind
-        self._init_residual(in_channels, out_channels, options)
-        self.parallel = options["cell"] == "parallel"
-        self.norm1 = Norm5d(options["norm"], in_channels, input_size)
+        o = geom.options
+        self._init_residual(geom)
+        cin, cout = geom.in_channels, geom.out_channels
+        self.parallel = geom.parallel
+        self.norm1 = Norm5d(o.norm, cin, geom.input_size)
         common = dict(
-            heads=options["heads"],
-            qkv=options["qkv"],
-            cosine=options["cosine"],
-            qk_norm=options["qk_norm"],
-            att_dropout=options["att_dropout"],
-            out_proj=options["out_proj"],
-            qkv_kernel=options["qkv_kernel"],
-            padding=options["padding"],
-        )
-        if kind == TEMPORAL:
+            heads=geom.heads, qkv_kernel=o.qkv_kernel, cosine=o.cosine, qk_norm=o.qk_norm,
+            att_dropout=o.att_dropout, out_proj=o.out_proj, padding=o.padding,
+        )  # fmt: skip
+        if geom.kind == TEMPORAL:
             self.attn: nn.Module = TemporalAttention(
-                in_channels, out_channels, causal=options["causal"],
-                qk_stride=options["qk_stride"], **common,
-            )  # fmt: skip
+                cin, cout, causal=o.causal, qk_stride=o.qk_stride, **common
+            )
         else:
             self.attn = SpatialAttention(
-                kind, in_channels, out_channels, window=options["window"],
-                patch=options.get("patch", options["window"]), grid=options.get("grid"),
-                rel_pos_bias=options["rel_pos_bias"], input_size=input_size, **common,
+                geom.kind, cin, cout, window=geom.window, patch=geom.patch, grid=geom.grid,
+                bias_extent=geom.bias_extent,
+                bias_after_softmax=o.rel_pos_bias == "after_softmax", qkv=o.qkv, **common,
             )  # fmt: skip
         self.mixer: Mixer | None = None
         self.norm2: Norm5d | None = None
-        if mixer:
-            mixer_in = in_channels if self.parallel else out_channels
+        if geom.mixer:
+            mixer_in = cin if self.parallel else cout
             if not self.parallel:
-                self.norm2 = Norm5d(options["norm"], out_channels, input_size)
+                self.norm2 = Norm5d(o.norm, cout, geom.input_size)
             self.mixer = Mixer(
-                mixer_in, out_channels, ratio=options["mixer_ratio"],
-                kernel=options["mixer_kernel"], activation=options["activation"],
-                dropout=options["dropout"], padding=options["padding"],
+                mixer_in, cout, hidden=geom.hidden, kernel=o.mixer_kernel,
+                activation=o.activation, dropout=o.dropout, padding=o.padding,
             )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
@@ -203,25 +194,16 @@ class AttentionCell(_Residual):
 class ConvCell(_Residual):
     """C2 (3x3 conv over H, W) or C3 (3x3x3 conv over T, H, W) cell."""
 
-    def __init__(
-        self,
-        kind: str,
-        in_channels: int,
-        out_channels: int,
-        options: Mapping[str, Any],
-        *,
-        input_size: tuple[int, int] | None = None,
-    ) -> None:
+    def __init__(self, geom: Any) -> None:
         super().__init__()
-        self.kind = kind
-        self._init_residual(in_channels, out_channels, options)
-        self.norm1 = Norm5d(options["norm"], in_channels, input_size)
-        conv_type = nn.Conv2d if kind == CONV2D else nn.Conv3d
-        self.conv = conv_type(
-            in_channels, out_channels, 3, padding=1, padding_mode=options["padding"], bias=False
-        )
-        self.norm2 = Norm5d(options["norm"], out_channels, input_size)
-        self.act = make_activation(options["activation"])
+        o = geom.options
+        self._init_residual(geom)
+        cin, cout = geom.in_channels, geom.out_channels
+        self.norm1 = Norm5d(o.norm, cin, geom.input_size)
+        conv_type = nn.Conv3d if geom.kind == CONV3D else nn.Conv2d
+        self.conv = conv_type(cin, cout, 3, padding=1, padding_mode=o.padding, bias=False)
+        self.norm2 = Norm5d(o.norm, cout, geom.input_size)
+        self.act = make_activation(o.activation)
 
     def _conv(self, x: Tensor) -> Tensor:
         if self.kind == CONV3D:  # [B, T, C, H, W] -> [B, C, T, H, W] and back
@@ -236,18 +218,8 @@ class ConvCell(_Residual):
         return self.drop_path(branch) + self.residual(x)
 
 
-def make_cell(
-    kind: str,
-    in_channels: int,
-    out_channels: int,
-    options: Mapping[str, Any],
-    *,
-    mixer: bool = True,
-    input_size: tuple[int, int] | None = None,
-) -> nn.Module:
-    """Build the cell of `kind` from fully resolved options."""
-    if kind in (CONV2D, CONV3D):
-        return ConvCell(kind, in_channels, out_channels, options, input_size=input_size)
-    return AttentionCell(
-        kind, in_channels, out_channels, options, mixer=mixer, input_size=input_size
-    )
+def make_cell(geom: Any) -> nn.Module:
+    """The cell module of a cell geometry (`stcnnt_dsl.graph.geometry.cell_geometry`)."""
+    if geom.family == "conv":
+        return ConvCell(geom)
+    return AttentionCell(geom)

@@ -10,9 +10,12 @@ from ..errors import ShapeError
 __all__ = ["check_input_tensor"]
 
 
-def check_input_tensor(x: object, in_channels: int, where: str) -> None:
+def check_input_tensor(
+    x: object, in_channels: int, where: str, *, like: Tensor | None = None
+) -> None:
     """Raise a `ShapeError` unless `x` is a floating [B, T, C, H, W] tensor with
-    `in_channels` channels."""
+    `in_channels` channels, on the device and (outside autocast) in the dtype of the
+    module's parameter `like`."""
     if not isinstance(x, Tensor):
         raise ShapeError(
             f"{where}: expected a torch.Tensor [B, T, C, H, W], got {type(x).__name__}",
@@ -46,8 +49,30 @@ def check_input_tensor(x: object, in_channels: int, where: str) -> None:
             f"got shape {tuple(x.shape)}" + transposed,
             rule="input channels",
         )
+    if like is not None:
+        _check_like(x, like, where)
     if min(b, t, h, w) < 1:
         raise ShapeError(
             f"{where}: every dimension of [B, T, C, H, W] must be >= 1, got {tuple(x.shape)}",
             rule="non-empty input",
+        )
+
+
+def _check_like(x: Tensor, like: Tensor, where: str) -> None:
+    if like.device.type == "meta":
+        return
+    if x.device != like.device:
+        raise ShapeError(
+            f"{where}: the input is on {x.device} but the weights are on {like.device}; "
+            f"move one of them: x.to({str(like.device)!r}) or model.to({str(x.device)!r})",
+            rule="input device",
+        )
+    if x.dtype != like.dtype and not torch.is_autocast_enabled(x.device.type):
+        name = str(like.dtype).removeprefix("torch.")
+        raise ShapeError(
+            f"{where}: the input is {str(x.dtype).removeprefix('torch.')} but the weights are "
+            f"{name}; convert the input (x.to(torch.{name})), the model "
+            f"(model.to(torch.{str(x.dtype).removeprefix('torch.')})), or run under "
+            "torch.autocast",
+            rule="input dtype",
         )

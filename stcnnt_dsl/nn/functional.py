@@ -24,7 +24,6 @@ __all__ = [
     "ONEDNN_UNARY",
     "SDPA_MIN_TOKENS_CPU",
     "attend",
-    "auto_heads",
     "can_fuse",
     "frame_tokens",
     "fused_conv2d",
@@ -45,15 +44,6 @@ LONG_SEQUENCE_CHUNK = 256
 # Below this many tokens, CPU SDPA was 1.2-3.9x slower than matmul + softmax on this
 # class of machine (2 cores, torch 2.13); from 256 tokens it won 1.6x with 17x less memory.
 SDPA_MIN_TOKENS_CPU = 32
-
-
-def auto_heads(features: int, target: int = 32) -> int:
-    """The most heads that keep >= `target` features per head and divide `features`."""
-    best = 1
-    for heads in range(1, features // target + 1):
-        if features % heads == 0:
-            best = heads
-    return best
 
 
 def partition(x: Tensor, window: tuple[int, int], patch: tuple[int, int], mode: str) -> Tensor:

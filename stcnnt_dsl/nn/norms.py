@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SpecError
+from ..registry import NORMS
 from .functional import plain_ops
 
 __all__ = ["Norm5d", "instance_norm"]
@@ -81,12 +82,17 @@ class Norm5d(nn.Module):
     - `batch2d`: over (H, W) with B*T as the batch; `batch3d`: over (T, H, W);
     - `instance2d`: over (H, W) per frame and channel; `instance3d`: over (T, H, W).
     Instance norms have no affine parameters (as torch's and the reference's default).
+    A norm registered with `stcnnt_dsl.register_norm` runs like batch2d, on [B*T, C, H, W].
     """
 
     def __init__(self, kind: str, channels: int, input_size: tuple[int, int] | None = None):
         super().__init__()
         self.kind = kind
-        if kind == "layer":
+        component = NORMS.get(kind)
+        if component is not None and component.factory is not None:
+            self.norm = component.factory(channels)
+            self.kind = "registered"
+        elif kind == "layer":
             if input_size is None:
                 raise SpecError(
                     "norm=layer normalises over [C, H, W] with per-element affine parameters, "
@@ -100,7 +106,11 @@ class Norm5d(nn.Module):
         elif kind == "batch3d":
             self.norm = nn.BatchNorm3d(channels, eps=_EPS)
         elif kind not in ("instance2d", "instance3d"):
-            raise SpecError(f"unknown norm {kind!r}", "norm")
+            raise SpecError(
+                f"unknown norm {kind!r}; norms: {', '.join(NORMS)} (or register one with "
+                "stcnnt_dsl.register_norm)",
+                "norm",
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         kind = self.kind
@@ -111,4 +121,4 @@ class Norm5d(nn.Module):
         if kind == "layer":
             norm = self.norm
             return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-        return self.norm(x.flatten(0, 1)).unflatten(0, x.shape[:2])  # batch2d
+        return self.norm(x.flatten(0, 1)).unflatten(0, x.shape[:2])  # batch2d, registered

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .options import as_pair
+from ..language.options import as_pair
 
 __all__ = ["WINDOW_SIZING_METHODS", "level_sizes"]
 

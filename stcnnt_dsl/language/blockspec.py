@@ -10,12 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .options import (
-    KIND_TO_LETTER,
-    OPTIONS,
-    format_value,
-    options_for_kind,
-)
+from .options import KIND_TO_LETTER, OPTIONS, format_value, options_for_kind
 
 __all__ = ["BlockSpec", "CellSpec"]
 
@@ -91,9 +86,13 @@ class BlockSpec:
         return hash(tuple(self.cells))
 
     def __str__(self) -> str:
-        from .language import format_block
-
-        return format_block(self)
+        """Canonical text: `L1G1T1` when no cell has options (the upstream form), else
+        cells separated by spaces with options sorted by name."""
+        if not self.cells:
+            raise ValueError("an empty block has no text form (a block needs at least one cell)")
+        if not any(cell.options for cell in self.cells):
+            return "".join(cell.token for cell in self.cells)
+        return " ".join(str(cell) for cell in self.cells)
 
     def __repr__(self) -> str:
         return f"BlockSpec({str(self)!r})"

@@ -23,11 +23,32 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import DSLSyntaxError, SpecError
+from ..errors import DSLSyntaxError, SpecError
 
 __all__ = ["MAX_DEPTH", "MAX_NODES", "MAX_YAML_BYTES", "Positions", "dump_yaml", "load_yaml"]
 
-Positions = dict[str, tuple[int, int]]
+
+class Positions(dict):
+    """(line, column) of every value by spec path (`unet.channels[1]`); `.keys_at`
+    holds the position of the key of each mapping entry, so an error about a key (an
+    unknown one, say) points at the key and an error about a value at the value."""
+
+    def __init__(self, values: dict | None = None, keys: dict | None = None) -> None:
+        super().__init__(values or {})
+        self.keys_at: dict[str, tuple[int, int]] = dict(keys or {})
+
+    def find(self, path: str, *, key: bool = False) -> tuple[int, int] | None:
+        """The position of `path` (its key with `key=True`), or of its nearest
+        ancestor that has one."""
+        if key and path in self.keys_at:
+            return self.keys_at[path]
+        while path:
+            if path in self:
+                return self[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return None
+
 
 MAX_YAML_BYTES = 1_000_000
 MAX_DEPTH = 32
@@ -68,7 +89,7 @@ def _child(path: str, key: str | int) -> str:
 class _Converter:
     def __init__(self, file: str | None) -> None:
         self.file = file
-        self.positions: Positions = {}
+        self.positions = Positions()
         self.seen: set[int] = set()
         self.count = 0
 
@@ -128,6 +149,7 @@ class _Converter:
                     f"duplicate key {key!r} (first defined on line {line})", key_node, here
                 )
             self.positions[here] = _pos(value_node)
+            self.positions.keys_at[here] = _pos(key_node)
             out[key] = self.convert(value_node, here, depth + 1)
             self.positions[here] = _pos(value_node)
         return out
@@ -204,6 +226,13 @@ def _prescan(text: str, file: str | None) -> None:
             raise fail(f"document has more than {MAX_NODES} values", event)
 
 
+def _char_at(text: str, line: int, column: int) -> str:
+    lines = text.splitlines()
+    if 1 <= line <= len(lines) and 1 <= column <= len(lines[line - 1]):
+        return lines[line - 1][column - 1]
+    return ""
+
+
 def load_yaml(text: str, *, file: str | None = None) -> tuple[Any, Positions]:
     """Parse YAML text strictly; return (plain value, positions by spec path)."""
     if len(text) > MAX_YAML_BYTES or len(text.encode("utf-8", errors="replace")) > MAX_YAML_BYTES:
@@ -221,6 +250,10 @@ def load_yaml(text: str, *, file: str | None = None) -> tuple[Any, Positions]:
         problem = err.problem or err.context
         if "nesting depth" in str(problem):  # libyaml's own limit on flow brackets
             problem = f"nesting deeper than {MAX_DEPTH} levels"
+        elif "\t" in str(problem) or _char_at(text, line, col) == "\t":
+            problem = (
+                "a tab character: YAML does not allow tabs for indentation; indent with spaces"
+            )
         raise DSLSyntaxError(
             f"invalid YAML: {problem}",
             text=text,
@@ -235,7 +268,7 @@ def load_yaml(text: str, *, file: str | None = None) -> tuple[Any, Positions]:
     except RecursionError:
         raise SpecError(f"YAML nesting deeper than {MAX_DEPTH} levels", file=file) from None
     if node is None:
-        return None, {}
+        return None, Positions()
     converter = _Converter(file)
     value = converter.convert(node, "", 0)
     return value, converter.positions

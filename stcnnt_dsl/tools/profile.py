@@ -3,13 +3,15 @@
 What each number means (also printed under the table):
 
 - FLOPs: 2 per multiply-add of convolutions, linear layers, matmuls and attention
-  (Q·Kᵀ and P·V); see `stcnnt_dsl.flops`. Counted by fvcore (with an explicit handle for
-  `scaled_dot_product_attention`) on small inputs, by torch's `FlopCounterMode` on the
-  meta device on large ones, and always also by the analytic per-cell formulas.
-- Parameters and per-module output shapes: torchinfo, run on the meta device.
-- Activation memory (training estimate): bytes of the distinct tensors autograd saves
-  for the backward pass during one training-mode forward (meta device: nothing is
-  computed), parameters and the input excluded.
+  (Q·Kᵀ and P·V); see `stcnnt_dsl.tools.flops`. Counted from the model graph's cell
+  geometry (no tensors), and on request also by torch's `FlopCounterMode` on the meta
+  device or by fvcore on real tensors as cross-checks.
+- Parameters and per-module output shapes: from the model graph (exact); torchinfo's
+  layer table on request (`layers=True`).
+- Activation memory (training): bytes autograd keeps for the backward pass in one
+  training forward, parameters and the input excluded: measured on the meta device
+  (nothing is computed) when the model is built anyway (runs > 0 or a torch counter),
+  else the graph's estimate (a few milliseconds; within about 1.5x).
 - Latency: median wall time of `runs` inference forwards (`torch.inference_mode`,
   after `warmup` forwards), with autocast when `dtype` is bfloat16/float16.
 - Peak memory: how much the memory in use grew during a timed forward, at its highest.
@@ -24,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
-import math
 import os
 import platform
 import re
@@ -38,24 +39,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import STCNNTError
+from ..errors import STCNNTError
+from ..graph.build import build_graph
+from ..graph.model import ModelGraph, parse_shape
+from ..graph.nodes import BlockNode, MergeNode, Node
+from ..graph.shapes import checked
+from ..models.backbone import Backbone
+from ..models.build import build
 from .flops import (
     FLOP_CONVENTION,
     FlopCount,
     count_flops_analytic,
     count_flops_fvcore,
     count_flops_torch,
-    stage_module_name,
+    roll_up,
 )
-from .plan import Plan, make_plan
-from .shapes import check, parse_shape
+from .units import human
 
-__all__ = ["FVCORE_MAX_FLOPS", "ModuleRow", "ProfileReport", "profile"]
+__all__ = ["ModuleRow", "ProfileReport", "human", "profile"]
 
-# Above this many FLOPs, tracing with fvcore (a real forward, slower than usual under
-# the tracer) is skipped by `flop_counter="auto"`; FlopCounterMode on the meta device
-# gives the same count without computing anything.
-FVCORE_MAX_FLOPS = 20e9
 # With runs=None, time as many forwards as fit in this many seconds (1 to 10).
 LATENCY_BUDGET_S = 20.0
 MAX_AUTO_RUNS = 10
@@ -69,7 +71,7 @@ _DTYPES = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
-_COUNTERS = ("auto", "fvcore", "torch", "analytic")
+_COUNTERS = ("auto", "analytic", "torch", "fvcore")
 
 Progress = Callable[[str], None]
 
@@ -108,6 +110,7 @@ class ProfileReport:
     flop_counts: dict[str, int]
     flops_by_operator: dict[str, int]
     activation_bytes: int | None
+    activation_method: str
     latency_ms: float | None
     latency_runs_ms: list[float]
     warmup: int
@@ -178,14 +181,10 @@ def _model_device(model: nn.Module) -> torch.device:
 # --------------------------------------------------------------------------- meta runs
 
 
-def _meta_model(model: nn.Module | None, plan: Plan | None) -> nn.Module:
-    from .backbones import BACKBONES
-
-    if plan is not None:
+def _meta_model(model: nn.Module | None, graph: ModelGraph | None) -> nn.Module:
+    if graph is not None:
         with torch.device("meta"):
-            return BACKBONES[plan.spec.topology](plan)
-    if model is None:
-        raise TypeError("profile needs a model or a plan")
+            return Backbone(graph)
     return copy.deepcopy(model).to("meta")
 
 
@@ -268,6 +267,41 @@ def _shapes_and_params(meta: nn.Module, x: torch.Tensor) -> tuple[dict, dict, st
 # --------------------------------------------------------------------------- rows
 
 
+def _graph_rows(graph: ModelGraph, shape: tuple[int, ...], flops: FlopCount,
+                analytic: FlopCount, acts: dict[str, int]) -> list[ModuleRow]:  # fmt: skip
+    """Rows from the model graph: one per node with a module, one per cell."""
+    params = roll_up(graph.params())
+    shapes = graph.shapes(shape)
+    act = roll_up(acts)
+    rows = []
+
+    def row(name: str, kind: str, label: str, out: tuple[int, ...] | None) -> ModuleRow:
+        return ModuleRow(
+            name=name, kind=kind, label=label, params=params.get(name, 0), output_shape=out,
+            flops=flops.by_module.get(name, 0), flops_analytic=analytic.by_module.get(name, 0),
+            activation_bytes=act.get(name, 0),
+        )  # fmt: skip
+
+    for node in graph.nodes:
+        if isinstance(node, MergeNode):
+            continue
+        out = shapes[node.name]
+        if isinstance(node, BlockNode):
+            plan = node.plan
+            channels = f"{plan.in_channels}->{plan.out_channels} ch"
+            label = f"{node.label}: {plan.block} ({channels}, 1/{node.scale})"
+            rows.append(row(node.name, "stage", label, out))
+            for cell in plan.cells:
+                rows.append(row(f"{node.name}.cells.{cell.index}", "cell", str(cell.spec), out))
+        else:
+            rows.append(row(node.name, "module", _node_label(node), out))
+    return rows
+
+
+def _node_label(node: Node) -> str:
+    return f"{type(node).__name__.removesuffix('Node')} ({node.label})"
+
+
 def _units(model: nn.Module) -> list[str]:
     """Top-level pieces of a model: children, or the items of container children."""
     units = []
@@ -279,50 +313,25 @@ def _units(model: nn.Module) -> list[str]:
     return units
 
 
-def _rows(
-    meta: nn.Module,
-    plan: Plan | None,
-    flops: FlopCount,
-    analytic: FlopCount | None,
-    shapes: dict,
-    params: dict,
-    activations: dict[str, int],
-    order: list[str],
-) -> list[ModuleRow]:
-    from .flops import roll_up
-
+def _module_rows(meta: nn.Module, flops: FlopCount, shapes: dict, params: dict,
+                 activations: dict[str, int], order: list[str]) -> list[ModuleRow]:  # fmt: skip
+    """Rows of a model this library did not build: its top-level pieces."""
     act = roll_up(activations)
-    stages = {}
-    if plan is not None:
-        stages = {stage_module_name(plan, s): s for s in plan.stages}
     modules = dict(meta.named_modules())
-
-    def row(name: str, kind: str, label: str) -> ModuleRow:
-        return ModuleRow(
-            name=name,
-            kind=kind,
-            label=label,
-            params=params.get(name, 0),
-            output_shape=shapes.get(name),
-            flops=flops.by_module.get(name, 0),
-            flops_analytic=None if analytic is None else analytic.by_module.get(name, 0),
-            activation_bytes=act.get(name, 0),
-        )
-
     rank = {name: i for i, name in enumerate(order)}
-    out: list[ModuleRow] = []
-    for unit in sorted(_units(meta), key=lambda n: rank.get(n, len(rank))):
-        stage = stages.get(unit)
-        if stage is None:
-            out.append(row(unit, "module", _module_label(modules[unit])))
-            continue
-        block = str(stage.block)
-        channels = f"{stage.in_channels}->{stage.out_channels} ch"
-        label = f"{stage.label}: {block} ({channels}, 1/{stage.scale})"
-        out.append(row(unit, "stage", label))
-        for i, cell in enumerate(stage.block.cells):
-            out.append(row(f"{unit}.cells.{i}", "cell", str(cell)))
-    return out
+    return [
+        ModuleRow(
+            name=unit,
+            kind="module",
+            label=_module_label(modules[unit]),
+            params=params.get(unit, 0),
+            output_shape=shapes.get(unit),
+            flops=flops.by_module.get(unit, 0),
+            flops_analytic=None,
+            activation_bytes=act.get(unit, 0),
+        )
+        for unit in sorted(_units(meta), key=lambda n: rank.get(n, len(rank)))
+    ]
 
 
 def _module_label(module: nn.Module) -> str:
@@ -462,15 +471,16 @@ def _measure(
 # --------------------------------------------------------------------------- profile
 
 
-def _resolve(source: Any) -> tuple[nn.Module | None, Plan | None, str]:
-    from .backbones import Backbone
-
-    if isinstance(source, Backbone):
-        return source, source.plan, source.spec.name
+def _resolve(source: Any) -> tuple[nn.Module | None, ModelGraph | None, str]:
+    graph = getattr(source, "graph", None)
     if isinstance(source, nn.Module):
+        if isinstance(graph, ModelGraph):
+            return source, graph, graph.name
         return source, None, type(source).__name__
-    plan = make_plan(source)
-    return None, plan, plan.spec.name
+    graph = source if isinstance(source, ModelGraph) else None
+    if graph is None:
+        graph = build_graph(source)
+    return None, graph, graph.name
 
 
 def profile(
@@ -482,16 +492,20 @@ def profile(
     runs: int | None = None,
     warmup: int = 1,
     flop_counter: str = "auto",
+    layers: bool = False,
     progress: Progress | None = None,
 ) -> ProfileReport:
     """Profile an architecture (anything `load_spec` accepts) or a built model on an
     input of `input_shape` = (B, T, C, H, W).
 
     `runs`: timed forwards (None: as many as fit in ~20 s after the warm-up, 1 to 10;
-    0: skip latency and peak memory). `dtype`: bfloat16/float16 run under autocast.
-    `flop_counter`: "auto" (fvcore up to `FVCORE_MAX_FLOPS`, else FlopCounterMode on
-    the meta device), "fvcore", "torch" or "analytic". `progress` receives a short
-    message before each long step.
+    0: skip latency and peak memory, and then nothing is built or computed: every
+    number comes from the model graph in milliseconds). `dtype`: bfloat16/float16 run
+    under autocast. `flop_counter`: "analytic" (the graph's formulas), "torch"
+    (FlopCounterMode on the meta device), "fvcore" (traced on real tensors), or "auto"
+    (analytic, cross-checked by FlopCounterMode when the model is built anyway).
+    `layers`: also torchinfo's layer table. `progress` receives a short message
+    before each long step.
     """
     say = progress or (lambda _message: None)
     if flop_counter not in _COUNTERS:
@@ -499,92 +513,150 @@ def profile(
             f"flop_counter must be one of {', '.join(_COUNTERS)}, got {flop_counter!r}"
         )
     if runs is not None and (isinstance(runs, bool) or not isinstance(runs, int) or runs < 0):
-        raise STCNNTError(f"runs must be a non-negative integer or None, got {runs!r}")
+        raise STCNNTError(f"runs must be a non-negative integer (0: no timing), got {runs!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise STCNNTError(f"warmup must be a non-negative integer, got {warmup!r}")
     dev = _device(device)
     autocast = _dtype(dtype)
-    model, plan, name = _resolve(source_or_model)
-    shape = parse_shape(input_shape)
-    if plan is not None:
-        check(plan, shape)
+    model, graph, name = _resolve(source_or_model)
+    if graph is not None:
+        # Real tensors of this size are made only to time (or fvcore): then the memory
+        # guard refuses an input that would not fit, before anything is allocated.
+        allocates = runs != 0 or flop_counter == "fvcore"
+        graph, shape = checked(graph, input_shape, memory=allocates)
+    else:
+        shape = parse_shape(input_shape)
     if model is not None and _model_device(model).type != dev.type:
         raise STCNNTError(
             f"the model is on {_model_device(model)} but device={str(dev)!r}; move the "
             "model or pass the device it is on"
         )
-
-    say("counting FLOPs and memory on the meta device")
-    meta = _meta_model(model, plan)
-    x_meta = torch.empty(shape, device="meta")
+    itemsize = (autocast or torch.float32).itemsize
     counts: dict[str, FlopCount] = {}
-    analytic = count_flops_analytic(plan, shape) if plan is not None else None
-    if analytic is not None:
-        counts["analytic"] = analytic
-    if flop_counter != "analytic" or analytic is None:
-        counts["torch"] = count_flops_torch(meta, x_meta)
-    estimate = (analytic or counts["torch"]).total
-    use_fvcore = flop_counter == "fvcore" or (
-        flop_counter == "auto" and estimate <= FVCORE_MAX_FLOPS
-    )
+    analytic = None
+    if graph is not None:
+        analytic = counts["analytic"] = count_flops_analytic(graph, shape)
+    torch_count = flop_counter == "torch" or graph is None or (flop_counter == "auto" and runs != 0)
+    meta = None
+    activations: dict[str, int] | None = None
+    order: list[str] = []
+    method = "estimate from the model graph"
+    if torch_count or layers or graph is None or runs != 0:
+        say("counting FLOPs and memory on the meta device")
+        meta = _meta_model(model, graph)
+        x_meta = torch.empty(shape, device="meta")
+        if torch_count:
+            counts["torch"] = count_flops_torch(meta, x_meta)
+        # Activations in the autocast dtype (approximately: autocast keeps a few ops in
+        # float32); `.to` converts the meta model in place, so this comes after counting.
+        meta_dtype = autocast or torch.float32
+        activations, order = _activation_bytes(meta.to(meta_dtype), x_meta.to(meta_dtype))
+        method = "measured on the meta device (saved-tensor hooks)"
+    if activations is None:
+        activations = {k: v * itemsize for k, v in graph.saved(shape).items()}
     real = model
-    if use_fvcore or runs != 0:
+    if flop_counter == "fvcore" or runs != 0:
         if real is None:
-            from .compiler import build
-
             say("building the model")
-            real = build(plan.spec, device=dev)
-    if use_fvcore:
+            real = build(graph.source, device=dev)
+    if flop_counter == "fvcore":
         say("counting FLOPs with fvcore (one traced forward)")
         counts["fvcore"] = count_flops_fvcore(real, torch.randn(shape, device=_model_device(real)))
-    primary_name = (
-        "fvcore" if use_fvcore else ("analytic" if flop_counter == "analytic" else "torch")
-    )
+    primary_name = {"auto": "analytic", "analytic": "analytic"}.get(flop_counter, flop_counter)
+    if graph is None:
+        primary_name = "torch"
     primary = counts[primary_name]
-
-    shapes, params, table = _shapes_and_params(meta, x_meta)
-    # Activations in the autocast dtype (approximately: autocast keeps a few ops in
-    # float32); `.to` converts the meta model in place, so this comes last.
-    meta_dtype = autocast or torch.float32
-    activations, order = _activation_bytes(meta.to(meta_dtype), x_meta.to(meta_dtype))
-    rows = _rows(meta, plan, primary, analytic, shapes, params, activations, order)
+    table = ""
+    if layers or graph is None:
+        shapes, params, table = _shapes_and_params(meta, torch.empty(shape, device="meta"))
+    if graph is not None:
+        rows = _graph_rows(graph, shape, primary, analytic, activations)
+        total_params = sum(graph.params().values())
+        output = graph.shapes(shape)[graph.output]
+    else:
+        rows = _module_rows(meta, primary, shapes, params, activations, order)
+        total_params = params.get("", 0)
+        output = shapes.get("")
+    if not layers:
+        table = ""
 
     times: list[float] = []
     peak: int | None = None
-    method = "not measured (runs=0)"
+    peak_method = "not measured (runs=0)"
     used_warmup = 0
     if runs != 0 and real is not None:
-        times, peak, method, used_warmup = _measure(real, shape, dev, autocast, runs, warmup, say)
+        times, peak, peak_method, used_warmup = _measure(
+            real, shape, dev, autocast, runs, warmup, say
+        )
     notes = [
         FLOP_CONVENTION,
-        "activation memory: bytes autograd saves for backward in one training forward "
-        "(estimate on the meta device; weights and input excluded)",
-        f"peak memory: {method}",
+        f"activation memory: bytes autograd saves for backward in one training forward "
+        f"({method}; weights and input excluded)",
+        f"peak memory: {peak_method}",
     ]
+    notes += _dtype_notes(dev, autocast)
     return ProfileReport(
         arch=name,
         input_shape=shape,
-        output_shape=shapes.get(""),
+        output_shape=output,
         device=str(dev),
         dtype="float32"
         if autocast is None
         else f"{str(autocast).removeprefix('torch.')} (autocast)",
-        params=params.get("", 0),
+        params=total_params,
         flops=primary.total,
         flop_counter=primary_name,
         flop_counts={k: v.total for k, v in counts.items()},
         flops_by_operator=dict(primary.by_operator),
         activation_bytes=sum(activations.values()),
+        activation_method=method,
         latency_ms=statistics.median(times) if times else None,
         latency_runs_ms=times,
         warmup=used_warmup,
         peak_memory_bytes=peak,
-        peak_memory_method=method,
+        peak_memory_method=peak_method,
         per_module=rows,
         layer_table=table,
         notes=notes,
         environment=_environment(dev),
     )
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16() -> bool | None:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); None: unknown."""
+    flags = _cpu_flags()
+    if not flags:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def _dtype_notes(dev: torch.device, autocast: torch.dtype | None) -> list[str]:
+    """Say when reduced precision will be slower than float32 on this machine, and why."""
+    if dev.type != "cpu" or autocast is None:
+        return []
+    if autocast == torch.float16:
+        return ["float16 on CPU: most kernels convert to float32 and back; expect it to be "
+                "slower than float32 (use bfloat16 on CPUs with AVX512-BF16 or AMX)"]  # fmt: skip
+    native = native_bf16()
+    if native is False:
+        return ["bfloat16 on this CPU has no native support (no AVX512-BF16 or AMX): "
+                "convolutions and matmuls emulate it and run several times slower than "
+                "float32; profile with float32 here"]  # fmt: skip
+    if native and "amx_bf16" not in _cpu_flags():
+        return ["bfloat16 on this CPU: AVX512-BF16 but no AMX; convolutions may still be "
+                "slower than float32, measure both"]  # fmt: skip
+    return []
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
@@ -597,17 +669,6 @@ def _environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
-
-
-def human(value: float, unit: str = "", base: int = 1000) -> str:
-    """1234567 -> '1.23 M' (base 1000) or bytes with base 1024 -> '1.18 Mi'."""
-    prefixes = ["", "k", "M", "G", "T", "P"] if base == 1000 else ["", "Ki", "Mi", "Gi", "Ti"]
-    if value == 0:
-        return f"0 {unit}".strip()
-    k = min(int(math.log(abs(value), base)), len(prefixes) - 1) if abs(value) >= 1 else 0
-    scaled = value / base**k
-    text = f"{scaled:.3g}" if k else f"{value:.0f}" if float(value).is_integer() else f"{value:.3g}"
-    return f"{text} {prefixes[k]}{unit}".strip()
 
 
 def _shape_text(shape: Sequence[int] | None) -> str:

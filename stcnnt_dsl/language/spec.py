@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,25 +29,31 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     create_model,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from ..errors import DSLSyntaxError, SpecError, STCNNTError, caret_excerpt, did_you_mean
 from .blockspec import BlockSpec
-from .errors import DSLSyntaxError, SpecError, STCNNTError, did_you_mean
-from .options import OPTIONS, format_value
+from .options import OPTIONS, Int, OptionValueError, format_value
+from .parser import format_block, parse_block, parse_expression
 from .yamlio import MAX_YAML_BYTES, Positions, dump_yaml, load_yaml
 
 __all__ = [
     "TOPOLOGIES",
+    "UNSET",
     "ArchSpec",
     "DefaultsSpec",
     "HRNetSpec",
     "LLMSpec",
+    "SpecSource",
     "StageSpec",
     "UNetSpec",
+    "bundled_text",
     "dump_spec",
     "list_architectures",
+    "load_source",
     "load_spec",
     "spec_json_schema",
 ]
@@ -65,8 +72,6 @@ def _error(message: str, field: str = "") -> PydanticCustomError:
 
 
 def _to_block(value: Any) -> BlockSpec:
-    from .language import parse_block
-
     if isinstance(value, BlockSpec):
         return value
     if not isinstance(value, str):
@@ -93,14 +98,18 @@ def _to_blocks(value: Any) -> BlockSpec | list[BlockSpec]:
 
 
 def _format_blocks(value: BlockSpec | list[BlockSpec]) -> str | list[str]:
-    from .language import format_block
-
     if isinstance(value, list):
         return [format_block(b) for b in value]
     return format_block(value)
 
 
-_BLOCK_SCHEMA = {"type": "string", "description": "a block string, e.g. T1L1G1"}
+# What the schema can say about a block string: not empty, and it starts with a cell
+# (after spaces and brackets). The grammar checks the rest (stcnnt_dsl/language/parser.py).
+_BLOCK_SCHEMA = {
+    "type": "string",
+    "pattern": r"^[\s(]*([LGTV][01]|C[23])",
+    "description": "a block string, e.g. T1L1G1 (cells: L, G, T, V followed by 0/1; C2, C3)",
+}
 Block = Annotated[
     Any,
     BeforeValidator(_to_block),
@@ -124,10 +133,15 @@ def _strict_bool(value: Any) -> bool:
 Bool = Annotated[Any, BeforeValidator(_strict_bool), WithJsonSchema({"type": "boolean"})]
 
 
+_COUNT = Int()
+
+
 def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _error(f"{name} must be a positive integer, got {value!r}")
-    return value
+    """A positive integer (an integral float such as 8.0 too, as for options)."""
+    try:
+        return _COUNT.check(value)
+    except OptionValueError:
+        raise _error(f"{name} must be a positive integer, got {value!r}") from None
 
 
 def _to_channels(value: Any) -> int | list[int]:
@@ -143,16 +157,40 @@ Channels = Annotated[
     BeforeValidator(_to_channels),
     WithJsonSchema({
         "oneOf": [
-            {"type": "integer", "minimum": 1},
-            {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+            _COUNT.schema(),
+            {"type": "array", "items": _COUNT.schema(), "minItems": 1},
         ]
     }),
 ]  # fmt: skip
 PositiveInt = Annotated[
     Any,
     BeforeValidator(lambda v, info: _positive(info.field_name or "value", v)),
-    WithJsonSchema({"type": "integer", "minimum": 1}),
+    WithJsonSchema(_COUNT.schema()),
 ]
+
+
+class _Unset:
+    """The value of an option field that the spec does not set (None is a value of its
+    own for nullable options: `grid: null` switches a grid off)."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
 
 
 def _option_field(name: str) -> Any:
@@ -160,16 +198,25 @@ def _option_field(name: str) -> Any:
 
     def check(value: Any) -> Any:
         if value is None:
-            return None
+            try:
+                return opt.type.check(None)  # null is a value of nullable options only
+            except OptionValueError:
+                raise _error(
+                    f"{name} cannot be null; remove the key to keep the value of the "
+                    f"weaker layers (library default: {format_value(opt.default)})"
+                ) from None
         try:
             return opt.check(value, name)
         except SpecError as err:
             raise _error(err.reason) from None
 
-    schema = dict(opt.schema)
-    schema["description"] = f"{opt.help} (default: {format_value(opt.default)})"
-    annotated = Annotated[Any, BeforeValidator(check), WithJsonSchema(schema)]
-    return (annotated, Field(default=None))
+    annotated = Annotated[
+        Any,
+        BeforeValidator(check),
+        PlainSerializer(lambda v: None if v is UNSET else v),
+        WithJsonSchema(opt.schema),  # refreshed per call in spec_json_schema()
+    ]
+    return (annotated, Field(default=UNSET))
 
 
 class _Strict(BaseModel):
@@ -188,21 +235,37 @@ class _Strict(BaseModel):
             if not isinstance(key, str) or key not in cls.model_fields:
                 keys = ", ".join(cls.model_fields)
                 raise _error(
-                    f"unknown key {key!r}{did_you_mean(str(key), cls.model_fields)}; "
-                    f"valid keys here: {keys}"
+                    f"unknown key {key!r}{did_you_mean(str(key), cls.model_fields)}"
+                    f"{cls._where_instead(key)}; valid keys here: {keys}",
+                    str(key),
                 )
         return data
 
+    @classmethod
+    def _where_instead(cls, key: Any) -> str:
+        """A hint for a key that is valid elsewhere."""
+        return ""
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: Any) -> Any:
+        """Options the spec does not set are left out of dumps (`grid: null` stays)."""
+        data = handler(self)
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if getattr(self, k, None) is not UNSET}
+        return data
+
     def __repr_args__(self) -> Any:
-        # Unset options (None) would drown the few values that are set.
-        return [(k, v) for k, v in super().__repr_args__() if v is not None]
+        # Unset options would drown the few values that are set.
+        return [(k, v) for k, v in super().__repr_args__() if v is not UNSET and v is not None]
 
     def options(self) -> dict[str, Any]:
-        """The cell/block options set on this model (canonical values)."""
+        """The cell/block options set on this model (canonical values; `grid: None`
+        when a spec switches the grid off)."""
+        fields = type(self).model_fields
         return {
             name: getattr(self, name)
             for name in OPTIONS
-            if name in type(self).model_fields and getattr(self, name) is not None
+            if name in fields and getattr(self, name) is not UNSET
         }
 
 
@@ -244,8 +307,9 @@ def _overrides_field() -> Any:
     return Field(
         None,
         description="options (and `blocks`) for single stages by name, the most specific "
-        "layer below inline options: e.g. {decoder_0: {window: 4}} or, for an HR-Net, "
-        "{level1_stage2: {window: 4}, output1: {...}}; `stcnnt explain` lists the names",
+        "layer below inline options: e.g. {decoder.0: {window: 4}} or, for an HR-Net, "
+        "{level1.stage2: {window: 4}, level1.output: {...}}; the names are the stages' "
+        "module names, as `stcnnt explain` and error messages show them",
     )
 
 
@@ -422,12 +486,20 @@ class ArchSpec(_Strict):
         Any,
         BeforeValidator(_input_size),
         PlainSerializer(lambda v: None if v is None else list(v)),
-        WithJsonSchema(dict(OPTIONS["input_size"].schema)),
+        WithJsonSchema(OPTIONS["input_size"].schema),
     ] = None
     defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
     unet: UNetSpec | None = None
     hrnet: HRNetSpec | None = None
     llm: LLMSpec | None = None
+
+    @classmethod
+    def _where_instead(cls, key: Any) -> str:
+        if key == "overrides":
+            return " (overrides go under the topology key: unet: {overrides: {decoder.0: {...}}})"
+        if key in OPTIONS:
+            return f" ({key} is an option: put it under defaults: or the topology key)"
+        return ""
 
     @model_validator(mode="after")
     def _one_topology(self) -> ArchSpec:
@@ -452,6 +524,30 @@ class ArchSpec(_Strict):
         return getattr(self, self.topology)
 
 
+@dataclass(frozen=True)
+class SpecSource:
+    """A spec with where it came from: the positions of its keys and values in the
+    text it was read from (empty for a dict or an `ArchSpec`), so that errors found
+    later (building the model graph) still name file, line and column."""
+
+    spec: ArchSpec
+    positions: Positions = field(default_factory=Positions)
+    text: str | None = None
+    file: str | None = None
+
+    def locate(self, err: SpecError, *, key: bool = False) -> SpecError:
+        """`err` with the file position of its path filled in (where known)."""
+        if err.line is not None or not err.path:
+            return err
+        where = self.positions.find(err.path, key=key)
+        if where is None:
+            return err
+        err.located(file=self.file or "<text>", line=where[0], column=where[1])
+        if self.file == "<expression>" and self.text is not None:
+            err.args = (f"{err}\n{caret_excerpt(self.text, where[0], where[1])}",)
+        return err
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -460,7 +556,7 @@ def _loc_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif str(part).startswith("function-") or part in ("list[...]",):
+        elif _is_union_tag(part):
             continue
         else:
             path = f"{path}.{part}" if path else str(part)
@@ -471,7 +567,7 @@ def _from_validation_error(
     err: ValidationError, positions: Positions, text: str | None, file: str | None
 ) -> STCNNTError:
     first = err.errors(include_url=False)[0]
-    path = _loc_path(tuple(p for p in first["loc"] if not _is_union_tag(p)))
+    path = _loc_path(first["loc"])
     ctx = first.get("ctx") or {}
     if ctx.get("field"):
         path = f"{path}.{ctx['field']}" if path else ctx["field"]
@@ -489,11 +585,9 @@ def _from_validation_error(
     elif first["type"] != "stcnnt":  # pydantic's own wording: say what was given
         given = repr(first.get("input"))
         message += f", got {given if len(given) <= 60 else given[:57] + '...'}"
-    key_match = re.match(r"unknown key '([^']+)'", message)
-    if key_match:
-        path = f"{path}.{key_match.group(1)}" if path else key_match.group(1)
     spec_error = SpecError(message, path)
-    line_col = _find_position(path, positions)
+    key = message.startswith("unknown key")
+    line_col = positions.find(path, key=key)
     if line_col:
         spec_error.located(file=file or "<yaml>", line=line_col[0], column=line_col[1])
     return spec_error
@@ -504,15 +598,6 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and (
         part.startswith("function-") or part.startswith("list[") or part in ("str", "int")
     )
-
-
-def _find_position(path: str, positions: Positions) -> tuple[int, int] | None:
-    while path:
-        if path in positions:
-            return positions[path]
-        cut = max(path.rfind("."), path.rfind("["))
-        path = path[:cut] if cut > 0 else ""
-    return None
 
 
 def _relocate_syntax_error(
@@ -541,53 +626,69 @@ def _relocate_syntax_error(
 def _validate(
     data: Any, positions: Positions | None = None, text: str | None = None,
     file: str | None = None,
-) -> ArchSpec:  # fmt: skip
+) -> SpecSource:  # fmt: skip
+    positions = positions if positions is not None else Positions()
+    if data is None:
+        raise SpecError(
+            "the architecture is empty (or only comments); write a topology, e.g. "
+            "unet: {channels: [32, 64], blocks: T1L1G1}",
+            file=file,
+        )
     if not isinstance(data, Mapping):
         raise SpecError(
             f"an architecture is a mapping with a topology key (unet, hrnet or llm), got "
-            f"{type(data).__name__}",
+            f"{type(data).__name__}"
+            + (
+                f" {data!r}" if isinstance(data, (str, int, float)) and len(repr(data)) < 60 else ""
+            ),
             file=file,
         )
     try:
-        return ArchSpec.model_validate(data)
+        spec = ArchSpec.model_validate(data)
     except ValidationError as err:
-        raise _from_validation_error(err, positions or {}, text, file) from None
+        raise _from_validation_error(err, positions, text, file) from None
+    return SpecSource(spec, positions, text, file)
 
 
-_EXPRESSION = re.compile(r"^\s*[a-z_][a-z0-9_]*\s*\(")
+_EXPRESSION = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*\(")
 _TOP_LEVEL_KEYS = ("name", "description", "in_channels", "input_size", "defaults")
 
 
-def _from_expression(text: str) -> ArchSpec:
-    from .language import parse_expression
-
-    expr = parse_expression(text)
-    if expr.topology not in TOPOLOGIES:
+def _from_expression(text: str) -> SpecSource:
+    name = text.strip().split("(", 1)[0].strip()
+    if name not in TOPOLOGIES:
+        column = text.index(name) + 1
+        case = (
+            f"; topology names are lower case: {name.lower()}(...)"
+            if (name.lower() in TOPOLOGIES)
+            else "; use unet(...), hrnet(...) or llm(...)"
+        )
         raise DSLSyntaxError(
-            f"unknown topology {expr.topology!r}{did_you_mean(expr.topology, TOPOLOGIES)}; "
-            "use unet(...), hrnet(...) or llm(...)",
-            text=text, line=1, column=text.index(expr.topology) + 1,
+            f"unknown topology {name!r}{did_you_mean(name.lower(), TOPOLOGIES)}{case}",
+            text=text, line=1, column=column,
         )  # fmt: skip
+    expr = parse_expression(text)
     args = dict(expr.args)
     data: dict[str, Any] = {k: args.pop(k) for k in _TOP_LEVEL_KEYS if k in args}
     data[expr.topology] = args
-    positions = {
-        (p.split(".", 1)[1] if p.split(".", 1)[-1].split(".")[0].split("[")[0]
-         in _TOP_LEVEL_KEYS and "." in p else p): pos
-        for p, pos in expr.positions.items()
-    }  # fmt: skip
+
+    def spec_path(path: str) -> str:
+        """`unet.defaults.window` -> `defaults.window`: top-level keys may be given
+        inside the expression."""
+        head, _, rest = path.partition(".")
+        first = rest.split(".")[0].split("[")[0]
+        return rest if head == expr.topology and rest and first in _TOP_LEVEL_KEYS else path
+
+    positions = Positions(
+        {spec_path(p): pos for p, pos in expr.positions.items()},
+        {spec_path(p): pos for p, pos in expr.key_positions.items()},
+    )
     try:
         return _validate(data, positions, text, "<expression>")
     except SpecError as err:
         if err.line is not None:
-            err.args = (f"{err}\n{_caret(text, err.line, err.column or 1)}",)
+            err.args = (f"{err}\n{caret_excerpt(text, err.line, err.column or 1)}",)
         raise
-
-
-def _caret(text: str, line: int, column: int) -> str:
-    from .errors import caret_excerpt
-
-    return caret_excerpt(text, line, column)
 
 
 def _bundled_dir() -> Any:
@@ -601,6 +702,11 @@ def list_architectures() -> list[str]:
     )
 
 
+def bundled_text(name: str) -> str:
+    """The text of a bundled architecture file."""
+    return (_bundled_dir() / f"{name}.yaml").read_text(encoding="utf-8")
+
+
 def _is_file(path: Path) -> bool:
     try:
         return path.is_file()
@@ -608,8 +714,35 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _load_file(path: Path) -> ArchSpec:
+def _decode(data: bytes, file: str) -> str:
+    """UTF-8 text, or an error at the first byte that is not UTF-8 (a Latin-1 or
+    UTF-16 file would otherwise be read with replacement characters)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise SpecError(
+            f"the file is not UTF-8 text (byte 0x{data[err.start]:02x} at line {line}, "
+            f"column {column}); save it as UTF-8",
+            file=file, line=line, column=column,
+        ) from None  # fmt: skip
+
+
+def _check_json(text: str, file: str) -> None:
+    """A .json file must be JSON (YAML would also accept trailing commas, comments, ...)."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DSLSyntaxError(
+            f"invalid JSON: {err.msg}", text=text, line=err.lineno, column=err.colno, source=file
+        ) from None
+
+
+def _load_file(path: Path) -> SpecSource:
     if not _is_file(path):
+        if path.is_dir():
+            raise SpecError(f"{path} is a folder; give an architecture file", file=str(path))
         raise SpecError(f"file not found: {path}", file=str(path))
     too_big = (
         f"architecture files are limited to {MAX_YAML_BYTES // 1000} kB (a spec is a few "
@@ -624,25 +757,31 @@ def _load_file(path: Path) -> ArchSpec:
         raise SpecError(f"cannot read {path}: {err.strerror or err}", file=str(path)) from None
     if len(data) > MAX_YAML_BYTES:
         raise SpecError(f"the file is larger than the limit; {too_big}", file=str(path))
-    return _load_text(data.decode("utf-8", errors="replace"), str(path))
+    text = _decode(data, str(path))
+    if path.suffix.lower() == ".json":
+        _check_json(text, str(path))
+    return _load_text(text, str(path))
 
 
-def _load_text(text: str, file: str | None) -> ArchSpec:
+def _load_text(text: str, file: str | None) -> SpecSource:
     data, positions = load_yaml(text, file=file)
     if isinstance(data, str) and _EXPRESSION.match(data):
         return _from_expression(data)
     return _validate(data, positions, text, file)
 
 
-def load_spec(source: Any) -> ArchSpec:
-    """An `ArchSpec` from a path (.yaml/.yml/.json), a dict, YAML text, a one-line
-    topology expression (`unet(channels=[32,64], blocks=T1L1G1)`) or a bundled name
-    (`unet`, `hrnet`, `llm`, see `list_architectures()`)."""
-    if isinstance(source, ArchSpec):
+def load_source(source: Any, *, read_files: bool = True) -> SpecSource:
+    """Like `load_spec`, keeping the positions of the text (see `SpecSource`).
+    `read_files=False`: `source` is never read as a path (text from a web page, say)."""
+    if isinstance(source, SpecSource):
         return source
+    if isinstance(source, ArchSpec):
+        return SpecSource(source)
     if isinstance(source, Mapping):
         return _validate(dict(source))
     if isinstance(source, Path):
+        if not read_files:
+            raise SpecError("a path was given where only text is accepted")
         return _load_file(source)
     if not isinstance(source, str):
         raise SpecError(
@@ -651,13 +790,19 @@ def load_spec(source: Any) -> ArchSpec:
         )
     text = source.strip()
     if text in list_architectures():
-        bundled = _bundled_dir() / f"{text}.yaml"
-        return _load_text(bundled.read_text(encoding="utf-8"), f"<bundled {text}.yaml>")
+        return _load_text(bundled_text(text), f"<bundled {text}.yaml>")
     if _EXPRESSION.match(text):
         return _from_expression(text)
-    if "\n" not in text and (text.endswith((".yaml", ".yml", ".json")) or _is_file(Path(text))):
+    one_line = "\n" not in text
+    if one_line and text.endswith((".yaml", ".yml", ".json")) and not read_files:
+        raise SpecError(
+            f"{text!r} looks like a file name; here an architecture is given as text "
+            "(YAML, an expression or a bundled name), never read from a path"
+        )
+    if one_line and read_files and (text.endswith((".yaml", ".yml", ".json"))
+                                    or _is_file(Path(text))):  # fmt: skip
         return _load_file(Path(text))
-    if "\n" in text or ":" in text:
+    if not one_line or ":" in text or text.startswith("#"):
         return _load_text(source, None)
     hint = did_you_mean(text, list_architectures())
     raise SpecError(
@@ -667,6 +812,13 @@ def load_spec(source: Any) -> ArchSpec:
     )
 
 
+def load_spec(source: Any) -> ArchSpec:
+    """An `ArchSpec` from a path (.yaml/.yml/.json), a dict, YAML text, a one-line
+    topology expression (`unet(channels=[32,64], blocks=T1L1G1)`) or a bundled name
+    (`unet`, `hrnet`, `llm`, see `list_architectures()`)."""
+    return load_source(source).spec
+
+
 # --------------------------------------------------------------------------- writing
 
 _FIELD_ORDER = ("name", "description", "in_channels", "input_size", "defaults", *TOPOLOGIES)
@@ -674,17 +826,18 @@ _FIELD_ORDER = ("name", "description", "in_channels", "input_size", "defaults", 
 
 def _plain(model: BaseModel) -> dict[str, Any]:
     """Plain data of `model` without values equal to their defaults, in field order:
-    equal specs give equal text however they were written."""
-    data = model.model_dump(mode="json", exclude_none=True)
+    equal specs give equal text however they were written. Options are written when
+    set (an explicit `grid: null` too)."""
+    data = model.model_dump(mode="json")
     out: dict[str, Any] = {}
     fields = type(model).model_fields
     # A topology's own keys (channels, blocks, ...) first, then its options.
     order = [n for n in fields if n not in OPTIONS] + [n for n in fields if n in OPTIONS]
     for name in order:
-        field = fields[name]
-        if name not in data:
-            continue
+        field_info = fields[name]
         value = getattr(model, name)
+        if value is UNSET:
+            continue
         if isinstance(value, BaseModel):
             nested = _plain(value)
             if nested or name in TOPOLOGIES:
@@ -693,14 +846,22 @@ def _plain(model: BaseModel) -> dict[str, Any]:
         if isinstance(value, list) and value and isinstance(value[0], BaseModel):
             out[name] = [_plain(v) for v in value]
             continue
-        if not field.is_required() and data[name] == _json_default(field):
+        if isinstance(value, dict) and value and isinstance(next(iter(value.values())), BaseModel):
+            out[name] = {k: _plain(v) for k, v in value.items()}
+            continue
+        if field_info.default is UNSET:  # an option field that the spec sets
+            out[name] = data[name]
+            continue
+        if value is None or (
+            not field_info.is_required() and data[name] == _json_default(field_info)
+        ):
             continue
         out[name] = data[name]
     return out
 
 
-def _json_default(field: Any) -> Any:
-    default = field.get_default(call_default_factory=True)
+def _json_default(field_info: Any) -> Any:
+    default = field_info.get_default(call_default_factory=True)
     if isinstance(default, BaseModel):
         return default.model_dump(mode="json", exclude_none=True)
     return json.loads(json.dumps(default, default=str))
@@ -714,9 +875,27 @@ def dump_spec(spec: Any) -> str:
     return dump_yaml(ordered)
 
 
+def _refresh_options(node: Any) -> None:
+    """Replace every option's schema by the option's current one (registered norms and
+    activations join the enumerations) and drop pydantic's defaults of option fields."""
+    if isinstance(node, dict):
+        props = node.get("properties")
+        if isinstance(props, dict):
+            for name in list(props):
+                if name in OPTIONS:
+                    props[name] = OPTIONS[name].schema
+        for value in node.values():
+            _refresh_options(value)
+    elif isinstance(node, list):
+        for value in node:
+            _refresh_options(value)
+
+
 def spec_json_schema() -> dict[str, Any]:
-    """JSON Schema of the YAML architecture format (for editors: `stcnnt schema`)."""
+    """JSON Schema of the YAML architecture format (for editors: `stcnnt schema`),
+    generated from the same types that validate specs."""
     schema = ArchSpec.model_json_schema(mode="validation")
+    _refresh_options(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "stcnnt-dsl architecture"
     schema["oneOf"] = [{"required": [t]} for t in TOPOLOGIES]

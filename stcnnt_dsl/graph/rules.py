@@ -8,14 +8,11 @@ pass can never disagree.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from .errors import ShapeError
-from .options import VIT, as_pair
+from ..errors import ShapeError
 
-__all__ = ["SizeRule", "cell_size_rule", "check_size", "nearest_multiples"]
+__all__ = ["SizeRule", "check_size", "nearest_multiples"]
 
 
 @dataclass(frozen=True)
@@ -44,45 +41,6 @@ class SizeRule:
             max(self.minimum, other.minimum),
             max(self.min_frames, other.min_frames),
         )
-
-
-def _largest_kernel(kind: str, mixer: bool, changes_channels: bool, options: Mapping) -> int:
-    kernels = [3]  # out_proj and the conv cells' 3x3 convs
-    if kind in ("local", "global", VIT, "temporal") and options.get("qkv", "conv") == "conv":
-        kernels.append(options.get("qkv_kernel", 3))
-    if mixer:
-        kernels.append(options.get("mixer_kernel", 3))
-    if changes_channels:
-        kernels.append(options.get("proj_kernel", 1))
-    return max(kernels)
-
-
-def cell_size_rule(
-    kind: str,
-    options: Mapping[str, Any],
-    *,
-    mixer: bool = False,
-    changes_channels: bool = False,
-) -> SizeRule:
-    """The size rule of one cell from its resolved options."""
-    exact = None
-    if options.get("norm") == "layer" and options.get("input_size") is not None:
-        exact = as_pair(options["input_size"])
-    minimum, min_frames = 1, 1
-    if options.get("padding") == "reflect":
-        # reflect padding by p needs p < size along every padded axis
-        minimum = _largest_kernel(kind, mixer, changes_channels, options) // 2 + 1
-        if kind == "conv3d":
-            min_frames = 2
-    if kind in ("global", VIT) and options.get("grid") is not None:
-        gh, gw = as_pair(options["grid"])
-        ph, pw = as_pair(options["patch"]) if kind != VIT else (1, 1)
-        what = f"grid {gh}x{gw}" + (f" of windows made of {ph}x{pw} patches" if kind != VIT else "")
-        return SizeRule((gh * ph, gw * pw), what, exact, minimum, min_frames)
-    if kind in ("local", "global", VIT):
-        wh, ww = as_pair(options["window"])
-        return SizeRule((wh, ww), f"window {wh}x{ww}", exact, minimum, min_frames)
-    return SizeRule((1, 1), "", exact, minimum, min_frames)
 
 
 def nearest_multiples(value: int, multiple: int) -> list[int]:

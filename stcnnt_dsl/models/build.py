@@ -6,23 +6,27 @@ from typing import Any
 
 import torch
 
-from .backbones import BACKBONES, Backbone
-from .errors import SpecError
-from .plan import make_plan
-from .resources import guard
-from .spec import ArchSpec, load_spec
+from ..errors import SpecError
+from ..graph.build import build_graph
+from ..graph.guard import guard
+from ..language.spec import ArchSpec, SpecSource, load_source
+from .backbone import Backbone
 
 __all__ = ["build"]
 
 
-def _with_in_channels(spec: ArchSpec, in_channels: int) -> ArchSpec:
+def _with_in_channels(source: SpecSource, in_channels: Any) -> SpecSource:
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise SpecError(
             f"in_channels must be a positive integer, got {in_channels!r}", "in_channels"
         )
-    return ArchSpec.model_validate(
-        {**spec.model_dump(exclude_none=True, round_trip=True), "in_channels": in_channels}
-    )
+    spec = ArchSpec.model_validate({**_data(source.spec), "in_channels": in_channels})
+    return SpecSource(spec, source.positions, source.text, source.file)
+
+
+def _data(spec: ArchSpec) -> dict[str, Any]:
+    """The fields of a spec as given (sub-models kept), for a copy with one change."""
+    return {name: getattr(spec, name) for name in spec.model_fields_set | {"name"}}
 
 
 def _check_arguments(device: Any, dtype: Any, seed: Any) -> None:
@@ -66,29 +70,25 @@ def build(
 
     `source` is anything `load_spec` accepts. `in_channels` overrides the spec's;
     `seed` makes the initial weights deterministic (the global RNG is left untouched).
-    Before any memory is allocated, the resource guard refuses a model with more than
-    `max_params` parameters or whose weights need more than `max_memory` bytes
-    (defaults: 2e9 and 256 GiB, or the STCNNT_MAX_PARAMS / STCNNT_MAX_MEMORY environment
-    variables; see `stcnnt_dsl.resources`), and the model is first constructed on the
-    meta device, so every construction-time check runs before real tensors exist.
+    Every check runs on the model graph before any memory is allocated: the resource
+    guard refuses a model with more than `max_params` parameters or whose weights need
+    more than `max_memory` bytes (defaults: 2e9 and 256 GiB, or the STCNNT_MAX_PARAMS /
+    STCNNT_MAX_MEMORY environment variables; see `stcnnt_dsl.graph.guard`).
     """
     _check_arguments(device, dtype, seed)
-    spec = load_spec(source)
+    located = load_source(source)
     if in_channels is not None and (
-        isinstance(in_channels, bool) or in_channels != spec.in_channels
+        isinstance(in_channels, bool) or in_channels != located.spec.in_channels
     ):
-        spec = _with_in_channels(spec, in_channels)
-    plan = make_plan(spec)
-    guard(plan, max_params=max_params, max_memory=max_memory, dtype=dtype)
-    cls = BACKBONES[spec.topology]
-    with torch.device("meta"):
-        cls(plan)  # construction-time checks (heads, patches, norms) without memory
+        located = _with_in_channels(located, in_channels)
+    graph = build_graph(located)
+    guard(graph, max_params=max_params, max_memory=max_memory, dtype=dtype)
     if seed is None:
-        model = cls(plan)
+        model = Backbone(graph)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = cls(plan)
+            model = Backbone(graph)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model

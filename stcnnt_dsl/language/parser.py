@@ -30,9 +30,9 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.parsers.lalr_interactive_parser import InteractiveParser
 
+from ..errors import DSLSyntaxError, SpecError
 from .blockspec import BlockSpec, CellSpec
-from .errors import DSLSyntaxError, SpecError
-from .options import LETTER_TO_KIND, OPTIONS, validate_options
+from .options import LETTER_TO_KIND, OPTIONS, reads, validate_options
 
 __all__ = [
     "MAX_CELLS",
@@ -56,7 +56,7 @@ MAX_DEPTH = 32
 _CELLS = "L, G, T, V (each followed by 0 or 1: 1 = with mixer, 0 = without), C2 and C3"
 _RUN_OK = re.compile(r"(?:[LGTV][01]|C[23])+")
 _CELL = re.compile(r"[LGTV][01]|C[23]")
-_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+_NAME = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z0-9_]+)*")
 _KEYWORDS = {"true": True, "false": False, "null": None}
 _UNESCAPE = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 _ESCAPE = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
@@ -143,14 +143,7 @@ def format_block(block: BlockSpec | str) -> str:
 
     `parse_block(format_block(b)) == b` for every valid block. A string is parsed first.
     """
-    if isinstance(block, str):
-        block = parse_block(block)
-    cells = list(block.cells)
-    if not cells:
-        raise ValueError("an empty block has no text form (a block needs at least one cell)")
-    if not any(cell.options for cell in cells):
-        return "".join(cell.token for cell in cells)
-    return " ".join(_format_cell(cell) for cell in cells)
+    return str(parse_block(block) if isinstance(block, str) else block)
 
 
 def format_expression(topology: str, args: Mapping[str, Any]) -> str:
@@ -165,13 +158,6 @@ def format_expression(topology: str, args: Mapping[str, Any]) -> str:
 
 
 # =========================================================================== formatting
-
-
-def _format_cell(cell: CellSpec) -> str:
-    if not cell.options:
-        return cell.token
-    inner = ", ".join(f"{k}={_format_value(v)}" for k, v in sorted(cell.options.items()))
-    return f"{cell.token}[{inner}]"
 
 
 def _format_pairs(pairs: Mapping[str, Any]) -> str:
@@ -287,8 +273,8 @@ def _split_run(tok: Token, fail) -> list[CellSpec]:
         return [_cell(m) for m in _CELL.findall(run)]
     if len(run) >= 3 and run[1:].isalpha() and not run[1:].isupper():  # True, Linear
         raise fail(
-            f"{run!r} is not a block string (cells are {_CELLS}); "
-            f"words are written in lower case: {run.lower()!r}",
+            f"{run!r}: words are written in lower case here, write {run.lower()!r} "
+            f"(an upper-case letter starts a block string: cells are {_CELLS})",
             tok.line,
             tok.column,
         )
@@ -386,6 +372,17 @@ def _accepts(parser: InteractiveParser) -> set[str]:
     return out
 
 
+_PAIR_HINT = (
+    "a pair of numbers is written in square brackets, e.g. window=[8, 4]; parentheses "
+    "group the cells of a block string"
+)
+
+
+def _after_paren(last: Token | None, what: str) -> bool:
+    """A number right after '(' in an expression: a tuple written Python's way."""
+    return last is not None and last.type == "LPAR" and what != "block string"
+
+
 def _describe(names: set[str]) -> str:
     words = [_DESCRIBE[n] for n in _DESCRIBE if n in names]
     if len(words) <= 1:
@@ -413,6 +410,8 @@ def _explain(err, expected, fail, stack, last, prev, what) -> DSLSyntaxError:
                 ln,
                 col,
             )
+        if ch.isdigit() and _after_paren(last, what):
+            return fail(_PAIR_HINT, ln, col)
         if "RUN" in expected and (ch.isalnum() or ch == "_"):
             return fail(_bad_cell(ch, 0)[0], ln, col)
         return fail(f"unexpected character {ch!r}; expected {_describe(expected)}", ln, col)
@@ -447,6 +446,8 @@ def _explain(err, expected, fail, stack, last, prev, what) -> DSLSyntaxError:
     kind, value = tok.type, str(tok)
     if after_star:
         return fail(count_hint, ln, col)
+    if kind == "NUMBER" and _after_paren(last, what):
+        return fail(_PAIR_HINT, ln, col)
     if "RUN" in expected and kind in ("NAME", "NUMBER") and value[0] not in "+-.":
         missing = " (or is a ',' missing before it?)" if "COMMA" in expected else ""
         return fail(_bad_cell(value, 0)[0] + missing, ln, col)
@@ -549,12 +550,13 @@ class _Builder:
             out[str(name)] = (self.value(value, None), name, _at(value))
         return out
 
-    def check_option(self, name: str, entry, kind: str | None) -> Any:
-        """The canonical value, or an error at the option's name (wrong option) or its
-        value (bad value)."""
+    def check_option(self, name: str, entry, cell: CellSpec | None) -> Any:
+        """The canonical value, or an error at the option's name (an option this cell
+        does not read) or at its value (a bad value)."""
         value, name_tok, value_at = entry
+        kind = None if cell is None else cell.kind
         try:
-            return validate_options({name: value}, kind=kind, allow_block_level=False)[name]
+            checked = validate_options({name: value}, kind=kind, allow_block_level=False)[name]
         except SpecError as err:
             opt = OPTIONS.get(name)
             bad_name = (
@@ -566,23 +568,29 @@ class _Builder:
             if opt is not None and kind is not None and kind not in opt.applies_to:
                 reason += "; remove it here or put it on a cell it applies to"
             raise self.error(reason, _at(name_tok) if bad_name else value_at) from None
+        if cell is not None and not reads(OPTIONS[name], cell.kind, cell.mixer):
+            raise self.error(
+                f"{cell.token} does not read option {name!r}: it only matters with a "
+                f"mixer, and the digit 0 means no mixer (write {cell.letter}1 for one)",
+                _at(name_tok),
+            )
+        return checked
 
     def cell_options(self, cell: CellSpec, options: dict) -> CellSpec:
-        values = {name: self.check_option(name, e, cell.kind) for name, e in options.items()}
+        values = {name: self.check_option(name, e, cell) for name, e in options.items()}
         return CellSpec(cell.kind, cell.mixer, values)
 
     def group_options(self, cells: list[CellSpec], options: dict) -> list[CellSpec]:
-        """Push a group's options down: each to the cells of kinds it applies to, unless
-        the cell sets it itself (the closer option wins)."""
+        """Push a group's options down: each to the cells that read it, unless the cell
+        sets it itself (the closer option wins)."""
         values = {name: self.check_option(name, e, None) for name, e in options.items()}
-        kinds = {cell.kind for cell in cells}
         for name, (_, name_tok, _) in options.items():
-            applies = OPTIONS[name].applies_to
-            if not kinds & applies:
-                users = ", ".join(sorted(applies))
+            if not any(reads(OPTIONS[name], c.kind, c.mixer) for c in cells):
+                users = ", ".join(sorted(OPTIONS[name].applies_to))
+                mixer = " with a mixer (digit 1)" if OPTIONS[name].mixer_only else ""
                 raise self.error(
-                    f"option {name!r} applies to {users} cells and this group has none "
-                    f"(it has {', '.join(sorted(kinds))}); remove it or move it",
+                    f"option {name!r} is read by {users} cells{mixer} and this group has "
+                    f"none (it has {' '.join(c.token for c in cells)}); remove it or move it",
                     _at(name_tok),
                 )
         done: dict[int, CellSpec] = {}  # repeated cells are shared objects: do each once
@@ -593,7 +601,7 @@ class _Builder:
                 extra = {
                     n: v
                     for n, v in values.items()
-                    if cell.kind in OPTIONS[n].applies_to and n not in cell.options
+                    if reads(OPTIONS[n], cell.kind, cell.mixer) and n not in cell.options
                 }
                 new = CellSpec(cell.kind, cell.mixer, {**extra, **cell.options}) if extra else cell
                 done[id(cell)] = new

@@ -9,9 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.cells import frames
+from .cells import frames
 
-__all__ = ["AttentionGate", "Downsample", "PatchMerge", "Upsample", "space_to_depth"]
+__all__ = [
+    "AttentionGate",
+    "BlockResample",
+    "Downsample",
+    "PatchMerge",
+    "Upsample",
+    "space_to_depth",
+]
 
 
 def space_to_depth(x: Tensor) -> Tensor:
@@ -118,3 +125,21 @@ class AttentionGate(nn.Module):
         gf, xf = g.flatten(0, 1), x.flatten(0, 1)
         mask = torch.sigmoid(self.psi(F.relu(self.query(gf) + self.key(xf))))
         return x * mask.unflatten(0, x.shape[:2])
+
+
+class BlockResample(nn.Module):
+    """Bilinear resampling by 2^steps (down for steps < 0, up for steps > 0), then a
+    block of the target level (HR-Net's `resample: block`)."""
+
+    def __init__(self, block: nn.Module, steps: int) -> None:
+        super().__init__()
+        self.block, self.factor = block, 2.0**steps
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = frames(
+            lambda f: F.interpolate(
+                f, scale_factor=self.factor, mode="bilinear", align_corners=False
+            ),
+            x,
+        )
+        return self.block(x)

@@ -1,0 +1,254 @@
+"""The model graph: one description of a model that every part of the library reads.
+
+Built once from a spec (by the topology's builder, `stcnnt_dsl.graph.topologies`), it
+holds the nodes in execution order with their resolved options, channels, scales and
+module names, the edges between them (each node's `inputs`), the output and the
+feature nodes. The compiled module runs it, `check` / `infer_shapes` / the resource
+guard / the counters / `explain` / the diagram / the reference-weights mapping all
+iterate over it. Nothing here needs torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import ShapeError
+from ..language.spec import ArchSpec, SpecSource
+from .nodes import BlockNode, Node
+from .resolve import BlockPlan
+from .rules import SizeRule, check_size, nearest_multiples
+
+__all__ = ["Feature", "Layout", "ModelGraph", "Shape", "describe_rule", "parse_shape"]
+
+Shape = tuple[int, int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One entry of `forward_features`: a node's output at 1/reduction resolution."""
+
+    name: str
+    channels: int
+    reduction: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the diagram arranges the graph: `rankdir`; `rows`: names kept side by side,
+    in order; `back`: nodes whose incoming edges are drawn against the direction (the
+    U-Net's decoder climbs back up); `as_edges`: one-in one-out nodes drawn as a labelled
+    edge instead of a box."""
+
+    rankdir: str = "TB"
+    rows: tuple[tuple[str, ...], ...] = ()
+    back: frozenset[str] = frozenset()
+    as_edges: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """Nodes in execution order; `output` is what `forward` returns, `features` what
+    `forward_features` returns (finest first)."""
+
+    source: SpecSource
+    nodes: tuple[Node, ...]
+    output: str
+    features: tuple[Feature, ...]
+    in_channels: int
+    out_channels: int
+    layout: Layout = field(default_factory=Layout)
+
+    # ------------------------------------------------------------------ access
+    @property
+    def spec(self) -> ArchSpec:
+        return self.source.spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def topology(self) -> str:
+        return self.spec.topology
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    @property
+    def stages(self) -> tuple[BlockNode, ...]:
+        """The block nodes (the stages users name in overrides and explain)."""
+        return tuple(n for n in self.nodes if isinstance(n, BlockNode))
+
+    def block_plans(self) -> list[BlockPlan]:
+        """Every block of the model: stages and the blocks inside resamplers."""
+        return [n.plan for n in self.nodes if getattr(n, "plan", None) is not None]
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    # ------------------------------------------------------------------ sizes
+    def rule(self) -> SizeRule:
+        """The rule on the model input (T, H, W): every node's rule scaled up."""
+        mh = mw = 1
+        minimum, min_frames, exact = 1, 1, None
+        for _, rule, scale, _node in self._rules():
+            mh = math.lcm(mh, rule.multiple[0] * scale)
+            mw = math.lcm(mw, rule.multiple[1] * scale)
+            if rule.minimum > 1:
+                minimum = max(minimum, rule.minimum * scale)
+            min_frames = max(min_frames, rule.min_frames)
+            if rule.exact is not None and exact is None:
+                exact = (rule.exact[0] * scale, rule.exact[1] * scale)
+        return SizeRule((mh, mw), "", exact, minimum, min_frames)
+
+    def _rules(self) -> Iterator[tuple[str, SizeRule, int, Node]]:
+        for node in self.nodes:
+            for where, rule, scale in node.rules():
+                yield where, rule, scale, node
+
+    def check(self, t: int, h: int, w: int, *, batch: int | None = None) -> None:
+        """Raise a `ShapeError` naming the first node and rule that an input of T
+        frames and H x W pixels breaks; the message states the valid inputs of the
+        whole model first (the multiple that really works) and the nearest valid sizes.
+        With `batch`, also the rule of batch norms in training: more than one value
+        per channel."""
+        if t < 1 or h < 1 or w < 1:
+            raise ShapeError(
+                f"T, H and W must be >= 1, got T={t}, H={h}, W={w}", rule="positive size"
+            )
+        whole = self.rule()
+        nearest = _nearest(whole, h, w)
+        hint = "; ".join(
+            f"nearest valid {k}: {' or '.join(map(str, v))}" for k, v in nearest.items()
+        )
+        for where, rule, scale, node in self._rules():
+            sh, sw = h // scale, w // scale
+            try:
+                check_size(rule, sh, sw, where=where, path=node.path, t=t)
+            except ShapeError as err:
+                at = f" (the input's {h}x{w} is {sh}x{sw} at 1/{scale} scale)" if scale > 1 else ""
+                reason = f"input T={t}, H={h}, W={w} cannot run: valid inputs are "
+                reason += describe_rule(whole)
+                if nearest:
+                    reason += f"; {hint}"
+                reason += f". The first rule it breaks: {where}: {err.rule}{at}"
+                raise ShapeError(
+                    reason, node.path, rule=err.rule, nearest=nearest or err.nearest
+                ) from None
+        if batch is not None:
+            self._check_batch_statistics(batch, t, h, w)
+
+    def _check_batch_statistics(self, b: int, t: int, h: int, w: int) -> None:
+        for node in self.nodes:
+            for plan in [getattr(node, "plan", None)]:
+                if plan is None:
+                    continue
+                sh, sw = h // node.scale, w // node.scale
+                for cell in plan.cells:
+                    norm = cell.geometry.options.norm
+                    if norm in ("batch2d", "batch3d") and b * t * sh * sw <= 1:
+                        rule = (
+                            f"norm={norm} needs more than one value per channel in training, "
+                            f"got B*T*H*W = {b}*{t}*{sh}*{sw} = 1"
+                        )
+                        raise ShapeError(
+                            f"{plan.cell_label(cell.index)}: {rule}"
+                            + (f" (at 1/{node.scale} scale)" if node.scale > 1 else "")
+                            + "; use a larger batch, more frames or a larger input, or "
+                            "norm=instance2d (inference in eval mode would run)",
+                            node.path,
+                            rule=rule,
+                        )
+
+    def shapes(self, shape: Sequence[int]) -> dict[str, Shape]:
+        """Output shape of every node for an input (B, T, C, H, W)."""
+        b, t, _, h, w = shape
+        return {n.name: (b, t, n.out_channels, h // n.scale, w // n.scale) for n in self.nodes}
+
+    # ------------------------------------------------------------------ costs
+    def params(self) -> dict[str, int]:
+        """Parameters by module path (`encoder.0.cells.1.attn.qkv`)."""
+        return {
+            f"{node.name}.{part}": value
+            for node in self.nodes
+            for part, value in node.params().items()
+        }
+
+    def flops(self, shape: Sequence[int]) -> dict[str, int]:
+        """FLOPs of one forward on (B, T, C, H, W), by module path."""
+        b, t, _, h, w = shape
+        return {
+            f"{node.name}.{part}": b * value
+            for node in self.nodes
+            for part, value in node.flops(t, h, w).items()
+        }
+
+    def saved(self, shape: Sequence[int]) -> dict[str, int]:
+        """Elements kept for backward in one training forward, by module path."""
+        b, t, _, h, w = shape
+        out: dict[str, int] = {}
+        for node in self.nodes:
+            for part, value in node.saved(b * t, t, h, w).items():
+                out[f"{node.name}.{part}" if part else node.name] = value
+        return out
+
+
+def describe_rule(rule: SizeRule) -> str:
+    """`H and W multiples of 32, any T` in words."""
+    if rule.exact is not None:
+        text = f"exactly H={rule.exact[0]}, W={rule.exact[1]}"
+    else:
+        mh, mw = rule.multiple
+        text = f"H and W multiples of {mh}" if mh == mw else f"H a multiple of {mh}, W of {mw}"
+        if rule.minimum > 1:
+            text += f", at least {rule.minimum}"
+    return text + (f", T >= {rule.min_frames}" if rule.min_frames > 1 else ", any T")
+
+
+def _nearest(rule: SizeRule, h: int, w: int) -> dict[str, list[int]]:
+    if rule.exact is not None:
+        out = {}
+        if h != rule.exact[0]:
+            out["H"] = [rule.exact[0]]
+        if w != rule.exact[1]:
+            out["W"] = [rule.exact[1]]
+        return out
+    out = {}
+    for name, value, m in (("H", h, rule.multiple[0]), ("W", w, rule.multiple[1])):
+        base = max(m, math.ceil(rule.minimum / m) * m)
+        if value % m or value < base:
+            out[name] = sorted({max(base, v) for v in nearest_multiples(value, m)})
+    return out
+
+
+def parse_shape(shape: Sequence[int] | str) -> Shape:
+    """(B, T, C, H, W) from a sequence or a "B,T,C,H,W" string."""
+    if isinstance(shape, str):
+        try:
+            shape = [int(p) for p in shape.replace("x", ",").split(",") if p.strip()]
+        except ValueError:
+            raise ShapeError(
+                f"input shape must be B,T,C,H,W integers, got {shape!r}", rule="input shape"
+            ) from None
+    values = tuple(shape)
+    if len(values) != 5 or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise ShapeError(
+            f"input shape must be 5 integers [B, T, C, H, W] (T = frames or slices, 1 for "
+            f"2D), got {values!r}",
+            rule="input shape",
+        )
+    if min(values) < 1:
+        raise ShapeError(
+            f"every dimension of [B, T, C, H, W] must be >= 1, got {values}", rule="input shape"
+        )
+    if max(values) >= 2**63:  # beyond any tensor dimension (and Python's int printing)
+        raise ShapeError("a dimension of the input shape is beyond 2^63", rule="input shape")
+    return values  # type: ignore[return-value]

@@ -1,0 +1,202 @@
+"""The nodes of a model graph: blocks, resamplers, attention gates and merges.
+
+A node knows its inputs (names of other nodes, or `input`), its output channels and
+resolution (1/scale of the input), and its own costs as pure functions: parameters by
+module path, FLOPs and saved activations for an input size, and the size rules it puts
+on the input. Its `name` is its module path in the compiled model (`encoder.1`,
+`level1.stage2`, `gates.0`), which is also the name `overrides:`, `explain` and error
+messages use; merges have no module and are named `sum:<consumer>` / `cat:<consumer>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .resolve import BlockPlan
+from .rules import SizeRule
+
+__all__ = ["INPUT", "BlockNode", "GateNode", "MergeNode", "Node", "ResampleNode"]
+
+INPUT = "input"
+"""The name of the model's input in `Node.inputs`."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """What every node has. `path`: the spec path where its options are set (for
+    messages); `meta`: topology facts (level, stage, source and target level) that the
+    diagram and the reference-weights mapping read."""
+
+    name: str
+    inputs: tuple[str, ...]
+    out_channels: int
+    scale: int
+    label: str
+    path: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    kind: ClassVar[str] = "node"
+    has_module: ClassVar[bool] = True
+
+    def params(self) -> dict[str, int]:
+        """Parameters by module path inside the node."""
+        return {}
+
+    def flops(self, t: int, h: int, w: int) -> dict[str, int]:
+        """FLOPs of one sample of `t` frames on an h x w *model input*, by module path
+        inside the node."""
+        return {}
+
+    def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
+        """Elements kept for backward (training forward) on an h x w model input, by
+        module path inside the node ("" for the node itself)."""
+        return {}
+
+    def rules(self) -> list[tuple[str, SizeRule, int]]:
+        """(where, rule, scale): rules on the map at 1/scale of the input."""
+        return []
+
+
+@dataclass(frozen=True)
+class BlockNode(Node):
+    """A stage: one block from a block string."""
+
+    plan: BlockPlan | None = None
+    in_channels: int = 0
+
+    kind: ClassVar[str] = "block"
+
+    def params(self) -> dict[str, int]:
+        return self.plan.params()
+
+    def flops(self, t: int, h: int, w: int) -> dict[str, int]:
+        return self.plan.flops(t, h // self.scale, w // self.scale)
+
+    def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
+        return self.plan.saved(frames, t, h // self.scale, w // self.scale)
+
+    def rules(self) -> list[tuple[str, SizeRule, int]]:
+        return [(where, rule, self.scale) for where, rule in self.plan.size_rules()]
+
+
+def _conv(cin: int, cout: int, kernel: int, *, bias: bool = False) -> int:
+    return cin * cout * kernel * kernel + (cout if bias else 0)
+
+
+@dataclass(frozen=True)
+class ResampleNode(Node):
+    """A resolution change by 2^steps (T is never resampled), one of:
+    `merge` (patch merging: 2x2 space-to-depth + 1x1 conv, per step), `pool` (2x2 mean),
+    `upconv` (bilinear x2 + 3x3 conv without bias, per step), `upsample` (bilinear
+    only), `block` (bilinear to the target size, then a block of the target level)."""
+
+    op: str = "merge"
+    steps: int = 1
+    in_channels: int = 0
+    in_scale: int = 1
+    padding: str = "zeros"  # of the up-sampling convs: the owning stage's
+    plan: BlockPlan | None = None  # op "block"
+
+    kind: ClassVar[str] = "resample"
+
+    @property
+    def down(self) -> bool:
+        return self.scale > self.in_scale
+
+    def _channels(self, k: int) -> int:
+        return self.in_channels if k == 0 else self.out_channels
+
+    def params(self) -> dict[str, int]:
+        if self.op == "merge":
+            return {
+                f"merges.{k}.conv": 4 * self._channels(k) * self.out_channels
+                for k in range(self.steps)
+            }
+        if self.op == "upconv":
+            return {
+                f"convs.{k}": _conv(self._channels(k), self.out_channels, 3)
+                for k in range(self.steps)
+            }
+        if self.op == "block":
+            return {f"block.{k}": v for k, v in self.plan.params().items()}
+        return {}
+
+    def _size(self, h: int, w: int, scale: int) -> int:
+        return (h // scale) * (w // scale)
+
+    def flops(self, t: int, h: int, w: int) -> dict[str, int]:
+        if self.op == "merge":  # step k outputs at 1/(in_scale * 2^(k+1))
+            return {
+                f"merges.{k}.conv": 2 * t * 4 * self._channels(k) * self.out_channels
+                * self._size(h, w, self.in_scale * 2 ** (k + 1))
+                for k in range(self.steps)
+            }  # fmt: skip
+        if self.op == "upconv":  # step k outputs at 1/(in_scale / 2^(k+1))
+            return {
+                f"convs.{k}": 2 * t * 9 * self._channels(k) * self.out_channels
+                * self._size(h, w, self.in_scale // 2 ** (k + 1))
+                for k in range(self.steps)
+            }  # fmt: skip
+        if self.op == "block":
+            flops = self.plan.flops(t, h // self.scale, w // self.scale)
+            return {f"block.{k}": v for k, v in flops.items()}
+        return {}
+
+    def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
+        pixels_in = frames * self._size(h, w, self.in_scale)
+        if self.op == "merge":
+            return {"": self.in_channels * pixels_in + self.out_channels * pixels_in // 4}
+        if self.op == "upconv":
+            out = frames * self._size(h, w, self.scale)
+            return {"": 2 * self.out_channels * out}
+        if self.op == "block":
+            out = self.plan.saved(frames, t, h // self.scale, w // self.scale)
+            mapped = {f"block.{k}": v for k, v in out.items()}
+            mapped[""] = self.in_channels * frames * self._size(h, w, self.scale)
+            return mapped
+        return {}
+
+    def rules(self) -> list[tuple[str, SizeRule, int]]:
+        rules = []
+        if self.down:
+            m = 2**self.steps
+            what = f"{self.steps} 2x down-sampling step{'s' * (self.steps > 1)}"
+            rules.append((f"{self.name} ({self.label})", SizeRule((m, m), what), self.in_scale))
+        if self.plan is not None:
+            rules += [(w, r, self.scale) for w, r in self.plan.size_rules()]
+        return rules
+
+
+@dataclass(frozen=True)
+class GateNode(Node):
+    """Attention gate (Oktay et al. 2018): inputs (g, x); the coarser decoder feature g
+    gates the skip x with a learned [B, T, 1, H, W] sigmoid map."""
+
+    gate_channels: int = 0
+
+    kind: ClassVar[str] = "gate"
+
+    def params(self) -> dict[str, int]:
+        g, s = self.gate_channels, self.out_channels
+        return {"query": g * s, "key": s * s, "psi": s}
+
+    def flops(self, t: int, h: int, w: int) -> dict[str, int]:
+        hw = (h // self.scale) * (w // self.scale)
+        return {name: 2 * t * value * hw for name, value in self.params().items()}
+
+    def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
+        pixels = frames * (h // self.scale) * (w // self.scale)
+        return {"": (self.gate_channels + 3 * self.out_channels + 2) * pixels}
+
+
+@dataclass(frozen=True)
+class MergeNode(Node):
+    """A sum (`op="sum"`, left to right) or a channel concatenation (`op="cat"`) of
+    its inputs; no parameters, no module."""
+
+    op: str = "sum"
+
+    kind: ClassVar[str] = "merge"
+    has_module: ClassVar[bool] = False
