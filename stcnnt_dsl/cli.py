@@ -436,6 +436,12 @@ def _cmd_import_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_studio(args: argparse.Namespace) -> int:
+    from .studio.server import run_studio  # the handler lives with the studio
+
+    return run_studio(args)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -649,6 +655,31 @@ def _parser() -> argparse.ArgumentParser:
                    "does not carry one in its metadata)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
     _add_json(p)
+
+    p = command(
+        "studio",
+        "design architectures in a local web page",
+        "open the studio: a local web page to edit an architecture and see, as you type, "
+        "its errors, parameters, FLOPs, memory, stages and diagram (needs the studio "
+        'extra: pip install "stcnnt-dsl[studio]")',
+        ["stcnnt studio", "stcnnt studio arch.yaml --port 8800",
+         "stcnnt studio unet --no-browser --port 0   # any free port"],
+        _cmd_studio,
+    )  # fmt: skip
+    p.add_argument("arch", metavar="ARCH", nargs="?", help=ARCH_HELP + " (the text to start from)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this computer only)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8765,
+        metavar="N",
+        help="port (default: 8765; 0 picks a free one)",
+    )
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     return parser
 
 
