@@ -120,10 +120,12 @@ def test_block_string_syntax_error_points_at_the_bad_cell(client):
     assert "unknown cell letter 'X'" in err["message"]
 
 
-def test_expression_syntax_error_is_located(client):
-    text = "unet(channels=[4, 8], blocks=L1Q1)"
+@pytest.mark.parametrize("text", ["unet(channels=[4, 8], blocks=L1Q1)",
+                                  "\n\n   unet(channels=[4, 8], blocks=L1Q1)",
+                                  "unet(\n  channels=[4, 8],\n  blocks=L1Q1)"])  # fmt: skip
+def test_expression_syntax_error_is_located(client, text):
     err = post(client, text)["error"]
-    assert err["line"] == 1 and text[err["column"] - 1] == "Q"
+    assert text.splitlines()[err["line"] - 1][err["column"] - 1] == "Q"
 
 
 def test_shape_error_keeps_the_spec_parts(client):

@@ -145,7 +145,15 @@ def _locate(path: str, text: str) -> tuple[int, int] | None:
 
 
 def _user_error(err: STCNNTError, text: str, path: str | None = None) -> dict:
-    return error_document(err, text, path)
+    doc = error_document(err, text, path)
+    stripped = text.lstrip()
+    if doc["line"] is not None and stripped != text and _EXPRESSION.match(stripped):
+        # `load_spec` reads an expression without its leading blank space: back to `text`.
+        lead = text[: len(text) - len(stripped)]
+        if doc["line"] == 1:
+            doc["column"] += len(lead) - (lead.rfind("\n") + 1)
+        doc["line"] += lead.count("\n")
+    return doc
 
 
 # --------------------------------------------------------------------------- diagrams

@@ -736,10 +736,16 @@
     }
   }
 
+  // "13.4 GFLOPs" -> the number, then the unit in smaller type.
+  function splitUnit(text) {
+    const m = /^([-+−]?[\d.,]+[kMGT]?) (\S+)$/.exec(text);
+    return m ? [m[1], el("span", { class: "unit", text: ` ${m[2]}` })] : [text];
+  }
+
   function card(label, value, sub, extra, testid, title) {
     return el("div", { class: `total${testid === "total-output" ? " shape" : ""}`, "data-testid": testid },
       el("div", { class: "label", text: label }),
-      el("div", { class: "value", text: value, title: title || value }),
+      el("div", { class: "value", title: title || value }, ...splitUnit(value)),
       extra,
       el("div", { class: "sub", text: sub || "", title: sub || "" }));
   }
@@ -753,8 +759,8 @@
           a.params != null ? `${fmtExact(a.params)} parameters, ${fmtBytes(a.param_bytes)} as float32` : ""),
         card("FLOPs (one forward)", fmtFlops(a.flops), a.flops != null ? "2 per multiply-add" : "needs a valid input", null, "total-flops",
           a.flops != null ? `${fmtExact(a.flops)} FLOPs` : ""),
-        card("Activation memory", fmtBytes(a.activation_bytes), a.activation_bytes != null ? "kept for backward (training)" : "needs a valid input", null, "total-memory",
-          a.activation_bytes != null ? `${fmtExact(a.activation_bytes)} bytes (estimate); weights + activations ${fmtBytes(a.memory_bytes)}` : ""),
+        card("Activation memory", fmtBytes(a.activation_bytes), a.activation_bytes != null ? "kept for backward" : "needs a valid input", null, "total-memory",
+          a.activation_bytes != null ? `${fmtExact(a.activation_bytes)} bytes: the estimate of what a training forward keeps for backward; with the weights ${fmtBytes(a.memory_bytes)}` : ""),
         card("Output B×T×C×H×W", fmtShape(a.output), a.output ? `from input ${fmtShape((a.input || "").split(","))}` : "needs a valid input", null, "total-output"),
       );
       box.classList.remove("compare-totals");
