@@ -341,7 +341,7 @@ def test_an_analysis_over_the_time_limit_is_answered(monkeypatch):
         doc = c.post("/api/analyze", json={"text": TINY, "input": TINY_INPUT}).json()
         elapsed = time.perf_counter() - start
     release.set()
-    assert doc["ok"] is False and doc["error"]["type"] == "TimeLimit"
+    assert doc["ok"] is False and doc["error"]["type"] == "TimeLimit" and CONTRACT_KEYS <= set(doc)
     assert "longer than 0.3 s" in doc["error"]["message"] and elapsed < 5
 
 
@@ -352,7 +352,9 @@ def test_a_bug_is_answered_as_an_internal_error(monkeypatch, capsys):
     monkeypatch.setattr(analysis, "analyze", broken)
     with TestClient(create_app(), base_url=LOCAL) as c:
         doc = c.post("/api/analyze", json={"text": TINY, "input": TINY_INPUT}).json()
-    assert doc["ok"] is False and doc["error"]["type"] == "InternalError"
+    assert (
+        doc["ok"] is False and doc["error"]["type"] == "InternalError" and CONTRACT_KEYS <= set(doc)
+    )
     assert "RuntimeError: boom" in doc["error"]["message"]
     assert "Traceback" in capsys.readouterr().err
 

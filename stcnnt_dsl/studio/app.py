@@ -224,7 +224,7 @@ class _Runner:
             err = box["error"]
             analysis = _analysis()
             if isinstance(err, analysis.STCNNTError):
-                return {"ok": False, "error": analysis.error_document(err), "stages": []}
+                return _without_analysis(analysis.error_document(err))
             traceback.print_exception(err, file=sys.stderr)
             return _failure(
                 "internal error (a bug in stcnnt-dsl, not in your text): "
@@ -235,8 +235,15 @@ class _Runner:
 
 
 def _failure(message: str, kind: str) -> dict:
-    error = {"message": message, "line": None, "column": None, "path": "", "type": kind}
-    return {"ok": False, "error": error, "stages": []}
+    return _without_analysis(
+        {"message": message, "line": None, "column": None, "path": "", "type": kind}
+    )
+
+
+def _without_analysis(error: dict) -> dict:
+    """An answer with an error and no analysis, with the keys of one (the page reads them)."""
+    empty = dict.fromkeys(("params", "flops", "activation_bytes", "output", "svg"))
+    return {"ok": False, "error": error, **empty, "stages": []}
 
 
 # --------------------------------------------------------------------------- the app

@@ -196,7 +196,7 @@ def run_studio(args: argparse.Namespace) -> int:
         stopped.set()
         sock.close()
     print("stcnnt studio: stopped", file=sys.stderr)
-    _wait_for([ready, *app.state.runner.threads])
+    _wait_for([ready, *app.state.runner.threads.copy()])
     return 0
 
 

@@ -614,9 +614,13 @@
       return true;
     },
 
+    // Opens by itself while a word is typed, after "key: " or "key=", and after "[" or
+    // "," in a cell's options; never on a new line (Enter must stay a line break).
     onInput(editor, event) {
       const typed = event.data || "";
-      if (event.inputType === "insertText" && /[\w:= [,{]$/.test(typed)) this.open(editor, false);
+      const before = editor.text.slice(0, editor.ta.selectionStart);
+      const starts = /\w$/.test(typed) || /(:\s|=|[LGTV][01]\[|C[23]\[|\[[^\]]*,\s?)$/.test(before);
+      if (event.inputType === "insertText" && !typed.includes("\n") && starts) this.open(editor, false);
       else if (!this.list.hidden) this.open(editor, false);
     },
   };
@@ -714,8 +718,10 @@
     renderTotals(a, b);
     renderDiagram(a, b);
     renderStages(a, b);
-    if (state.selected && !stageNames().includes(state.selected)) closeExplain();
-    else if (state.selected) explainStage(state.selected, false);
+    // Keep a stage's options open while the text has a mistake; refresh them once valid.
+    const names = stageNames();
+    if (state.selected && names.length && !names.includes(state.selected)) closeExplain();
+    else if (state.selected && names.includes(state.selected)) explainStage(state.selected, false);
   }
 
   function showError(box, editor, error, which) {
