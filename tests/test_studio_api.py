@@ -484,3 +484,12 @@ def test_the_command_serves_quickly_and_stops_on_ctrl_c(tmp_path):
             proc.kill()
     assert proc.returncode in (0, 130), err
     assert "Traceback" not in err and "stopped" in err
+
+
+def test_without_graphviz_the_analysis_still_answers(monkeypatch):
+    monkeypatch.setattr(analysis.shutil, "which", lambda name: None)
+    analysis.render_svg.cache_clear()
+    doc = analysis.analyze("llm(channels=4, blocks=L1, name=no_dot)", "1,1,1,32,32")
+    analysis.render_svg.cache_clear()
+    assert doc["ok"] and doc["svg"] is None and doc["dot"].startswith("digraph")
+    assert "apt-get install graphviz" in doc["warnings"][0]
