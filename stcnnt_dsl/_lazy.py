@@ -1,6 +1,6 @@
-"""The package's names that need torch, loaded on first use, so that `import stcnnt_dsl`
-and everything that reads only the model graph (check, infer_shapes, explain, to_dot,
-the studio, `stcnnt check`) start without importing torch.
+"""The package's names that need torch (or an optional extra), loaded on first use, so
+that `import stcnnt_dsl` and everything that reads only the model graph (check,
+infer_shapes, explain, to_dot, the studio, `stcnnt check`) start without importing torch.
 
 The only dynamic import of the package: a closed table of literal module names, never
 a name that comes from a spec or a file (tests/test_hostile.py checks that)."""
@@ -21,6 +21,7 @@ TORCH_NAMES: dict[str, str] = {
     "save_model": "stcnnt_dsl.tools.io",
     "import_reference": "stcnnt_dsl.compat.weights",
     "read_reference": "stcnnt_dsl.compat.weights",
+    "create_app": "stcnnt_dsl.studio.app",  # FastAPI: the [studio] extra
 }
 
 

@@ -26,6 +26,7 @@ from ._version import __version__
 from .errors import DSLSyntaxError, ShapeError, SpecError, STCNNTError, WeightsError
 from .graph import build_graph, check, describe_rule, guard, infer_shapes, parse_shape
 from .language.spec import list_architectures, load_source, spec_json_schema
+from .studio import server as studio_server
 from .tools.diagram import GraphvizMissingWarning, render_graph, to_dot
 from .tools.explain import explain
 from .tools.units import human
@@ -270,26 +271,13 @@ def _human(value: float, base: int = 1000) -> str:
     return human(value, "", base)
 
 
-def default_input(graph: Any) -> tuple[int, ...]:
-    """The smallest input the model accepts: 1 sample, its fewest frames, the spec's
-    `input_size` when it has one, else the smallest valid H and W (at least 32)."""
-    rule = graph.rule()
-    if graph.spec.input_size is not None:
-        h, w = graph.spec.input_size
-    elif rule.exact is not None:
-        h, w = rule.exact
-    else:
-        h, w = (max(m, -(-max(rule.minimum, 32) // m) * m) for m in rule.multiple)
-    return (1, rule.min_frames, graph.in_channels, h, w)
-
-
 def _cmd_profile(args: argparse.Namespace) -> int:
     arch = _arch(args) if args.arch is not None else "unet"
     graph = build_graph(arch)
     shape = _input_shape(args)
     defaulted = shape is None
     if shape is None:
-        shape = default_input(graph)
+        shape = graph.default_input()
         note = (f"no --input given: profiling {_shape_text(shape)}, the smallest input "
                 f"{graph.name} accepts; pass --input B,T,C,H,W")  # fmt: skip
         print(f"stcnnt profile: {note}", file=sys.stderr)
@@ -454,6 +442,10 @@ def _cmd_import_reference(args: argparse.Namespace) -> int:
         print(f"imported {args.file} as {model.spec.name} ({params:,} parameters); "
               f"wrote {saved}")  # fmt: skip
     return 0
+
+
+def _cmd_studio(args: argparse.Namespace) -> int:
+    return studio_server.run_studio(args)  # the handler lives with the studio
 
 
 # --------------------------------------------------------------------------- parser
@@ -680,6 +672,31 @@ def _parser() -> argparse.ArgumentParser:
                    "metadata)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
     _add_json(p)
+
+    p = command(
+        "studio",
+        "design architectures in a local web page",
+        "open the studio: a local web page to edit an architecture and see, as you type, "
+        "its errors, parameters, FLOPs, memory, stages and diagram (needs the studio "
+        'extra: pip install "stcnnt-dsl[studio]")',
+        ["stcnnt studio", "stcnnt studio arch.yaml --port 8800",
+         "stcnnt studio unet --no-browser --port 0   # any free port"],
+        _cmd_studio,
+    )  # fmt: skip
+    p.add_argument("arch", metavar="ARCH", nargs="?", help=ARCH_HELP + " (the text to start from)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this computer only)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8765,
+        metavar="N",
+        help="port (default: 8765; 0 picks a free one)",
+    )
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     return parser
 
 

@@ -235,8 +235,8 @@ def test_check_json_gives_the_smallest_valid_size(capsys):
 def test_profile_without_input_says_which_size_it_chose(capsys):
     assert cli.main(["profile", "unet-2d-small", "--runs", "0"]) == 0
     captured = capsys.readouterr()
-    assert "no --input given: profiling 1x1x1x32x32" in captured.err
-    assert "unet-2d-small: input 1x1x1x32x32" in captured.out
+    assert "no --input given: profiling 1x1x1x16x16" in captured.err  # its smallest input
+    assert "unet-2d-small: input 1x1x1x16x16" in captured.out
 
 
 def test_internal_errors_exit_1_with_a_traceback(capsys, monkeypatch):

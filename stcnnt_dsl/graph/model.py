@@ -173,6 +173,18 @@ class ModelGraph:
         b, t, _, h, w = shape
         return {n.name: (b, t, n.out_channels, h // n.scale, w // n.scale) for n in self.nodes}
 
+    def default_input(self) -> Shape:
+        """The smallest input the model accepts: one sample, its fewest frames, the
+        spec's `input_size` when it has one, else the smallest valid H and W."""
+        rule = self.rule()
+        if self.spec.input_size is not None:
+            h, w = self.spec.input_size
+        elif rule.exact is not None:
+            h, w = rule.exact
+        else:
+            h, w = (max(m, -(-rule.minimum // m) * m) for m in rule.multiple)
+        return (1, rule.min_frames, self.in_channels, h, w)
+
     # ------------------------------------------------------------------ costs
     def params(self) -> dict[str, int]:
         """Parameters by module path (`encoder.0.cells.1.attn.qkv`)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,6 +33,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic.json_schema import PydanticJsonSchemaWarning
 from pydantic_core import PydanticCustomError
 
 from ..errors import DSLSyntaxError, SpecError, STCNNTError, caret_excerpt, did_you_mean
@@ -894,7 +896,9 @@ def _refresh_options(node: Any) -> None:
 def spec_json_schema() -> dict[str, Any]:
     """JSON Schema of the YAML architecture format (for editors: `stcnnt schema`),
     generated from the same types that validate specs."""
-    schema = ArchSpec.model_json_schema(mode="validation")
+    with warnings.catch_warnings():  # option fields default to UNSET, which has no JSON
+        warnings.simplefilter("ignore", PydanticJsonSchemaWarning)  # form; refreshed below
+        schema = ArchSpec.model_json_schema(mode="validation")
     _refresh_options(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "stcnnt-dsl architecture"
