@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import stcnnt_dsl
-from stcnnt_dsl import ShapeError, build, infer_shapes, list_architectures
+from stcnnt_dsl import ShapeError, SpecError, build, infer_shapes, list_architectures
 
 SMALL = {"unet-2d-small", "unet-3d-small", "llm"}
 
@@ -205,3 +205,33 @@ def test_layer_norm_needs_input_size_and_fixes_it():
         model(torch.randn(1, 1, 1, 32, 32))
     with pytest.raises(stcnnt_dsl.SpecError, match="input_size"):
         build({"defaults": {"norm": "layer"}, "unet": {"channels": [8], "blocks": "L1"}})
+
+
+@pytest.mark.parametrize(
+    ("layout", "shape", "to_ours"),
+    [
+        ("BCTHW", (2, 1, 3, 32, 32), lambda x: x.transpose(1, 2)),
+        ("BCHW", (2, 1, 32, 32), lambda x: x.unsqueeze(1)),
+        ("BCHWD", (2, 1, 32, 32, 3), lambda x: x.permute(0, 4, 1, 2, 3)),
+    ],
+)
+def test_layouts_permute_at_the_boundary_only(layout, shape, to_ours, tmp_path):
+    model = build("unet-2d-small", seed=0, layout=layout).eval()
+    ours = build("unet-2d-small", seed=0).eval()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        got, want = model(x), ours(to_ours(x))
+        feats = model.forward_features(x)
+    assert got.dim() == len(shape)
+    torch.testing.assert_close(to_ours(got), want)
+    assert [to_ours(f).shape[2] for f in feats] == [i["num_chs"] for i in model.feature_info]
+    loaded = stcnnt_dsl.load_model(stcnnt_dsl.save_model(model, tmp_path / "m.safetensors"))
+    assert loaded.layout == layout
+
+
+def test_layout_mistakes_are_clear():
+    with pytest.raises(SpecError, match='did you mean "BCHWD"'):
+        build("llm", layout="BCHDW")
+    model = build("unet-2d-small", layout="BCHW")
+    with pytest.raises(ShapeError, match="layout BCHW takes .* 4-D.*layout='BTCHW'"):
+        model(torch.randn(1, 1, 1, 32, 32))

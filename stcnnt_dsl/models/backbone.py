@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..graph.model import ModelGraph
 from ..graph.nodes import INPUT, BlockNode, GateNode, MergeNode, Node, ResampleNode
 from ..language.spec import ArchSpec
+from ..nn.axes import check_layout, from_btchw, to_btchw
 from ..nn.block import Block
 from ..nn.checks import check_input_tensor
 from ..nn.layout import channels_last_frames
@@ -105,9 +106,10 @@ class Backbone(nn.Module):
     message naming the stage and cell that cannot run it.
     """
 
-    def __init__(self, graph: ModelGraph) -> None:
+    def __init__(self, graph: ModelGraph, layout: str = "BTCHW") -> None:
         super().__init__()
         self.graph = graph
+        self.layout = check_layout(layout)
         self.spec: ArchSpec = graph.spec
         self.in_channels = graph.in_channels
         self.out_channels = graph.out_channels
@@ -170,18 +172,20 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         output = self.graph.output
-        return self._run(x, (output,))[output]
+        return from_btchw(self._run(x, (output,))[output], self.layout)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
-        """The per-level (or per-block) outputs, finest first (see `feature_info`)."""
+        """The per-level (or per-block) outputs, finest first (see `feature_info`), in
+        the model's layout."""
         names = tuple(f.name for f in self.graph.features)
         env = self._run(x, names)
-        return [env[n] for n in names]
+        return [from_btchw(env[n], self.layout) for n in names]
 
-    def forward_all(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """(output, features) from one pass."""
-        env = self._run(x, _both(self.graph))
-        return env[self.graph.output], [env[f.name] for f in self.graph.features]
+    def forward_all(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(the input, the output, the features) in [B, T, C, H, W] from one pass: what
+        task heads read, whatever the model's layout."""
+        env = self._run(x, (INPUT, *_both(self.graph)))
+        return env[INPUT], env[self.graph.output], [env[f.name] for f in self.graph.features]
 
     # ------------------------------------------------------------------ checks
     def check_input(self, x: Tensor) -> None:
@@ -194,6 +198,7 @@ class Backbone(nn.Module):
             self._checked = key
 
     def _enter(self, x: Tensor) -> Tensor:
+        x = to_btchw(x, self.layout, self.spec.name)
         if not torch.compiler.is_compiling():
             self.check_input(x)
         return channels_last_frames(x)
@@ -213,7 +218,8 @@ class Backbone(nn.Module):
         return names
 
     def extra_repr(self) -> str:
+        layout = "" if self.layout == "BTCHW" else f", layout={self.layout}"
         return (
             f"name={self.spec.name!r}, in_channels={self.in_channels}, "
-            f"out_channels={self.out_channels}"
+            f"out_channels={self.out_channels}{layout}"
         )

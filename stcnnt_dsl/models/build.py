@@ -10,6 +10,7 @@ from ..errors import SpecError
 from ..graph.build import build_graph
 from ..graph.guard import guard
 from ..language.spec import ArchSpec, SpecSource, load_source
+from ..nn.axes import check_layout
 from .backbone import Backbone
 
 __all__ = ["build"]
@@ -65,6 +66,7 @@ def build(
     seed: int | None = None,
     max_params: float | None = None,
     max_memory: float | None = None,
+    layout: str = "BTCHW",
 ) -> Backbone:
     """Compile an architecture into a `Backbone` (a `torch.nn.Module`).
 
@@ -74,8 +76,11 @@ def build(
     guard refuses a model with more than `max_params` parameters or whose weights need
     more than `max_memory` bytes (defaults: 2e9 and 256 GiB, or the STCNNT_MAX_PARAMS /
     STCNNT_MAX_MEMORY environment variables; see `stcnnt_dsl.graph.guard`).
+    `layout` is the order of the input's and outputs' axes: `BTCHW` (ours), `BCTHW` (the
+    reference, torchvision video), `BCHW` (2D, T=1) or `BCHWD` (MONAI 3D, slices last).
     """
     _check_arguments(device, dtype, seed)
+    layout = check_layout(layout)
     located = load_source(source)
     if in_channels is not None and (
         isinstance(in_channels, bool) or in_channels != located.spec.in_channels
@@ -84,11 +89,11 @@ def build(
     graph = build_graph(located)
     guard(graph, max_params=max_params, max_memory=max_memory, dtype=dtype)
     if seed is None:
-        model = Backbone(graph)
+        model = Backbone(graph, layout)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = Backbone(graph)
+            model = Backbone(graph, layout)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model

@@ -107,6 +107,7 @@ def save_model(
         "spec": dump_spec(spec),
         "name": spec.name,
         "parameters": str(sum(p.numel() for p in model.parameters())),
+        "layout": getattr(model, "layout", "BTCHW"),
     }
     for key, value in (extra_metadata or {}).items():
         if key in metadata:
@@ -186,7 +187,7 @@ def load_model(
     except STCNNTError as err:
         raise WeightsError(f"{path}: the spec in the file's metadata is not valid: {err}") from None
     tensors = _migrate(load_file(str(path)), metadata.get("format_version", ""))
-    model = build(spec)
+    model = build(spec, layout=metadata.get("layout", "BTCHW"))
     _check_tensors(model, tensors, path)
     if dtype is not None:
         model = model.to(dtype=dtype)
