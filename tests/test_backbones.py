@@ -230,8 +230,8 @@ def test_layouts_permute_at_the_boundary_only(layout, shape, to_ours, tmp_path):
 
 
 def test_layout_mistakes_are_clear():
-    with pytest.raises(SpecError, match='did you mean "BCHWD"'):
+    with pytest.raises(SpecError, match='did you mean "BCHW"'):
         build("llm", layout="BCHDW")
     model = build("unet-2d-small", layout="BCHW")
-    with pytest.raises(ShapeError, match="layout BCHW takes .* 4-D.*layout='BTCHW'"):
+    with pytest.raises(ShapeError, match=r"layout BCHW takes .* 4-D.*layout='BTCHW'"):
         model(torch.randn(1, 1, 1, 32, 32))
