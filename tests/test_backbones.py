@@ -233,5 +233,5 @@ def test_layout_mistakes_are_clear():
     with pytest.raises(SpecError, match='did you mean "BCHW"'):
         build("llm", layout="BCHDW")
     model = build("unet-2d-small", layout="BCHW")
-    with pytest.raises(ShapeError, match=r"layout BCHW takes .* 4-D.*layout='BTCHW'"):
+    with pytest.raises(ShapeError, match=r"layout BCHW takes .*4-D.*layout='BTCHW'"):
         model(torch.randn(1, 1, 1, 32, 32))
