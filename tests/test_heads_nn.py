@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from stcnnt_dsl.graph import head_costs
 from stcnnt_dsl.errors import SpecError, STCNNTError
+from stcnnt_dsl.graph import head_costs
 from stcnnt_dsl.nn.heads import (
     ConvAvgHead,
     ConvHead,
