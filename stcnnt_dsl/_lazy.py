@@ -14,11 +14,16 @@ __all__ = ["TORCH_NAMES", "load"]
 
 TORCH_NAMES: dict[str, str] = {
     "Backbone": "stcnnt_dsl.models",
+    "Model": "stcnnt_dsl.models",
     "build": "stcnnt_dsl.models",
     "ProfileReport": "stcnnt_dsl.tools.profile",
     "profile": "stcnnt_dsl.tools.profile",
     "load_model": "stcnnt_dsl.tools.io",
     "save_model": "stcnnt_dsl.tools.io",
+    "load_weights": "stcnnt_dsl.tools.weights",
+    "lora_targets": "stcnnt_dsl.tools.adapt",
+    "param_groups": "stcnnt_dsl.tools.adapt",
+    "freeze": "stcnnt_dsl.tools.adapt",
     "import_reference": "stcnnt_dsl.compat.weights",
     "read_reference": "stcnnt_dsl.compat.weights",
     "create_app": "stcnnt_dsl.studio.app",  # FastAPI: the [studio] extra

@@ -155,16 +155,17 @@ def _valid_inputs(rule: Any) -> dict[str, Any]:
 
 
 def _stage_rows(model: Any) -> list[dict[str, Any]]:
+    """One row per stage (and per head of a whole model)."""
     graph = model.graph
     rows = []
-    for node in graph.stages:
-        module = model.get_submodule(node.name)
+    for node in (*graph.stages, *graph.heads):
+        module = model.get_submodule(graph.module_path(node))
         rows.append({
             "key": node.name,
-            "module": node.name,
+            "module": graph.module_path(node),
             "label": node.label,
-            "block": str(node.plan.block),
-            "in_channels": node.in_channels,
+            "block": str(node.plan.block) if hasattr(node, "plan") else node.label,
+            "in_channels": getattr(node, "in_channels", getattr(node, "backbone_channels", 0)),
             "out_channels": node.out_channels,
             "scale": node.scale,
             "parameters": sum(p.numel() for p in module.parameters()),
@@ -179,6 +180,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         _check_out(Path(args.out))  # before the work, not after it
     say("building")
     model = api.build(_arch(args), seed=args.seed, in_channels=args.in_channels)
+    backbone = getattr(model, "backbone", model)  # a whole model's trunk, or the model
     total = sum(p.numel() for p in model.parameters())
     stages = _stage_rows(model)
     in_stages = sum(s["parameters"] for s in stages)
@@ -197,10 +199,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
             "name": model.spec.name,
             "topology": model.spec.topology,
             "in_channels": model.in_channels,
-            "out_channels": model.out_channels,
+            "out_channels": backbone.out_channels,
+            "heads": {h.head_name: h.task for h in model.graph.heads},
             "parameters": total,
             "stages": [
-                {**s, "output": None if shapes is None else shapes["stages"][s["key"]]}
+                {**s, "output": None if shapes is None else shapes["nodes"][s["key"]]}
                 for s in stages
             ],
             "other_parameters": total - in_stages,
@@ -208,6 +211,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             "input": shape,
             "output": None if shapes is None else shapes["output"],
             "features": None if shapes is None else shapes["features"],
+            "head_outputs": None if shapes is None else shapes["heads"],
             "weights": None if saved is None else str(saved),
             "graph": graph,
         })  # fmt: skip
@@ -215,7 +219,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     spec = model.spec
     print(f"{spec.name} ({spec.topology})" + (f": {spec.description}" if spec.description else ""))
     print(f"  parameters: {total:,} ({_human(total)}); {model.in_channels} -> "
-          f"{model.out_channels} channels")  # fmt: skip
+          f"{backbone.out_channels} channels")  # fmt: skip
     header = ["stage", "block", "channels", "scale", "parameters"]
     if shapes is not None:
         header.append("output")
@@ -224,13 +228,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
         row = [s["key"], s["block"], f"{s['in_channels']} -> {s['out_channels']}",
                f"1/{s['scale']}", f"{s['parameters']:,}"]  # fmt: skip
         if shapes is not None:
-            row.append(_shape_text(shapes["stages"][s["key"]]))
+            row.append(_shape_text(shapes["nodes"][s["key"]]))
         rows.append(row)
     rows.append(["(between stages)", "resampling, gates, fusion", "", "",
                  f"{total - in_stages:,}"] + ([""] if shapes is not None else []))  # fmt: skip
     print(_table(rows, right={4}))
     if shapes is not None:
         print(f"  output: {_shape_text(shapes['output'])}")
+        for name, head_shape in shapes["heads"].items():
+            print(f"  head {name}: {_shape_text(head_shape)}")
         for info, feat in zip(model.feature_info, shapes["features"], strict=True):
             print(f"  feature {info['module']}: {_shape_text(feat)} "
                   f"(1/{info['reduction']} resolution)")  # fmt: skip

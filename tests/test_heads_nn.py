@@ -709,20 +709,20 @@ def test_reference_whole_model_fixture():
     assert {k for k in weights if k.startswith("post.")} == set(CONV_POOL_LINEAR_KEYS)
     assert config["post_model"] == "ConvPoolLinear"
 
-    backbone = import_reference(WHOLE_MODEL).eval()  # strips "backbone.", leaves post.*
-    assert not any(k.startswith("backbone.") for k in backbone.state_dict())
-    head = ConvAvgHead(backbone.out_channels, config["no_out_channel"]).eval()
-    head.load_state_dict({ours: weights[ref] for ref, ours in CONV_POOL_LINEAR_KEYS.items()})
-    assert sum(p.numel() for p in backbone.parameters()) + sum(
-        p.numel() for p in head.parameters()
-    ) == int(safe_open(str(WHOLE_MODEL), "pt").metadata()["params"])
+    model = import_reference(WHOLE_MODEL).eval()  # a whole model: backbone + one head
+    head = model.heads["classification"]
+    assert isinstance(head, ConvAvgHead) and head.hidden == 2048
+    for ref, ours in CONV_POOL_LINEAR_KEYS.items():  # the documented rename, key by key
+        assert torch.equal(head.state_dict()[ours], weights[ref])
+    assert sum(p.numel() for p in model.parameters()) == int(
+        safe_open(str(WHOLE_MODEL), "pt").metadata()["params"]
+    )
 
     with safe_open(str(WHOLE_MODEL), "pt") as f:
         x_ref, want = f.get_tensor("input"), f.get_tensor("out::output")
     x = x_ref.transpose(1, 2)  # reference [B, C, T, H, W] -> ours [B, T, C, H, W]
     with torch.no_grad():
-        output = backbone(x)
-        got = head(x, output, backbone.forward_features(x))
+        got = model(x)["classification"]
     assert got.shape == want.shape == (2, 3)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 

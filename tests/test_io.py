@@ -77,7 +77,7 @@ def test_file_is_plain_safetensors_without_pickle(tmp_path):
     (header_len,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + header_len])
     assert "__metadata__" in header
-    assert b"\x80\x04" not in raw[: 8 + header_len]  # no pickle protocol marker
+    assert b"\x80\x04" not in raw[8 : 8 + header_len]  # no pickle protocol marker
     assert load_file(str(path))  # readable by any safetensors reader
 
 

@@ -19,7 +19,7 @@ from ..errors import SpecError
 from ..language.spec import ArchSpec, load_spec
 from .sizing import METHODS, Geometry, ReferenceSizer, hrnet_geometry, unet_geometry
 
-__all__ = ["REFERENCE_DEFAULTS", "reference_spec"]
+__all__ = ["POST_MODELS", "REFERENCE_DEFAULTS", "reference_spec"]
 
 # Values used when a key is missing: the reference parser's values as dumped in the
 # fixtures' full configurations (shared/reference), which agree with DESIGN section 6.
@@ -39,6 +39,7 @@ REFERENCE_DEFAULTS: dict[str, Any] = {
     "backbone_unet.C": 32, "backbone_unet.num_resolution_levels": 2,
     "backbone_unet.block_str": ["T1L1G1"], "backbone_unet.use_unet_attention": 1,
     "backbone_unet.with_conv": 1,
+    "no_out_channel": 2,
     "backbone_hrnet.C": 32, "backbone_hrnet.num_resolution_levels": 2,
     "backbone_hrnet.block_str": ["T1L1G1"],
 }  # fmt: skip
@@ -422,11 +423,69 @@ def reference_spec(config: Any) -> ArchSpec:
         if overrides:
             body["overrides"] = overrides
         body.update(resample="conv", branches=branches)
-    return load_spec({
+    spec: dict[str, Any] = {
         "name": f"reference-{topology}",
         "description": "translated from a reference implementation configuration",
         "in_channels": in_channels,
         "input_size": [sizer.h, sizer.w],
         "defaults": defaults,
         topology: body,
-    })  # fmt: skip
+    }
+    heads = _heads(cfg, flat, topology)
+    if heads:
+        spec["heads"] = heads
+    return load_spec(spec)
+
+
+# The reference's task heads (`post_model`) as ours: the head's name is its task.
+POST_MODELS = {
+    "SimpleConv": ("segmentation", {"kind": "segmentation"}),
+    "ConvPoolLinear": (
+        "classification",
+        {"kind": "classification", "pooling": "conv_avg", "hidden": 2048},
+    ),
+    "NormPoolLinear": ("classification", {"kind": "classification", "pooling": "norm_avg"}),
+}
+_NOT_IMPORTABLE = {
+    "UperNet2D": "its 2D variant uses the first frame only and its pyramid pooling pads a "
+    "1x1 convolution, which this library's upernet decoder does not reproduce",
+    "UperNet3D": "its pyramid pooling pads a 1x1 convolution and its FPN shares one "
+    "smoothing convolution, which this library's upernet decoder does not reproduce",
+    "SimpleMultidepthConv": "it needs 4 backbone features and the reference's ST-CNNT "
+    "backbones give one",
+    "UNETR2D": "it needs the omnivore backbone's 5 features (the reference cannot run it "
+    "with an ST-CNNT backbone)",
+    "UNETR3D": "it needs the omnivore backbone's 5 features (the reference cannot run it "
+    "with an ST-CNNT backbone)",
+}
+
+
+def _heads(cfg: _Config, flat: Mapping[str, Any], topology: str) -> dict[str, Any] | None:
+    """`heads:` from the reference's `post_model` and `no_out_channel` (None without a
+    head: a backbone checkpoint, or `post_model: Identity`)."""
+    post = flat.get("post_model")
+    if post in (None, "Identity"):
+        return None
+    if post in _NOT_IMPORTABLE:
+        raise SpecError(
+            f"post_model={post!r} cannot be imported with its weights: {_NOT_IMPORTABLE[post]}; "
+            "import the backbone (load_weights(model, path, part='backbone')) and give the "
+            "model a new head under heads:",
+            "post_model",
+        )
+    if post not in POST_MODELS:
+        raise SpecError(
+            f"post_model={post!r} is not a reference head this library knows; known: "
+            + ", ".join([*POST_MODELS, *_NOT_IMPORTABLE]),
+            "post_model",
+        )
+    if topology == "hrnet":
+        raise SpecError(
+            "the reference's whole models with an HR-Net backbone do not run (its HR-Net "
+            "returns [output, levels] and the heads read the last element, a list); import "
+            "the backbone and add a head under heads:",
+            "post_model",
+        )
+    name, head = POST_MODELS[post]
+    size = "classes" if head["kind"] != "enhancement" else "out_channels"
+    return {name: {**head, size: cfg.integer("no_out_channel", 1)}}

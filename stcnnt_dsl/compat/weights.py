@@ -25,6 +25,7 @@ from ..errors import WeightsError
 from ..graph.nodes import BlockNode, GateNode, Node
 from ..models.backbone import Backbone
 from ..models.build import build
+from ..models.model import Model
 from ..nn.attention import SpatialAttention, TemporalAttention
 from ..nn.cells import AttentionCell, ConvCell
 from ..nn.functional import relative_position_index
@@ -100,17 +101,25 @@ def _cell_names(cell: nn.Module, key: str) -> list[str] | None:
     return None
 
 
-def _reference_names(model: Backbone) -> tuple[dict[str, list[str]], dict[str, Callable]]:
+# Our head keys -> the reference's `post.` keys (a rename inside the head).
+_HEAD_KEYS = {"conv.weight": "conv2d.conv.weight", "conv.bias": "conv2d.conv.bias"}
+
+
+def _reference_names(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, Callable]]:
     """(our state_dict key -> reference keys, optional reference key -> its checker),
-    node by node over the model graph."""
+    node by node over the model graph. A whole model's keys are `backbone.*` and
+    `heads.<name>.*`, the reference's `backbone.*` and `post.*`."""
     names: dict[str, list[str]] = {}
     optional: dict[str, Callable] = {}
     graph = model.graph
+    whole = isinstance(model, Model)
+    backbone = model.backbone if whole else model
+    ours, theirs = ("backbone.", "backbone.") if whole else ("", "")
     for node in graph.nodes:
         if not node.has_module:
             continue
-        module = model.get_submodule(node.name)
-        prefix = _node_prefix(graph.topology, node)
+        module = backbone.get_submodule(node.name)
+        prefix = theirs + _node_prefix(graph.topology, node)
         for key in module.state_dict():
             found = None
             cell_match = re.match(r"cells\.(\d+)\.(.*)", key)
@@ -129,10 +138,14 @@ def _reference_names(model: Backbone) -> tuple[dict[str, list[str]], dict[str, C
                         found = [prefix + template.format("", *match.groups())]
             if found is None:  # pragma: no cover - a module this mapping does not know
                 raise WeightsError(f"no reference name is known for our weight {node.name}.{key!r}")
-            names[f"{node.name}.{key}"] = found
+            names[f"{ours}{node.name}.{key}"] = found
         if isinstance(node, BlockNode):
             for c, cell in enumerate(module.cells):
                 _optional_names(cell, f"{prefix}cell_{c}.", optional)
+    if whole:
+        for name, head in model.heads.items():
+            for key in head.state_dict():
+                names[f"heads.{name}.{key}"] = [f"post.{_HEAD_KEYS.get(key, key)}"]
     return names, optional
 
 
@@ -208,14 +221,22 @@ def read_reference(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict | N
 
 
 def _strip_prefix(weights: Mapping[str, Tensor], first: str) -> dict[str, Tensor]:
-    """Drop a wrapper prefix (`backbone.`, `module.`) when the keys carry one."""
+    """Drop a wrapper prefix (`backbone.`, `module.`) when the keys carry one; keys
+    outside it (a whole model's `post.*`, say) are an error, not silently left out."""
     if first in weights:
         return dict(weights)
     prefixes = {k[: -len(first)] for k in weights if k.endswith("." + first)}
     if len(prefixes) != 1:
         return dict(weights)
     prefix = prefixes.pop()
-    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+    outside = sorted(k for k in weights if not k.startswith(prefix))
+    if outside:
+        raise WeightsError(
+            f"the checkpoint has {outside[0]!r} besides the {prefix}* weights (a whole model?), "
+            "but its configuration names no head (post_model); give the configuration its "
+            "post_model, or load only the backbone: load_weights(model, path, part='backbone')"
+        )
+    return {k[len(prefix) :]: v for k, v in weights.items()}
 
 
 def _assemble(
@@ -244,8 +265,10 @@ def _assemble(
 
 def import_reference(
     weights: str | os.PathLike | Mapping[str, Tensor], config: Any = None
-) -> Backbone:
-    """A `Backbone` carrying a reference checkpoint's weights, with the same outputs.
+) -> Backbone | Model:
+    """A `Backbone` carrying a reference checkpoint's weights, with the same outputs; a
+    `Model` with one head (named by its task) for a whole-model checkpoint (keys
+    `backbone.*` and `post.*`, the head named by the configuration's `post_model`).
 
     `weights`: a `.safetensors` path (its metadata `config` is used when `config` is
     None) or a reference `state_dict`. `config`: the reference configuration (see

@@ -155,16 +155,6 @@ def _dtype(dtype: Any) -> tuple[str, int]:
     return str(dtype).removeprefix("torch."), size
 
 
-def _by_node(values: dict[str, int], graph: ModelGraph) -> dict[str, int]:
-    """Sum module-path values per node."""
-    out: dict[str, int] = {}
-    names = [n.name for n in graph.nodes]
-    for path, value in values.items():
-        node = next(n for n in names if path == n or path.startswith(n + "."))
-        out[node] = out.get(node, 0) + value
-    return out
-
-
 def estimate(
     source: Any, input_shape: Sequence[int] | str | None = None, *, dtype: Any = None
 ) -> ResourceEstimate:
@@ -173,12 +163,12 @@ def estimate(
     building it."""
     graph = build_graph(source)
     name, size = _dtype(dtype)
-    per_node = {k: v for k, v in _by_node(graph.params(), graph).items() if v}
+    per_node = {k: v for k, v in graph.per_node(graph.params()).items() if v}
     params = sum(per_node.values())
     if input_shape is None:
         return ResourceEstimate(params, per_node, name, params * size)
     shape = parse_shape(input_shape)
-    acts = {k: v * size for k, v in _by_node(graph.saved(shape), graph).items() if v}
+    acts = {k: v * size for k, v in graph.per_node(graph.saved(shape)).items() if v}
     return ResourceEstimate(params, per_node, name, params * size, shape, sum(acts.values()), acts)
 
 

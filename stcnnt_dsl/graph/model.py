@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ShapeError
 from ..language.spec import ArchSpec, SpecSource
@@ -59,6 +60,19 @@ class ModelGraph:
     in_channels: int
     out_channels: int
     layout: Layout = field(default_factory=Layout)
+    heads: tuple[Any, ...] = ()  # HeadNode (graph.heads): what a whole Model adds
+
+    @property
+    def all_nodes(self) -> tuple[Node, ...]:
+        """The backbone's nodes, then the heads."""
+        return (*self.nodes, *self.heads)
+
+    def module_path(self, node: Node) -> str:
+        """Where `node`'s module sits: its name in a backbone; `backbone.<name>` and
+        `heads.<name>` in a whole model (the reference's layout too)."""
+        if not self.heads or node in self.heads:
+            return node.name
+        return f"backbone.{node.name}"
 
     # ------------------------------------------------------------------ access
     @property
@@ -74,7 +88,7 @@ class ModelGraph:
         return self.spec.topology
 
     def node(self, name: str) -> Node:
-        for node in self.nodes:
+        for node in self.all_nodes:
             if node.name == name:
                 return node
         raise KeyError(name)
@@ -145,6 +159,8 @@ class ModelGraph:
                 ) from None
         if batch is not None:
             self._check_batch_statistics(batch, t, h, w)
+            for head in self.heads:
+                head.check_batch(batch, t)
 
     def _check_batch_statistics(self, b: int, t: int, h: int, w: int) -> None:
         for node in self.nodes:
@@ -168,10 +184,12 @@ class ModelGraph:
                             rule=rule,
                         )
 
-    def shapes(self, shape: Sequence[int]) -> dict[str, Shape]:
-        """Output shape of every node for an input (B, T, C, H, W)."""
+    def shapes(self, shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        """Output shape of every node (heads too) for an input (B, T, C, H, W)."""
         b, t, _, h, w = shape
-        return {n.name: (b, t, n.out_channels, h // n.scale, w // n.scale) for n in self.nodes}
+        out = {n.name: (b, t, n.out_channels, h // n.scale, w // n.scale) for n in self.nodes}
+        out.update({head.name: head.output_shape(shape) for head in self.heads})
+        return out
 
     def default_input(self) -> Shape:
         """The smallest input the model accepts: one sample, its fewest frames, the
@@ -186,11 +204,15 @@ class ModelGraph:
         return (1, rule.min_frames, self.in_channels, h, w)
 
     # ------------------------------------------------------------------ costs
+    def _path(self, node: Node, part: str) -> str:
+        path = self.module_path(node)
+        return f"{path}.{part}" if part else path
+
     def params(self) -> dict[str, int]:
         """Parameters by module path (`encoder.0.cells.1.attn.qkv`)."""
         return {
-            f"{node.name}.{part}": value
-            for node in self.nodes
+            self._path(node, part): value
+            for node in self.all_nodes
             for part, value in node.params().items()
         }
 
@@ -198,18 +220,28 @@ class ModelGraph:
         """FLOPs of one forward on (B, T, C, H, W), by module path."""
         b, t, _, h, w = shape
         return {
-            f"{node.name}.{part}": b * value
-            for node in self.nodes
+            self._path(node, part): b * value
+            for node in self.all_nodes
             for part, value in node.flops(t, h, w).items()
         }
+
+    def per_node(self, values: dict[str, int]) -> dict[str, int]:
+        """Module-path values (`params()`, `flops()`, `saved()`) summed per node name."""
+        paths = [(self.module_path(node), node.name) for node in self.all_nodes]
+        out = dict.fromkeys((name for _, name in paths), 0)
+        for key, value in values.items():
+            path = key.partition(":")[0]
+            node = next(n for p, n in paths if path == p or path.startswith(p + "."))
+            out[node] += value
+        return out
 
     def saved(self, shape: Sequence[int]) -> dict[str, int]:
         """Elements kept for backward in one training forward, by module path."""
         b, t, _, h, w = shape
         out: dict[str, int] = {}
-        for node in self.nodes:
+        for node in self.all_nodes:
             for part, value in node.saved(b * t, t, h, w).items():
-                out[f"{node.name}.{part}" if part else node.name] = value
+                out[self._path(node, part)] = value
         return out
 
 

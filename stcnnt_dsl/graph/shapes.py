@@ -51,7 +51,8 @@ def check(
 
 def infer_shapes(source: Any, input_shape: Sequence[int] | str) -> dict[str, Any]:
     """{"output": (B, T, C, H, W), "stages": {stage name: shape}, "nodes": {every
-    node: shape}, "features": [...]}, from the model graph, without running tensors."""
+    node: shape}, "features": [...], "heads": {head name: shape}}, from the model graph,
+    without running tensors."""
     graph, shape = checked(source, input_shape)
     b, t, _, h, w = shape
     nodes = graph.shapes(shape)
@@ -62,4 +63,5 @@ def infer_shapes(source: Any, input_shape: Sequence[int] | str) -> dict[str, Any
         "features": [
             (b, t, f.channels, h // f.reduction, w // f.reduction) for f in graph.features
         ],
+        "heads": {head.head_name: nodes[head.name] for head in graph.heads},
     }

@@ -38,6 +38,7 @@ from pydantic_core import PydanticCustomError
 
 from ..errors import DSLSyntaxError, SpecError, STCNNTError, caret_excerpt, did_you_mean
 from .blockspec import BlockSpec
+from .heads import HEAD_KEYS, HEAD_KINDS
 from .options import OPTIONS, Int, OptionValueError, format_value
 from .parser import format_block, parse_block, parse_expression
 from .yamlio import MAX_YAML_BYTES, Positions, dump_yaml, load_yaml
@@ -48,7 +49,9 @@ __all__ = [
     "ArchSpec",
     "DefaultsSpec",
     "HRNetSpec",
+    "HeadSpec",
     "LLMSpec",
+    "PreSpec",
     "SpecSource",
     "StageSpec",
     "UNetSpec",
@@ -288,6 +291,130 @@ class StageSpec(_OptionFields):  # type: ignore[misc, valid-type]
     blocks: Block | None = None
 
 
+class PreSpec(_OptionFields):  # type: ignore[misc, valid-type]
+    """An optional stem before the backbone: a block at full resolution from the input's
+    channels to `channels` (the backbone then starts from those)."""
+
+    blocks: Block = Field(description="the stem's block string, e.g. C2 or L1")
+    channels: Annotated[
+        Any,
+        BeforeValidator(lambda v: _positive("channels", v)),
+        WithJsonSchema(_COUNT.schema()),
+    ] = Field(description="channels of the stem's output")
+
+
+def _head_value(name: str, value: Any) -> Any:
+    """A head key's value, checked by what it is (the kind decides which keys apply)."""
+    if name in ("classes", "out_channels", "hidden", "depth"):
+        return _positive(name, value)
+    if name in ("per_frame", "residual"):
+        return _strict_bool(value)
+    if name == "bins":
+        if not isinstance(value, list) or not value:
+            raise _error(f"bins must be a non-empty list of pooling sizes, got {value!r}")
+        return tuple(_positive("bins", v) for v in value)
+    if name == "dropout":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise _error(f"dropout must be a number in [0, 1), got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise _error(f"{name} must be a word, got {value!r}")
+    return value
+
+
+def _head_schema(name: str) -> dict[str, Any]:
+    if name in ("classes", "out_channels", "hidden", "depth"):
+        return _COUNT.schema()
+    if name in ("per_frame", "residual"):
+        return {"type": "boolean"}
+    if name == "bins":
+        return {"type": "array", "items": _COUNT.schema(), "minItems": 1}
+    if name == "dropout":
+        return {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
+    words = {
+        "kind": list(HEAD_KINDS),
+        "decoder": sorted({c for k in HEAD_KINDS.values() if k.choice == "decoder"
+                           for c in k.choices}),
+        "pooling": sorted(HEAD_KINDS["classification"].choices),
+        "mode": ["2d", "3d"],
+    }  # fmt: skip
+    return {"enum": words[name]}
+
+
+class HeadSpec(_Strict):
+    """A task head: `kind` (segmentation, classification, enhancement) and its keys
+    (see `stcnnt_dsl.language.heads`)."""
+
+    kind: Annotated[Any, WithJsonSchema(_head_schema("kind"))] = Field(
+        description="segmentation, classification or enhancement"
+    )
+
+    @model_validator(mode="after")
+    def _fits_its_kind(self) -> HeadSpec:
+        kind = HEAD_KINDS.get(self.kind) if isinstance(self.kind, str) else None
+        if kind is None:
+            raise _error(
+                f"unknown head kind {self.kind!r}{did_you_mean(str(self.kind), HEAD_KINDS)}; "
+                f"kinds: {', '.join(HEAD_KINDS)}",
+                "kind",
+            )
+        given = self.keys()
+        for name in given:
+            if name not in kind.keys:
+                where = [k for k, v in HEAD_KINDS.items() if name in v.keys]
+                raise _error(
+                    f"{name} is not a key of {self.kind} heads (keys: "
+                    f"{', '.join(kind.keys)}); it belongs to {' and '.join(where)} heads",
+                    name,
+                )
+        if kind.size not in given:
+            raise _error(f"a {self.kind} head needs {kind.size}", kind.size)
+        choice = given.get(kind.choice, kind.keys[kind.choice].default)
+        if choice not in kind.choices:
+            raise _error(
+                f"unknown {kind.choice} {choice!r} for {self.kind} heads"
+                f"{did_you_mean(str(choice), kind.choices)}; choose from "
+                + "; ".join(f"{k} ({v})" for k, v in kind.choices.items()),
+                kind.choice,
+            )
+        for name in given:
+            used_by = kind.keys[name].used_by
+            if used_by and choice not in used_by:
+                raise _error(
+                    f"{name} is read by the {' and '.join(used_by)} {kind.choice} only, and "
+                    f"this head's {kind.choice} is {choice}",
+                    name,
+                )
+        if given.get("mode") not in (None, "2d", "3d"):
+            raise _error(f"mode must be 2d or 3d, got {given['mode']!r}", "mode")
+        return self
+
+    def keys(self) -> dict[str, Any]:
+        """The keys this head sets (besides kind)."""
+        return {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name != "kind" and getattr(self, name) is not UNSET
+        }
+
+
+def _head_field(name: str) -> Any:
+    annotated = Annotated[
+        Any,
+        BeforeValidator(lambda v, n=name: _head_value(n, v)),
+        PlainSerializer(lambda v: None if v is UNSET else list(v) if isinstance(v, tuple) else v),
+        WithJsonSchema(_head_schema(name)),
+    ]
+    return (annotated, Field(default=UNSET))
+
+
+HeadSpec = create_model(  # type: ignore[misc]  # one field per head key
+    "HeadSpec",
+    __base__=HeadSpec,
+    **{name: _head_field(name) for name in HEAD_KEYS if name != "kind"},
+)
+
+
 MAX_LEVELS = 16
 """Most resolution levels of a U-Net or HR-Net (level l runs at 1/2^l of the input)."""
 MAX_STAGES = 64
@@ -491,9 +618,28 @@ class ArchSpec(_Strict):
         WithJsonSchema(OPTIONS["input_size"].schema),
     ] = None
     defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
+    pre: PreSpec | None = None
     unet: UNetSpec | None = None
     hrnet: HRNetSpec | None = None
     llm: LLMSpec | None = None
+    heads: dict[str, HeadSpec] | None = Field(
+        None,
+        description="task heads by name: {kind: segmentation|classification|enhancement, "
+        "...}; with heads, build() returns a Model whose forward gives one output per head",
+    )
+
+    @model_validator(mode="after")
+    def _head_names(self) -> ArchSpec:
+        for name in self.heads or {}:
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+                raise _error(
+                    f"a head's name is a lower-case identifier (letters, digits, _): it "
+                    f"becomes the module heads.{name} and the key of its output, got {name!r}",
+                    f"heads.{name}",
+                )
+        if self.heads is not None and not self.heads:
+            raise _error("heads: {} has no head; remove it or add one", "heads")
+        return self
 
     @classmethod
     def _where_instead(cls, key: Any) -> str:
@@ -653,7 +799,7 @@ def _validate(
 
 
 _EXPRESSION = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*\(")
-_TOP_LEVEL_KEYS = ("name", "description", "in_channels", "input_size", "defaults")
+_TOP_LEVEL_KEYS = ("name", "description", "in_channels", "input_size", "defaults", "pre", "heads")
 
 
 def _from_expression(text: str) -> SpecSource:
@@ -671,7 +817,11 @@ def _from_expression(text: str) -> SpecSource:
         )  # fmt: skip
     expr = parse_expression(text)
     args = dict(expr.args)
-    data: dict[str, Any] = {k: args.pop(k) for k in _TOP_LEVEL_KEYS if k in args}
+    # `heads={seg={...}}` names task heads; `heads=4` stays the attention heads option
+    lifted = {
+        k for k in _TOP_LEVEL_KEYS if k in args and (k != "heads" or isinstance(args[k], dict))
+    }
+    data: dict[str, Any] = {k: args.pop(k) for k in _TOP_LEVEL_KEYS if k in lifted}
     data[expr.topology] = args
 
     def spec_path(path: str) -> str:
@@ -679,7 +829,7 @@ def _from_expression(text: str) -> SpecSource:
         inside the expression."""
         head, _, rest = path.partition(".")
         first = rest.split(".")[0].split("[")[0]
-        return rest if head == expr.topology and rest and first in _TOP_LEVEL_KEYS else path
+        return rest if head == expr.topology and rest and first in lifted else path
 
     positions = Positions(
         {spec_path(p): pos for p, pos in expr.positions.items()},
@@ -823,7 +973,10 @@ def load_spec(source: Any) -> ArchSpec:
 
 # --------------------------------------------------------------------------- writing
 
-_FIELD_ORDER = ("name", "description", "in_channels", "input_size", "defaults", *TOPOLOGIES)
+_FIELD_ORDER = (
+    "name", "description", "in_channels", "input_size", "defaults", "pre", *TOPOLOGIES,
+    "heads",
+)  # fmt: skip
 
 
 def _plain(model: BaseModel) -> dict[str, Any]:

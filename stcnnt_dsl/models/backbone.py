@@ -127,7 +127,7 @@ class Backbone(nn.Module):
             self._steps.append((node.name, module, op, node.inputs))
         self._programs: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         features = tuple(f.name for f in graph.features)
-        for wanted in ((graph.output,), features, _both(graph)):
+        for wanted in ((graph.output,), features, _both(graph), (INPUT, *_both(graph))):
             self._programs[wanted] = self._program(wanted)
         self._checked: tuple[int, ...] | None = None
 

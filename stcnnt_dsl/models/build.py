@@ -12,6 +12,7 @@ from ..graph.guard import guard
 from ..language.spec import ArchSpec, SpecSource, load_source
 from ..nn.axes import check_layout
 from .backbone import Backbone
+from .model import Model, model_of
 
 __all__ = ["build"]
 
@@ -67,8 +68,9 @@ def build(
     max_params: float | None = None,
     max_memory: float | None = None,
     layout: str = "BTCHW",
-) -> Backbone:
-    """Compile an architecture into a `Backbone` (a `torch.nn.Module`).
+) -> Backbone | Model:
+    """Compile an architecture into a `Backbone` (a `torch.nn.Module`), or a `Model` (a
+    backbone with task heads) when the spec has `heads:`.
 
     `source` is anything `load_spec` accepts. `in_channels` overrides the spec's;
     `seed` makes the initial weights deterministic (the global RNG is left untouched).
@@ -89,11 +91,11 @@ def build(
     graph = build_graph(located)
     guard(graph, max_params=max_params, max_memory=max_memory, dtype=dtype)
     if seed is None:
-        model = Backbone(graph, layout)
+        model = model_of(graph, layout)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = Backbone(graph, layout)
+            model = model_of(graph, layout)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model

@@ -466,6 +466,7 @@ def can_fuse(conv: torch.nn.Conv2d, x: Tensor) -> bool:
     float32 on CPU, zero padding."""
     return (
         FUSED_CPU_INFERENCE
+        and type(conv) is torch.nn.Conv2d  # not a wrapper (a PEFT LoRA layer runs itself)
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")  # the fused op has no autocast rule

@@ -187,14 +187,6 @@ def _empty(input_text: str) -> dict[str, Any]:
     }
 
 
-def _by_node(values: dict[str, int], names: list[str]) -> dict[str, int]:
-    out = dict.fromkeys(names, 0)
-    for path, value in values.items():
-        node = next(n for n in names if path == n or path.startswith(n + "."))
-        out[node] += value
-    return out
-
-
 def analyze(text: str, input: str) -> dict[str, Any]:
     """The studio's picture of `text` on an input "B,T,C,H,W" (blank: `default_input`).
 
@@ -216,8 +208,7 @@ def _analyze(text: str, input_text: str) -> dict[str, Any]:
         result["error"] = _user_error(err, text)
         return result
     spec = graph.spec
-    names = [n.name for n in graph.nodes]
-    by_node = _by_node(graph.params(), names)
+    by_node = graph.per_node(graph.params())
     result.update(
         name=spec.name,
         topology=spec.topology,
@@ -243,6 +234,22 @@ def _analyze(text: str, input_text: str) -> dict[str, Any]:
             "activation_bytes": None,
         }
         for s in stages
+    ] + [
+        {  # heads are rows too: nodes like any other
+            "name": h.name,
+            "label": h.label,
+            "path": h.path,
+            "block": h.label,
+            "cells": 0,
+            "in_channels": h.backbone_channels,
+            "out_channels": h.out_channels,
+            "scale": 1,
+            "shape": None,
+            "params": by_node[h.name],
+            "flops": None,
+            "activation_bytes": None,
+        }
+        for h in graph.heads
     ]
     result["other"] = {
         "params": params.params - sum(r["params"] for r in rows),
@@ -272,13 +279,13 @@ def _analyze(text: str, input_text: str) -> dict[str, Any]:
         result["error"] = _user_error(err, text)
         return result
     itemsize = 4  # float32 bytes: the studio shows the default precision
-    flops = _by_node({k.partition(":")[0]: v for k, v in graph.flops(shape).items()}, names)
-    acts = _by_node(graph.saved(shape), names)
+    flops = graph.per_node(graph.flops(shape))
+    acts = graph.per_node(graph.saved(shape))
     shapes = graph.shapes(shape)
-    for stage, row in zip(stages, rows, strict=True):
-        row["shape"] = list(shapes[stage.name])
-        row["flops"] = flops[stage.name]
-        row["activation_bytes"] = acts[stage.name] * itemsize
+    for row in rows:
+        row["shape"] = list(shapes[row["name"]])
+        row["flops"] = flops[row["name"]]
+        row["activation_bytes"] = acts[row["name"]] * itemsize
     total_flops = sum(flops.values())
     total_acts = sum(acts.values()) * itemsize
     result["other"].update(

@@ -48,6 +48,7 @@ _OP_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#f2f2f2", "fontsiz
 _GATE_STYLE = {"shape": "diamond", "style": "filled", "fillcolor": "#fff3b0", "fontsize": "9"}
 _MERGE_STYLE = {"shape": "circle", "fontsize": "9", "fixedsize": "true"}
 _IO_STYLE = {"shape": "oval", "style": "filled", "fillcolor": "#ffffff"}
+_HEAD_STYLE = {"shape": "box", "style": "rounded,filled", "fillcolor": "#d9f2e6"}
 OUTPUT = "output"
 
 
@@ -249,6 +250,20 @@ def _draw(graph: ModelGraph, d: _Dot) -> None:
             d.edge(src, node.name, back=back, **attrs)
     src, label = start(graph.output)
     d.edge(src, OUTPUT, **({"label": f" {label}"} if label else {}))
+    for head in graph.heads:  # a head reads the output, or the features
+        if d.shape is not None:
+            size = "x".join(map(str, head.output_shape(d.shape)))
+        elif head.task == "classification":
+            frames = "T, " if head.args.get("per_frame") else ""
+            size = f"[B, {frames}{head.out_channels}]"
+        else:
+            size = f"[B, T, {head.out_channels}, H, W]"
+        d.node(head.name, f"{head.name}\n{head.label}\n-> {size}", **_HEAD_STYLE)
+        if head.reads == "output":
+            d.edge(OUTPUT, head.name)
+        else:
+            for feature in head.features:
+                d.edge(feature.name, head.name, style="dashed", color="gray40")
     for row in layout.rows:
         names = list(row)
         if graph.output in names:

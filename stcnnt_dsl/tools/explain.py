@@ -35,7 +35,14 @@ from ..language.parser import parse_block
 from ..language.spec import _is_file, list_architectures
 from ..registry import KIND_TO_LETTER
 
-__all__ = ["SOURCES", "CellExplanation", "Explanation", "StageExplanation", "explain"]
+__all__ = [
+    "SOURCES",
+    "CellExplanation",
+    "Explanation",
+    "HeadExplanation",
+    "StageExplanation",
+    "explain",
+]
 
 SOURCES = {
     "library": "the library's default",
@@ -47,8 +54,9 @@ SOURCES = {
     "input_size": "derived from the top-level input_size for this level",
     "inline": "written on the cell in the block string",
     "options": "given as keyword options",
+    "head": "a key of the head under heads:",
 }
-_SHOW_PATH = ("stage", "overrides")
+_SHOW_PATH = ("stage", "overrides", "head")
 
 
 @dataclass
@@ -84,6 +92,14 @@ class StageExplanation:
 
 
 @dataclass
+class HeadExplanation:
+    name: str  # heads.NAME
+    task: str
+    module: str
+    options: dict[str, Resolved]
+
+
+@dataclass
 class Explanation:
     """What `explain` found: `kind` is "block" or "architecture"."""
 
@@ -92,13 +108,15 @@ class Explanation:
     topology: str | None
     stages: list[StageExplanation]
     sources: dict[str, str] = field(default_factory=dict)
+    heads: list[HeadExplanation] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.sources:  # every source a value of this kind of input can come from
             block = ("library", "options", "inline")
             self.sources = {
                 k: v for k, v in SOURCES.items()
-                if (k in block) == (self.kind == "block") or k in ("library", "inline")
+                if ((k in block) == (self.kind == "block") or k in ("library", "inline"))
+                and (k != "head" or self.heads)
             }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +125,15 @@ class Explanation:
             "name": self.name,
             "topology": self.topology,
             "sources": self.sources,
+            "heads": [
+                {
+                    "name": h.name,
+                    "task": h.task,
+                    "module": h.module,
+                    "options": _options(h.options, None),
+                }
+                for h in self.heads
+            ],
             "stages": [
                 {
                     "key": s.key,
@@ -143,6 +170,9 @@ class Explanation:
         lines.append(f"{title}: every option of every cell, with (where it came from)")
         for stage in self.stages:
             lines += ["", *_stage_lines(stage, self.topology, columns)]
+        for head in self.heads:
+            opts = ", ".join(f"{k}={_label(r, self.topology)}" for k, r in head.options.items())
+            lines += ["", f"{head.name} ({head.task}, {head.module}): {opts}"]
         lines += ["", "where values come from (weakest first):"]
         for source, meaning in self.sources.items():
             lines.append(f"  {source:<13} {meaning}")
@@ -305,12 +335,15 @@ def explain(
         )
     graph = build_graph(source)
     nodes = [n for n in graph.nodes if getattr(n, "plan", None) is not None]
+    heads = [HeadExplanation(h.name, h.task, h.module, dict(h.options)) for h in graph.heads]
     if stage is not None:
-        names = [n.name for n in nodes]
+        names = [n.name for n in nodes] + [h.name for h in heads]
         if stage not in names:
             raise SpecError(
                 f"no stage {stage!r}{did_you_mean(stage, names)}; stages: {', '.join(names)}",
                 "stage",
             )
         nodes = [n for n in nodes if n.name == stage]
-    return Explanation("architecture", graph.name, graph.topology, [_node_stage(n) for n in nodes])
+        heads = [h for h in heads if h.name == stage]
+    stages = [_node_stage(n) for n in nodes]
+    return Explanation("architecture", graph.name, graph.topology, stages, heads=heads)

@@ -44,8 +44,8 @@ from ..graph.build import build_graph
 from ..graph.model import ModelGraph, parse_shape
 from ..graph.nodes import BlockNode, MergeNode, Node
 from ..graph.shapes import checked
-from ..models.backbone import Backbone
 from ..models.build import build
+from ..models.model import model_of
 from .flops import (
     FLOP_CONVENTION,
     FlopCount,
@@ -184,7 +184,7 @@ def _model_device(model: nn.Module) -> torch.device:
 def _meta_model(model: nn.Module | None, graph: ModelGraph | None) -> nn.Module:
     if graph is not None:
         with torch.device("meta"):
-            return Backbone(graph)
+            return model_of(graph)
     return copy.deepcopy(model).to("meta")
 
 
@@ -282,19 +282,22 @@ def _graph_rows(graph: ModelGraph, shape: tuple[int, ...], flops: FlopCount,
             activation_bytes=act.get(name, 0),
         )  # fmt: skip
 
-    for node in graph.nodes:
+    for node in graph.all_nodes:
         if isinstance(node, MergeNode):
             continue
         out = shapes[node.name]
+        path = graph.module_path(node)
         if isinstance(node, BlockNode):
             plan = node.plan
             channels = f"{plan.in_channels}->{plan.out_channels} ch"
             label = f"{node.label}: {plan.block} ({channels}, 1/{node.scale})"
-            rows.append(row(node.name, "stage", label, out))
+            rows.append(row(path, "stage", label, out))
             for cell in plan.cells:
-                rows.append(row(f"{node.name}.cells.{cell.index}", "cell", str(cell.spec), out))
+                rows.append(row(f"{path}.cells.{cell.index}", "cell", str(cell.spec), out))
+        elif node in graph.heads:
+            rows.append(row(path, "head", f"{node.head_name}: {node.label}", out))
         else:
-            rows.append(row(node.name, "module", _node_label(node), out))
+            rows.append(row(path, "module", _node_label(node), out))
     return rows
 
 
@@ -572,7 +575,7 @@ def profile(
     if graph is not None:
         rows = _graph_rows(graph, shape, primary, analytic, activations)
         total_params = sum(graph.params().values())
-        output = graph.shapes(shape)[graph.output]
+        output = graph.shapes(shape)[graph.output]  # the backbone's (heads have rows)
     else:
         rows = _module_rows(meta, primary, shapes, params, activations, order)
         total_params = params.get("", 0)

@@ -11,18 +11,19 @@ from dataclasses import dataclass
 
 from ...language.spec import HRNetSpec, LLMSpec, SpecSource, UNetSpec
 from ..model import ModelGraph
+from .common import Entry
 from .hrnet import build_hrnet
 from .llm import build_llm
 from .unet import build_unet
 
-__all__ = ["TOPOLOGIES", "Topology", "register_topology"]
+__all__ = ["TOPOLOGIES", "Entry", "Topology", "register_topology"]
 
 
 @dataclass(frozen=True)
 class Topology:
     name: str
     spec: type
-    build: Callable[[SpecSource], ModelGraph]
+    build: Callable[[SpecSource, Entry], ModelGraph]
     description: str
 
 

@@ -18,6 +18,7 @@ from ..window_sizing import level_sizes
 
 __all__ = [
     "MAX_MODEL_CELLS",
+    "Entry",
     "Stage",
     "apply_overrides",
     "broadcast",
@@ -40,6 +41,14 @@ def check_cell_count(cells: int, source: SpecSource) -> None:
             f"{MAX_MODEL_CELLS:,} allowed; use fewer blocks, levels or repetitions",
             spec.topology,
         )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the first stage reads: the model input, or the stem (`pre:`) before it."""
+
+    name: str
+    channels: int
 
 
 def broadcast(value: Any, n: int) -> list[Any]:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from ...language.spec import HRNetSpec, SpecSource
 from ..model import Feature, Layout, ModelGraph
-from ..nodes import INPUT, MergeNode, Node, ResampleNode
+from ..nodes import MergeNode, Node, ResampleNode
 from .common import (
+    Entry,
     Stage,
     apply_overrides,
     block_path,
@@ -32,8 +33,7 @@ from .common import (
 __all__ = ["build_hrnet"]
 
 
-def _stages(source: SpecSource, body: HRNetSpec) -> list[Stage]:
-    spec = source.spec
+def _stages(source: SpecSource, body: HRNetSpec, entry: Entry) -> list[Stage]:
     n, s = body.num_levels, body.num_stages
     ch = broadcast(body.channels, n)
     blocks = broadcast(body.blocks, n)
@@ -51,7 +51,7 @@ def _stages(source: SpecSource, body: HRNetSpec) -> list[Stage]:
 
     stages = [
         stage(f"level{i}.stage{j}", f"level {i}, stage {j}", i,
-              spec.in_channels if (i, j) == (0, 0) else ch[i], {"level": i, "stage": j})
+              entry.channels if (i, j) == (0, 0) else ch[i], {"level": i, "stage": j})
         for j in range(s)
         for i in range(min(j, n - 1) + 1)
     ]  # fmt: skip
@@ -62,11 +62,11 @@ def _stages(source: SpecSource, body: HRNetSpec) -> list[Stage]:
     return apply_overrides(source, stages)
 
 
-def build_hrnet(source: SpecSource) -> ModelGraph:
+def build_hrnet(source: SpecSource, entry: Entry) -> ModelGraph:
     body: HRNetSpec = source.spec.hrnet
     n, s = body.num_levels, body.num_stages
     ch = broadcast(body.channels, n)
-    stages = {st.name: st for st in _stages(source, body)}
+    stages = {st.name: st for st in _stages(source, body, entry)}
     if body.resample == "block":  # a block per exchange and fusion path
         exchanges = sum(min(j, n - 1) * (min(j, n - 1) + 1) // 2 for j in range(1, s))
         per_block = max(len(stages[f"level{i}.output"].block.cells) for i in range(n))
@@ -111,7 +111,7 @@ def build_hrnet(source: SpecSource) -> ModelGraph:
         for i in range(min(j, n - 1) + 1):
             name = f"level{i}.stage{j}"
             if j == 0:
-                inputs = [INPUT]
+                inputs = [entry.name]
             else:
                 terms = list(outs[i])
                 terms += [

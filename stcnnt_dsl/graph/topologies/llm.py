@@ -7,13 +7,13 @@ from __future__ import annotations
 from ...errors import SpecError
 from ...language.spec import LLMSpec, SpecSource
 from ..model import Feature, Layout, ModelGraph
-from ..nodes import INPUT, MergeNode, Node
-from .common import Stage, apply_overrides, block_path, broadcast, stage_layers
+from ..nodes import MergeNode, Node
+from .common import Entry, Stage, apply_overrides, block_path, broadcast, stage_layers
 
 __all__ = ["build_llm"]
 
 
-def build_llm(source: SpecSource) -> ModelGraph:
+def build_llm(source: SpecSource, entry: Entry) -> ModelGraph:
     spec = source.spec
     body: LLMSpec = spec.llm
     n = body.num_blocks
@@ -32,7 +32,7 @@ def build_llm(source: SpecSource) -> ModelGraph:
             block=entries[k].blocks if entries[k] is not None and entries[k].blocks is not None
             else blocks[k],
             block_path=block_path("llm", body.blocks, k, entries[k], f"llm.stages[{k}]"),
-            in_channels=spec.in_channels if k == 0 else ch[k - 1], out_channels=ch[k],
+            in_channels=entry.channels if k == 0 else ch[k - 1], out_channels=ch[k],
             scale=1, layers=stage_layers(source, entries[k], f"llm.stages[{k}]", 1),
             meta={"index": k},
         )
@@ -41,7 +41,7 @@ def build_llm(source: SpecSource) -> ModelGraph:
     nodes: list[Node] = []
     for k, stage in enumerate(stages):
         if k == 0:
-            inputs = [INPUT]
+            inputs = [entry.name]
         elif body.dense_skips and k >= 2:
             name = f"sum:{stage.name}"
             nodes.append(MergeNode(

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from ...language.spec import SpecSource, UNetSpec
 from ..model import Feature, Layout, ModelGraph
-from ..nodes import INPUT, GateNode, MergeNode, Node, ResampleNode
-from .common import Stage, apply_overrides, block_path, broadcast, stage_layers
+from ..nodes import GateNode, MergeNode, Node, ResampleNode
+from .common import Entry, Stage, apply_overrides, block_path, broadcast, stage_layers
 
 __all__ = ["build_unet"]
 
 
-def _stages(source: SpecSource, body: UNetSpec) -> list[Stage]:
-    spec = source.spec
+def _stages(source: SpecSource, body: UNetSpec, entry: Entry) -> list[Stage]:
     n = body.num_levels
     ch = broadcast(body.channels, n)
     blocks = broadcast(body.blocks, n + 1)
@@ -41,7 +40,7 @@ def _stages(source: SpecSource, body: UNetSpec) -> list[Stage]:
 
     stages = [
         stage(f"encoder.{i}", f"encoder level {i}", enc[i], f"unet.encoder[{i}]", i,
-              spec.in_channels if i == 0 else ch[i - 1], ch[i], 2**i, i)
+              entry.channels if i == 0 else ch[i - 1], ch[i], 2**i, i)
         for i in range(n)
     ]  # fmt: skip
     stages.append(stage("bridge", "bridge", body.bridge, "unet.bridge", n, ch[-1], ch[-1],
@@ -54,13 +53,13 @@ def _stages(source: SpecSource, body: UNetSpec) -> list[Stage]:
     return apply_overrides(source, stages)
 
 
-def build_unet(source: SpecSource) -> ModelGraph:
+def build_unet(source: SpecSource, entry: Entry) -> ModelGraph:
     body: UNetSpec = source.spec.unet
     n = body.num_levels
     ch = broadcast(body.channels, n)
-    stages = {s.name: s for s in _stages(source, body)}
+    stages = {s.name: s for s in _stages(source, body, entry)}
     nodes: list[Node] = []
-    previous = INPUT
+    previous = entry.name
     for i in range(n):
         enc = stages[f"encoder.{i}"]
         nodes.append(enc.node(source, [previous]))
