@@ -159,6 +159,11 @@ def main(argv: list[str] | None = None) -> None:
         # The same seed on every rank: the same initial weights everywhere.
         model = Denoiser(stcnnt_dsl.build(spec, layout=LAYOUT, seed=args.seed)).to(device)
         if args.sync_batchnorm:
+            if device.type == "cpu":  # DDP would refuse it; FSDP2 would stop at the forward
+                sys.exit(
+                    "--sync-batchnorm: torch synchronises batch norms on GPUs only; on CPU "
+                    "use norm: instance2d (or instance3d), or leave the model unconverted"
+                )
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if args.fsdp:
             fully_shard_stages(model, device)
