@@ -305,8 +305,9 @@ def _gpu_worker(rank: int, init_file: str, result_dir: str) -> None:
             shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
             out = run(x[shard])
             (out - target[shard]).square().mean().backward()
-            gathered = [torch.empty_like(out) for _ in range(WORLD)]
-            dist.all_gather(gathered, out.detach())
+            out = out.detach().contiguous()  # nccl gathers contiguous tensors
+            gathered = [torch.empty(out.shape, device=device) for _ in range(WORLD)]
+            dist.all_gather(gathered, out)
             grads = {n: p.grad.cpu() for n, p in model.named_parameters()}
             results[norm] = (torch.cat(gathered).cpu(), grads)
         if rank == 0:
@@ -319,10 +320,11 @@ def _gpu_worker(rank: int, init_file: str, result_dir: str) -> None:
     not (dist.is_nccl_available() and torch.cuda.device_count() >= WORLD),
     reason=f"needs {WORLD} CUDA GPUs and NCCL",
 )
-def test_sync_batchnorm_on_gpus_equals_batch_norm_on_the_whole_batch(tmp_path):
+def test_sync_batchnorm_on_gpus_equals_batch_norm_on_the_whole_batch(tmp_path, monkeypatch):
     mp.spawn(_gpu_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     results = torch.load(tmp_path / "gpu.pt", weights_only=False)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # as the workers
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     for norm, (out, grads) in results.items():
         model = stcnnt_dsl.build(_spec("unet", norm=norm), seed=0, device="cuda:0")
         x, target = (t.to("cuda:0") for t in _batch(0, model.out_channels))
