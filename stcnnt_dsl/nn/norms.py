@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import SpecError
+from ..errors import SpecError, STCNNTError
 from ..registry import NORMS
 from .functional import plain_ops
 
@@ -14,6 +14,7 @@ __all__ = ["Norm5d", "instance_norm"]
 
 _EPS = 1e-5
 _HALF = (torch.float16, torch.bfloat16)
+_SYNC_DEVICES = ("cuda", "hpu", "xpu")  # where torch's SyncBatchNorm synchronises
 
 
 class _InstanceNorm(torch.autograd.Function):
@@ -116,9 +117,31 @@ class Norm5d(nn.Module):
         kind = self.kind
         if kind in ("instance2d", "instance3d"):
             return instance_norm(x, (-2, -1) if kind == "instance2d" else (1, -2, -1))
+        if isinstance(self.norm, nn.SyncBatchNorm):
+            _check_sync_device(self.norm, x, kind)
         if kind == "batch3d":
             return self.norm(x.transpose(1, 2)).transpose(1, 2)
         if kind == "layer":
             norm = self.norm
             return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         return self.norm(x.flatten(0, 1)).unflatten(0, x.shape[:2])  # batch2d, registered
+
+
+def _check_sync_device(norm: nn.SyncBatchNorm, x: Tensor, kind: str) -> None:
+    """`torch.nn.SyncBatchNorm.convert_sync_batchnorm` replaces `.norm`; torch then
+    synchronises batch statistics only on accelerators and fails deep inside on CPU
+    (training in a process group). Say so here, with the fix."""
+    if not (norm.training and torch.distributed.is_available()):
+        return
+    if torch.distributed.is_initialized() and x.device.type not in (
+        *_SYNC_DEVICES,
+        torch._C._get_privateuse1_backend_name(),
+    ):
+        raise STCNNTError(
+            f"{kind} norm: this model was converted with "
+            "torch.nn.SyncBatchNorm.convert_sync_batchnorm, but torch synchronises batch "
+            f"statistics on GPUs only and the input is on {x.device.type}; to train on CPU "
+            "use norm: instance2d (or instance3d), whose per-sample statistics need no "
+            "synchronisation, or do not convert the model (each process then normalises "
+            "over its own batch)"
+        )
