@@ -235,3 +235,20 @@ def test_layout_mistakes_are_clear():
     model = build("unet-2d-small", layout="BCHW")
     with pytest.raises(ShapeError, match=r"layout BCHW takes .*4-D.*layout='BTCHW'"):
         model(torch.randn(1, 1, 1, 32, 32))
+
+
+def test_a_child_replaced_after_building_is_the_one_that_runs():
+    """torch's apply_activation_checkpointing (and any `model.encoder[0] = wrapper`)
+    replaces children in place; the forward must call the replacement."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing,
+    )
+
+    model = build("unet(channels=[2, 4], blocks=L1G1, heads=1, defaults={window=4})", seed=0)
+    first = model.encoder[0]
+    calls = []
+    first.register_forward_pre_hook(lambda *_: calls.append(1))
+    apply_activation_checkpointing(model, check_fn=lambda m: m is first)
+    assert model.encoder[0] is not first
+    model(torch.randn(1, 1, 1, 16, 16)).sum().backward()
+    assert len(calls) == 2  # the forward, and its recomputation in the backward

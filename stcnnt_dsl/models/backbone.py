@@ -118,13 +118,14 @@ class Backbone(nn.Module):
              "channels": f.channels}
             for f in graph.features
         ]  # fmt: skip
-        self._steps: list[tuple[str, nn.Module | None, str, tuple[str, ...]]] = []
+        self._steps: list[tuple[str, str, tuple[str, ...]]] = []
         for node in graph.nodes:
             module = module_of(node)
             if module is not None:
                 _place(self, node.name, module)
             op = node.op if isinstance(node, MergeNode) else "module"
-            self._steps.append((node.name, module, op, node.inputs))
+            self._steps.append((node.name, op, node.inputs))
+        self._paths = {name: tuple(name.split(".")) for name, op, _ in self._steps}
         self._programs: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         features = tuple(f.name for f in graph.features)
         for wanted in ((graph.output,), features, _both(graph), (INPUT, *_both(graph))):
@@ -138,29 +139,37 @@ class Backbone(nn.Module):
         if program is not None:
             return program
         needed = set(wanted)
-        for name, _, _, inputs in reversed(self._steps):
+        for name, _, inputs in reversed(self._steps):
             if name in needed:
                 needed.update(inputs)
         steps = [s for s in self._steps if s[0] in needed]
         last_use: dict[str, int] = {}
-        for k, (_, _, _, inputs) in enumerate(steps):
+        for k, (_, _, inputs) in enumerate(steps):
             for name in inputs:
                 last_use[name] = k
         program = []
-        for k, (name, module, op, inputs) in enumerate(steps):
+        for k, (name, op, inputs) in enumerate(steps):
             free = tuple(n for n in dict.fromkeys(inputs) if last_use[n] == k and n not in wanted)
-            program.append((name, module, op, inputs, free))
+            program.append((name, op, inputs, free))
         self._programs[wanted] = program
         return program
+
+    def _child(self, name: str) -> nn.Module:
+        """The module at a node's name, looked up when it runs (a dict walk, far cheaper
+        than `get_submodule`), so that a wrapper put in its place after building runs."""
+        module: nn.Module = self
+        for part in self._paths[name]:
+            module = module._modules[part]
+        return module
 
     def _run(self, x: Tensor, wanted: tuple[str, ...]) -> dict[str, Tensor]:
         x = self._enter(x)
         env: dict[str, Tensor] = {INPUT: x}
         del x
-        for name, module, op, inputs, free in self._program(wanted):
+        for name, op, inputs, free in self._program(wanted):
             args = [env[i] for i in inputs]
-            if op == "module":
-                env[name] = module(*args)
+            if op == "module":  # by name: a child replaced after building (a wrapper) runs
+                env[name] = self._child(name)(*args)
             elif op == "cat":
                 env[name] = _cat(args)
             else:
