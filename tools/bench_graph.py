@@ -88,7 +88,14 @@ def print_table(now: dict[str, Any], before: dict[str, Any] | None) -> None:
             row = [arch, op, f"{numbers[op]:.1f}"]
             if before:
                 old = before.get(arch, {}).get(op)
-                row += ["-", "-"] if old is None else [f"{old:.1f}", f"{old / numbers[op]:.0f}x"]
+                row += (
+                    ["-", "-"]
+                    if old is None
+                    else [
+                        f"{old:.1f}",
+                        f"{old / numbers[op]:.{0 if old >= 10 * numbers[op] else 1}f}x",
+                    ]
+                )
             rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for k, row in enumerate(rows):
