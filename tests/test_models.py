@@ -272,6 +272,25 @@ def test_lora_targets_are_qkv_and_mixer_layers():
         lora_targets(stcnnt_dsl.build("llm(channels=8, blocks=C2)"))
 
 
+def test_lora_on_late_stages_leaves_the_early_ones_without_gradients():
+    peft = pytest.importorskip("peft")
+    model = stcnnt_dsl.build(SPEC, seed=0)
+    late = lora_targets(model, "decoder.*")
+    assert late and all(n.startswith("backbone.decoder.") for n in late)
+    assert set(late) < set(lora_targets(model))
+    config = peft.LoraConfig(r=2, target_modules=late, modules_to_save=["heads.seg"])
+    adapted = apply_lora(model, config)
+    seen = {}
+    for name in ("encoder.0", "decoder.0"):
+        module = model.backbone.get_submodule(name)
+        module.register_forward_hook(lambda m, i, o, name=name: seen.update({name: o}))
+    adapted(_x())["seg"].sum().backward()
+    # nothing before the decoder is trained, so autograd keeps nothing of the encoder
+    assert not seen["encoder.0"].requires_grad and seen["decoder.0"].requires_grad
+    with pytest.raises(STCNNTError, match="'decoder9' matches no stage; stages: encoder.0"):
+        lora_targets(model, "decoder9")
+
+
 def test_lora_adapts_merges_to_the_same_outputs_and_runs_in_eval():
     peft = pytest.importorskip("peft", reason="PEFT (the [adapt] extra) is not installed")
     spec = {**SPEC, "defaults": {**SPEC["defaults"], "padding": "reflect"}}

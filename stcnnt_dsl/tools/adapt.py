@@ -32,11 +32,14 @@ __all__ = ["apply_lora", "freeze", "lora_targets", "param_groups"]
 _TARGET = re.compile(r"(^|\.)cells\.\d+\.(attn\.(qkv|qk|v)|mixer\.[02])$")
 
 
-def lora_targets(model: nn.Module) -> list[str]:
+def lora_targets(model: nn.Module, *stages: str) -> list[str]:
     """Module names for PEFT's `LoraConfig(target_modules=...)`: the Q/K/V convolutions
     (or linear maps) and the mixer convolutions of every cell, as full names (PEFT
-    matches them exactly)."""
+    matches them exactly). With stage patterns (`fnmatch`, as in `freeze`: "decoder.*",
+    "bridge", "level2.*"), only the cells of those stages: the stages before them then
+    need no gradient at all, which saves their activation memory in training."""
     model = _built(model)
+    prefix = "backbone." if isinstance(model, Model) else ""
     names = [
         name
         for name, module in model.named_modules()
@@ -46,6 +49,21 @@ def lora_targets(model: nn.Module) -> list[str]:
         raise STCNNTError(
             "this model has no attention or mixer layers for LoRA to adapt (conv cells only?)"
         )
+    if stages:
+        known = [name for name, _ in _stages(model) if not name.startswith("heads.")]
+        chosen = set()
+        for pattern in stages:
+            hits = [n for n in known if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise STCNNTError(
+                    f"lora_targets: {pattern!r} matches no stage; stages: {', '.join(known)}"
+                )
+            chosen.update(hits)
+        names = [n for n in names if any(n.startswith(f"{prefix}{s}.") for s in chosen)]
+        if not names:
+            raise STCNNTError(
+                f"lora_targets: the stages {sorted(chosen)} have no attention or mixer layers"
+            )
     return names
 
 
