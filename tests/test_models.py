@@ -287,7 +287,7 @@ def test_lora_on_late_stages_leaves_the_early_ones_without_gradients():
     adapted(_x())["seg"].sum().backward()
     # nothing before the decoder is trained, so autograd keeps nothing of the encoder
     assert not seen["encoder.0"].requires_grad and seen["decoder.0"].requires_grad
-    with pytest.raises(STCNNTError, match="'decoder9' matches no stage; stages: encoder.0"):
+    with pytest.raises(STCNNTError, match=r"'decoder9' matches no stage; stages: encoder\.0"):
         lora_targets(model, "decoder9")
 
 
