@@ -291,6 +291,23 @@ def test_lora_on_late_stages_leaves_the_early_ones_without_gradients():
         lora_targets(model, "decoder9")
 
 
+def test_an_adapted_model_is_merged_before_saving_and_loaded_before_adapting(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = stcnnt_dsl.build(SPEC, seed=0)
+    plain = stcnnt_dsl.save_model(model, tmp_path / "plain.safetensors")
+    adapted = apply_lora(model, peft.LoraConfig(r=2, target_modules=lora_targets(model)))
+    with pytest.raises(WeightsError, match=r"save_model: .*LoRA.*merge_and_unload\(\)"):
+        stcnnt_dsl.save_model(adapted, tmp_path / "adapted.safetensors")
+    assert not (tmp_path / "adapted.safetensors").exists()
+    with pytest.raises(WeightsError, match="load_weights: .*before apply_lora"):
+        load_weights(adapted, plain, part="backbone")
+    merged = adapted.merge_and_unload().eval()
+    path = stcnnt_dsl.save_model(merged, tmp_path / "merged.safetensors")
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(stcnnt_dsl.load_model(path).eval()(x), merged(x))
+
+
 def test_lora_adapts_merges_to_the_same_outputs_and_runs_in_eval():
     peft = pytest.importorskip("peft", reason="PEFT (the [adapt] extra) is not installed")
     spec = {**SPEC, "defaults": {**SPEC["defaults"], "padding": "reflect"}}

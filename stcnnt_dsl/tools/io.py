@@ -51,6 +51,16 @@ def unwrap(model: Any) -> Any:
     return model
 
 
+def refuse_adapted(model: nn.Module, action: str, fix: str) -> None:
+    """A `WeightsError` for a model carrying PEFT adapters (their layers rename the
+    weights: `...qkv.base_layer.weight`, `...qkv.lora_A.default.weight`), which no file
+    of ours matches; `fix` says what to do instead."""
+    if getattr(model, "peft_config", None) is not None or any(
+        hasattr(m, "lora_A") and hasattr(m, "base_layer") for m in model.modules()
+    ):
+        raise WeightsError(f"{action}: this model carries LoRA adapters (PEFT); {fix}")
+
+
 def _check_target(path: Path) -> None:
     if path.is_dir():
         raise WeightsError(
@@ -89,6 +99,12 @@ def save_model(
     `load_model(path)` rebuilds it. The write is atomic."""
     model = unwrap(model)
     spec = getattr(model, "spec", None)
+    if isinstance(model, nn.Module):
+        refuse_adapted(
+            model, "save_model",
+            "fold them into the weights first, model = model.merge_and_unload(), then save "
+            "(or keep the adapters alone with model.save_pretrained(folder))",
+        )  # fmt: skip
     if not isinstance(model, nn.Module) or spec is None or not hasattr(model, "graph"):
         raise WeightsError(
             f"save_model needs a model built by stcnnt_dsl.build, got {type(model).__name__}: "

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..compat.weights import _reference_names, _strip_prefix, read_reference
 from ..errors import WeightsError
 from ..models.model import Model
-from .io import FORMAT, _migrate, unwrap
+from .io import FORMAT, _migrate, refuse_adapted, unwrap
 
 __all__ = ["LoadReport", "load_weights"]
 
@@ -100,6 +100,10 @@ def load_weights(
     either way: those are not the same weights).
     """
     model = unwrap(model)
+    refuse_adapted(
+        model, "load_weights",
+        "load the weights before apply_lora (or into model.merge_and_unload())",
+    )  # fmt: skip
     if not hasattr(model, "graph"):
         raise WeightsError(
             f"load_weights needs a model built by stcnnt_dsl.build, got {type(model).__name__}"
