@@ -299,7 +299,7 @@ def test_an_adapted_model_is_merged_before_saving_and_loaded_before_adapting(tmp
     with pytest.raises(WeightsError, match=r"save_model: .*LoRA.*merge_and_unload\(\)"):
         stcnnt_dsl.save_model(adapted, tmp_path / "adapted.safetensors")
     assert not (tmp_path / "adapted.safetensors").exists()
-    with pytest.raises(WeightsError, match="load_weights: .*before apply_lora"):
+    with pytest.raises(WeightsError, match=r"load_weights: .*before apply_lora"):
         load_weights(adapted, plain, part="backbone")
     merged = adapted.merge_and_unload().eval()
     path = stcnnt_dsl.save_model(merged, tmp_path / "merged.safetensors")
