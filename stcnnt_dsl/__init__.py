@@ -59,6 +59,7 @@ __all__ = [
     "SpecError",
     "WeightsError",
     "__version__",
+    "apply_lora",
     "build",
     "build_graph",
     "check",

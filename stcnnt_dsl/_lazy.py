@@ -21,6 +21,7 @@ TORCH_NAMES: dict[str, str] = {
     "load_model": "stcnnt_dsl.tools.io",
     "save_model": "stcnnt_dsl.tools.io",
     "load_weights": "stcnnt_dsl.tools.weights",
+    "apply_lora": "stcnnt_dsl.tools.adapt",
     "lora_targets": "stcnnt_dsl.tools.adapt",
     "param_groups": "stcnnt_dsl.tools.adapt",
     "freeze": "stcnnt_dsl.tools.adapt",

@@ -28,3 +28,8 @@ def test_readme_option_table_is_current():
 def test_readme_architecture_table_is_current():
     readme = (ROOT / "README.md").read_text()
     assert _section(readme, "architectures-table") == _tables().architectures_table()
+
+
+def test_models_doc_head_table_is_current():
+    text = (ROOT / "docs" / "models.md").read_text()
+    assert _section(text, "heads-table") == _tables().heads_table()

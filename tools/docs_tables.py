@@ -1,11 +1,13 @@
-"""Print the README's generated tables (options, bundled architectures) in Markdown.
+"""Print the documentation's generated tables in Markdown: options and bundled
+architectures (README.md), task heads (docs/models.md).
 
     python tools/docs_tables.py options
     python tools/docs_tables.py architectures
-    python tools/docs_tables.py --write      # update both tables in README.md
+    python tools/docs_tables.py heads
+    python tools/docs_tables.py --write      # update every table in place
 
-tests/test_docs.py checks that README.md holds exactly what this prints, so the
-documentation cannot drift from the option registry and the bundled files.
+tests/test_docs.py checks that the files hold exactly what this prints, so the
+documentation cannot drift from the option registry, the head table and the bundled files.
 """
 
 from __future__ import annotations
@@ -58,23 +60,45 @@ def architectures_table() -> str:
     return "\n".join(rows)
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+def heads_table() -> str:
+    from stcnnt_dsl.language.heads import HEAD_KINDS
+
+    rows = ["| kind | key | default | meaning |", "|---|---|---|---|"]
+    for kind, spec in HEAD_KINDS.items():
+        choices = "; ".join(f"`{name}`: {text}" for name, text in spec.choices.items())
+        default = format_value(spec.keys[spec.choice].default)
+        rows.append(f"| `{kind}` ({spec.help}) | `{spec.choice}` | `{default}` | {choices} |")
+        for key, info in spec.keys.items():
+            if key == spec.choice:
+                continue
+            default = "required" if key == spec.size else format_value(info.default)
+            default = default if key == spec.size or info.default is not None else "derived"
+            used = f" ({', '.join(info.used_by)} only)" if info.used_by else ""
+            rows.append(f"| | `{key}` | `{default}` | {info.help}{used} |")
+    return "\n".join(rows)
 
 
-def write_readme(path: Path = README) -> None:
-    """Replace both generated tables in README.md."""
-    text = path.read_text(encoding="utf-8")
-    for name, table in (("options", options_table()), ("architectures", architectures_table())):
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = {  # name -> (file, table)
+    "options": (ROOT / "README.md", options_table),
+    "architectures": (ROOT / "README.md", architectures_table),
+    "heads": (ROOT / "docs" / "models.md", heads_table),
+}
+
+
+def write_tables() -> None:
+    """Replace every generated table in its file."""
+    for name, (path, table) in TABLES.items():
+        text = path.read_text(encoding="utf-8")
         start, end = f"<!-- {name}-table:start -->", f"<!-- {name}-table:end -->"
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
-        text = f"{head}{start}\n{table}\n{end}{tail}"
-    path.write_text(text, encoding="utf-8")
+        path.write_text(f"{head}{start}\n{table()}\n{end}{tail}", encoding="utf-8")
 
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "options"
     if which == "--write":
-        write_readme()
+        write_tables()
     else:
-        print(options_table() if which == "options" else architectures_table())
+        print(TABLES[which][1]())
