@@ -96,6 +96,28 @@ def test_hrnet_per_stage_numbers_add_up():
         assert sum(s[key] for s in doc["stages"]) + doc["other"][key] == doc[key]
 
 
+def test_a_whole_model_shows_its_heads(client):
+    text = TINY + "heads:\n  seg: {kind: segmentation, classes: 3}\n  bad: {kind: classification}\n"
+    err = post(client, text)["error"]
+    assert (err["line"], err["path"]) == (7, "heads.bad.classes") and "needs classes" in err[
+        "message"
+    ]
+    doc = post(client, text.replace("kind: classification}", "kind: classification, classes: 4}"))
+    assert doc["ok"], doc["error"]
+    assert doc["head_outputs"] == {"seg": [1, 2, 3, 32, 32], "bad": [1, 4]}
+    rows = {s["name"]: s for s in doc["stages"]}
+    model = stcnnt_dsl.build(
+        text.replace("kind: classification}", "kind: classification, classes: 4}")
+    )
+    for name, head in model.heads.items():
+        assert rows[f"heads.{name}"]["params"] == sum(p.numel() for p in head.parameters())
+    assert doc["params"] == sum(p.numel() for p in model.parameters())
+    for key in ("params", "flops", "activation_bytes"):
+        assert sum(s[key] for s in doc["stages"]) + doc["other"][key] == doc[key]
+    if HAS_DOT:
+        assert "<title>heads.seg</title>" in doc["svg"]
+
+
 def test_yaml_typo_is_located(client):
     doc = post(client, "name: x\nunet:\n  channels: [4, 8]\n  blocsk: L1G1\n")
     assert doc["ok"] is False and CONTRACT_KEYS <= set(doc)

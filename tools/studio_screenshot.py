@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out", default=str(ROOT / "docs" / "studio.png"))
     parser.add_argument("--scheme", choices=("light", "dark"), default="light")
     parser.add_argument("--arch", default="unet", help="a bundled architecture")
+    parser.add_argument("--text", help="an architecture to type into the editor instead")
     parser.add_argument("--stage", help="open this stage's options (e.g. encoder.1)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--driver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver")
@@ -86,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"bundled:{args.arch}",
             )
             time.sleep(2)
+        if args.text:
+            editor = chrome.find_element(By.CSS_SELECTOR, "[data-testid=editor]")
+            chrome.execute_script(
+                "arguments[0].value = arguments[1];"
+                "arguments[0].dispatchEvent(new Event('input'));",
+                editor,
+                args.text,
+            )
+            time.sleep(3)
         if args.stage:
             chrome.find_element(By.CSS_SELECTOR, f"tr[data-stage='{args.stage}']").click()
             time.sleep(1)

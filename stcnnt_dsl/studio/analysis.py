@@ -179,6 +179,7 @@ def _empty(input_text: str) -> dict[str, Any]:
         "memory_bytes": None,
         "output": None,
         "features": None,
+        "head_outputs": None,
         "stages": [],
         "other": None,
         "svg": None,
@@ -301,6 +302,7 @@ def _analyze(text: str, input_text: str) -> dict[str, Any]:
         memory_bytes=params.param_bytes + total_acts,
         output=list(shapes[graph.output]),
         features=[[b, t, f.channels, h // f.reduction, w // f.reduction] for f in graph.features],
+        head_outputs={head.head_name: list(shapes[head.name]) for head in graph.heads},
     )
     return result
 

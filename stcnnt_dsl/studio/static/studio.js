@@ -756,6 +756,14 @@
       el("div", { class: "sub", text: sub || "", title: sub || "" }));
   }
 
+  // Under the output: the input it came from, or a whole model's head outputs.
+  function outputNote(a) {
+    if (!a.output) return "needs a valid input";
+    const heads = Object.entries(a.head_outputs || {});
+    if (heads.length) return "heads: " + heads.map(([name, shape]) => `${name} ${fmtShape(shape)}`).join(", ");
+    return `from input ${fmtShape((a.input || "").split(","))}`;
+  }
+
   function renderTotals(a, b) {
     const box = $("[data-testid=totals]");
     box.innerHTML = "";
@@ -767,7 +775,7 @@
           a.flops != null ? `${fmtExact(a.flops)} FLOPs` : ""),
         card("Activation memory", fmtBytes(a.activation_bytes), a.activation_bytes != null ? "kept for backward" : "needs a valid input", null, "total-memory",
           a.activation_bytes != null ? `${fmtExact(a.activation_bytes)} bytes: the estimate of what a training forward keeps for backward; with the weights ${fmtBytes(a.memory_bytes)}` : ""),
-        card("Output B×T×C×H×W", fmtShape(a.output), a.output ? `from input ${fmtShape((a.input || "").split(","))}` : "needs a valid input", null, "total-output"),
+        card("Output B×T×C×H×W", fmtShape(a.output), outputNote(a), null, "total-output"),
       );
       box.classList.remove("compare-totals");
       box.classList.toggle("stale", !a.ok);
