@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.text:
             editor = chrome.find_element(By.CSS_SELECTOR, "[data-testid=editor]")
             chrome.execute_script(
-                "arguments[0].value = arguments[1];"
-                "arguments[0].dispatchEvent(new Event('input'));",
+                "arguments[0].value = arguments[1];arguments[0].dispatchEvent(new Event('input'));",
                 editor,
                 args.text,
             )
