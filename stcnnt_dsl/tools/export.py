@@ -36,6 +36,8 @@ from torch import Tensor, nn
 
 from ..errors import ShapeError, STCNNTError
 from ..graph.model import ModelGraph, describe_rule, parse_shape
+from ..graph.shapes import check
+from ..models.build import build
 from .io import unwrap
 
 __all__ = ["FORMATS", "INSTALL_HINT", "ExportResult", "export"]
@@ -95,8 +97,6 @@ def export(
     and W dynamic within the architecture's valid sizes.
     Needs `pip install "stcnnt-dsl[export]"` (onnx, onnxscript, onnxruntime).
     """
-    from ..graph.shapes import check
-
     if format not in FORMATS:
         raise STCNNTError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     if not hasattr(torch.compiler, "is_exporting"):  # the layers read it (nn.functional)
@@ -182,8 +182,6 @@ def _resolve(source_or_model: Any) -> nn.Module:
     """Build a source, or take a model built by this library (unwrapped from
     torch.compile or DDP)."""
     if not isinstance(source_or_model, nn.Module):
-        from ..models.build import build
-
         return build(source_or_model)
     model = unwrap(source_or_model)
     if not isinstance(getattr(model, "graph", None), ModelGraph):
