@@ -7,7 +7,7 @@ nodes, cell geometry, sizes, costs; no torch) -> `nn` (torch layers) -> `models`
 built from graphs) -> `tools` (profile, diagram, explain, save/load), beside `compat`
 (the reference implementation), `studio` and the `stcnnt` command.
 
-The names that need torch (`build`, `profile`, `save_model`, ...) are loaded on first
+The names that need torch (`build`, `profile`, `save_model`, `export`, ...) are loaded on first
 use, so `import stcnnt_dsl` and everything that reads only the model graph (`check`,
 `infer_shapes`, `explain`, `to_dot`, the studio, `stcnnt check`) start without
 importing torch.
@@ -51,6 +51,7 @@ __all__ = [
     "ArchSpec",
     "Backbone",
     "DSLSyntaxError",
+    "ExportResult",
     "Model",
     "ProfileReport",
     "ResourceError",
@@ -65,6 +66,7 @@ __all__ = [
     "check",
     "dump_spec",
     "explain",
+    "export",
     "format_block",
     "freeze",
     "infer_shapes",

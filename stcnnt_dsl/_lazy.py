@@ -25,6 +25,8 @@ TORCH_NAMES: dict[str, str] = {
     "lora_targets": "stcnnt_dsl.tools.adapt",
     "param_groups": "stcnnt_dsl.tools.adapt",
     "freeze": "stcnnt_dsl.tools.adapt",
+    "export": "stcnnt_dsl.tools.export",
+    "ExportResult": "stcnnt_dsl.tools.export",
     "import_reference": "stcnnt_dsl.compat.weights",
     "read_reference": "stcnnt_dsl.compat.weights",
     "create_app": "stcnnt_dsl.studio.app",  # FastAPI: the [studio] extra

@@ -1,4 +1,4 @@
-"""The `stcnnt` command: check, build, profile, graph, explain, schema, list,
+"""The `stcnnt` command: check, build, profile, graph, explain, schema, export, list,
 import-reference.
 
 Exit status: 0 on success; 2 on a user error (bad option, file, syntax, spec or shape),
@@ -310,6 +310,27 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     if args.layers:
         print()
         print(report.layer_table)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    arch = _arch(args)
+    if isinstance(arch, str) and arch.endswith(".safetensors"):
+        arch = api.load_model(arch)  # trained weights, from `stcnnt build --out`
+    graph = arch.graph if hasattr(arch, "graph") else build_graph(arch)
+    shape = args.input if args.input is not None else graph.default_input()
+    result = api.export(arch, args.output, shape, format=args.format)
+    if args.json:
+        _emit_json({"ok": True, **result.to_dict()})
+        return 0
+    size = result.path.stat().st_size / 2**20
+    print(f"wrote {result.path} ({result.format}, {size:.1f} MiB)")
+    for kind, values in (("input", result.inputs), ("output", result.outputs)):
+        for name, dims in values.items():
+            print(f"  {kind} {name!r}: [{', '.join(map(str, dims))}]")
+    print(f"  accepts: {result.valid_sizes}")
+    print(f"  ONNX Runtime matches PyTorch on {_shape_text(result.input_shape)} "
+          f"(max relative difference {result.relative_error:.1e})")  # fmt: skip
     return 0
 
 
@@ -653,6 +674,29 @@ def _parser() -> argparse.ArgumentParser:
         _cmd_schema,
     )  # fmt: skip
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+
+    p = command(
+        "export",
+        "write an ONNX file (dynamic B, T, H, W)",
+        "export an architecture, or a model saved by `stcnnt build --out`, to ONNX for ONNX "
+        "Runtime, with dynamic B, T, H and W within the sizes it accepts; the file is "
+        "checked against PyTorch before the command returns (needs the export extra: "
+        'pip install "stcnnt-dsl[export]"; see docs/export.md)',
+        ["stcnnt export unet --input 1,16,1,256,256 -o unet.onnx",
+         "stcnnt export trained.safetensors -o trained.onnx",
+         "stcnnt export arch.yaml --format onnx -o arch.onnx --json"],
+        _cmd_export,
+    )  # fmt: skip
+    p.add_argument("arch", metavar="ARCH", help=ARCH_HELP + ", or a .safetensors model file")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="(default: onnx)")
+    p.add_argument(
+        "--input",
+        metavar="B,T,C,H,W",
+        help=INPUT_HELP + " (default: the smallest input the architecture accepts; the "
+        "file takes any valid size)",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file")
+    _add_json(p)
 
     p = command(
         "list",

@@ -24,6 +24,7 @@ from .functional import (
     attend,
     frame_tokens,
     fused_conv2d,
+    is_exporting,
     partition,
     partition_qkv,
     relative_position_index,
@@ -185,7 +186,8 @@ class SpatialAttention(nn.Module):
             dropout=self.att_dropout if self.training else 0.0,
         )
         s = q.shape[-2]
-        if self.bias_table is None or s <= LONG_SEQUENCE_CHUNK:
+        # (export: one graph for every size, so no chunks, whose number follows S)
+        if is_exporting() or self.bias_table is None or s <= LONG_SEQUENCE_CHUNK:
             return attend(q, k, v, bias=self._bias(h, w, q.device), **options)
         # Long sequence with a bias: query chunks, each with its rows of the bias.
         grid = self._token_grid(h, w)

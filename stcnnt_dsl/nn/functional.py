@@ -27,6 +27,7 @@ __all__ = [
     "can_fuse",
     "frame_tokens",
     "fused_conv2d",
+    "is_exporting",
     "partition",
     "partition_heads",
     "partition_qkv",
@@ -100,16 +101,30 @@ def unpartition(
     return t.permute(0, 3, 1, 2)  # [N, C, H, W] view of NHWC storage
 
 
+# True while torch.export traces (torch >= 2.7 has the flag; stcnnt_dsl.export needs it).
+is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
 def plain_ops() -> bool:
-    """True while torch.jit traces or scripts (e.g. fvcore's FLOP counter) or a Python
+    """True while torch.jit traces or scripts (e.g. fvcore's FLOP counter, the TorchScript
+    ONNX exporter), torch.export exports (e.g. the dynamo ONNX exporter), or a Python
     dispatch mode (e.g. FlopCounterMode) watches the ops: the layers then use plain aten
     ops only, no custom autograd Functions and no fused oneDNN kernels, which those
-    tools cannot follow or count."""
+    tools cannot follow, count or represent."""
+    if is_exporting():  # a portable graph: plain ops only
+        return True
     if torch.compiler.is_compiling():  # dynamo traces the Functions itself
         return False
     return (
         torch.jit.is_tracing() or torch.jit.is_scripting() or _current_dispatch_mode() is not None
     )
+
+
+def _sizes(shape) -> tuple:
+    """`shape` as Python ints (under torch.jit.trace sizes are tensors), except symbolic
+    sizes (torch.export with dynamic shapes), which stay symbolic: int() would fix them
+    to the example input's values."""
+    return tuple(s if isinstance(s, torch.SymInt) else int(s) for s in shape)
 
 
 def _head_split(token: tuple[int, int, int], head_dim: int) -> tuple[int, int, int] | None:
@@ -174,7 +189,7 @@ def _partition_recipe(
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
     """(pre_perm, split_shape, perm, out_shape) that take [N, G, C, H, W] to G tensors
     [Nb, heads, S, d], or None when heads do not fall on axis boundaries."""
-    n, g, c, h, w = (int(size) for size in x.shape)
+    n, g, c, h, w = _sizes(x.shape)
     wh, ww = window
     ph, pw = patch
     d = ph * pw * c // heads
@@ -233,7 +248,7 @@ def frame_tokens(y: Tensor, batch: int, groups: int, heads: int) -> tuple[Tensor
     token is a whole frame of one head's channels). The order of features within a
     token is free (q.k sums over it); (h, w, c) keeps the copy a run of channels-last
     memory."""
-    n, gc, h, w = (int(size) for size in y.shape)
+    n, gc, h, w = _sizes(y.shape)
     c = gc // groups
     split_shape = (batch, n // batch, h, w, groups, heads, c // heads)
     perm = (4, 0, 5, 1, 2, 3, 6)  # [G, B, heads, T, h, w, c/heads]
@@ -249,7 +264,7 @@ def unpartition_heads(
 ) -> Tensor:
     """Inverse of `partition_heads` for one tensor: [Nb, heads, S, d] (any strides) ->
     [N, C, H, W] with channels-last storage, in one copy."""
-    nb, heads, s, d = (int(size) for size in t.shape)
+    nb, heads, s, d = _sizes(t.shape)
     h, w = size
     wh, ww = window
     ph, pw = patch
@@ -288,10 +303,13 @@ def relative_position_index(
     """
     gh, gw = grid
     eh, ew = extent or grid
-    keys = torch.arange(gh * gw, device=device)
-    queries = keys if rows is None else keys[rows[0] : rows[1]]
-    dy = (queries[:, None] // gw - keys[None, :] // gw).clamp(-(eh - 1), eh - 1) + (eh - 1)
-    dx = (queries[:, None] % gw - keys[None, :] % gw).clamp(-(ew - 1), ew - 1) + (ew - 1)
+    # row and column of every token, without // or % by gw (a symbolic size under
+    # torch.export, which ONNX takes only as a tensor)
+    ys = torch.arange(gh, device=device)[:, None].expand(gh, gw).reshape(-1)
+    xs = torch.arange(gw, device=device)[None, :].expand(gh, gw).reshape(-1)
+    qy, qx = (ys, xs) if rows is None else (ys[rows[0] : rows[1]], xs[rows[0] : rows[1]])
+    dy = (qy[:, None] - ys[None, :]).clamp(-(eh - 1), eh - 1) + (eh - 1)
+    dx = (qx[:, None] - xs[None, :]).clamp(-(ew - 1), ew - 1) + (ew - 1)
     return dy * (2 * ew - 1) + dx
 
 
@@ -303,11 +321,23 @@ def _standardise(x: Tensor) -> Tensor:
     return (x - mean) * torch.rsqrt(var + torch.finfo(x.dtype).eps)
 
 
+def _inverse_sqrt(d: int) -> float:
+    """1/sqrt(d); for a symbolic d (torch.export: temporal attention, where d = H*W*C/heads)
+    a symbolic float that exporters compute from the shape (math.sqrt would fix d)."""
+    if isinstance(d, torch.SymInt):
+        return 1.0 / torch.sym_float(d) ** 0.5
+    return 1.0 / math.sqrt(d)
+
+
 def _use_sdpa(q: Tensor, k: Tensor) -> bool:
     """Fused SDPA off the CPU (and on meta tensors as on CPU), on CPU for long sequences
     and under torch.compile (inductor's code for a short explicit softmax next to the
     q/k/v copies was 1.3x slower than its SDPA kernel); never for huge heads (temporal
     attention), which have no fused kernel."""
+    if is_exporting():
+        # One kernel for every size (a choice by size would fix the symbolic sizes);
+        # explicit matmuls, which ONNX Runtime fuses with the transpose and the scale.
+        return False
     s, d = max(q.shape[-2], k.shape[-2]), q.shape[-1]
     on_cpu = q.device.type in ("cpu", "meta")
     short = on_cpu and s < SDPA_MIN_TOKENS_CPU and not torch.compiler.is_compiling()
@@ -396,7 +426,7 @@ def attend(
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         scale = 1.0
     else:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+        scale = _inverse_sqrt(q.shape[-1])
     logit_bias = None if bias_after_softmax else bias
     prob_bias = bias if bias_after_softmax else None
     if not _use_sdpa(q, k):
