@@ -332,8 +332,9 @@ def memory_child(args: argparse.Namespace) -> None:
         model = stcnnt_dsl.build(reference_spec(config), seed=0)
         x = _inputs(shape, seed=2)[1]
     model.train()
-    with torch.no_grad():
-        out_shape = first_output(model(x)).shape
+    b, t, _, h, w = shape
+    channels = 32 if args.model == "unet" else 32 + 64 + 128
+    out_shape = (b, channels, t, h, w) if args.memory_child == "ref" else (b, t, channels, h, w)
     grad = torch.randn(out_shape)
     before = _status_kib("VmRSS")
     try:

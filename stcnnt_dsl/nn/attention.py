@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import ShapeError
 from ..registry import LOCAL
+from . import lean
 from .functional import (
     LONG_SEQUENCE_CHUNK,
     attend,
@@ -52,7 +53,7 @@ def _cached_index(grid: tuple[int, int], extent: tuple[int, int], device: torch.
 def _project(proj: nn.Conv2d | None, y: Tensor, add: Tensor | None) -> Tensor:
     """proj(y) [+ add], [N, C, H, W]; the sum fused into the convolution when given."""
     if add is None:
-        return y if proj is None else proj(y)
+        return y if proj is None else lean.conv2d(proj, y)
     add = add.flatten(0, 1)
     if proj is None:
         return y + add
@@ -205,7 +206,7 @@ class SpatialAttention(nn.Module):
         c = self.out_channels
         window, patch = self.geometry(h, w)
         if self.qkv_mode == "conv":
-            qkv = self.qkv(x).unflatten(1, (3, c))  # [N, 3, C, H, W]
+            qkv = lean.conv2d(self.qkv, x).unflatten(1, (3, c))  # [N, 3, C, H, W]
             # one copy: q, k, v as contiguous [Nb, heads, S, d]
             q, k, v = partition_qkv(qkv, window, patch, self.mode, self.heads)
         else:
@@ -262,10 +263,10 @@ class TemporalAttention(nn.Module):
         b, t, _, h, w = x.shape
         x = x.flatten(0, 1)
         if self.stride == 1:
-            q, k, v = frame_tokens(self.qkv(x), b, 3, self.heads)
+            q, k, v = frame_tokens(lean.conv2d(self.qkv, x), b, 3, self.heads)
         else:
-            q, k = frame_tokens(self.qk(x), b, 2, self.heads)
-            (v,) = frame_tokens(self.v(x), b, 1, self.heads)
+            q, k = frame_tokens(lean.conv2d(self.qk, x), b, 2, self.heads)
+            (v,) = frame_tokens(lean.conv2d(self.v, x), b, 1, self.heads)
         out = attend(
             q, k, v,
             cosine=self.cosine,
