@@ -24,12 +24,15 @@ from .functional import (
     LONG_SEQUENCE_CHUNK,
     attend,
     frame_tokens,
+    frames_from_tokens,
     fused_conv2d,
     partition,
     partition_qkv,
     relative_position_index,
     unpartition_heads,
 )
+from .layout import frames_channels_last
+from .tuning import choices
 
 __all__ = ["SpatialAttention", "TemporalAttention"]
 
@@ -202,10 +205,20 @@ class SpatialAttention(nn.Module):
         CPU inference only: see `functional.can_fuse`) returns output + add, the sum
         fused into the output projection."""
         b, t, _, h, w = x.shape
+        channels_last = frames_channels_last(x)
         x = x.flatten(0, 1)
         c = self.out_channels
         window, patch = self.geometry(h, w)
-        if self.qkv_mode == "conv":
+        if self.qkv_mode == "conv" and choices(x.device).qkv == "separate":
+            weight = self.qkv.weight
+            q, k, v = (
+                partition_qkv(
+                    lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]).unsqueeze(1),
+                    window, patch, self.mode, self.heads,
+                )[0]
+                for i in range(3)
+            )  # fmt: skip
+        elif self.qkv_mode == "conv":
             qkv = lean.conv2d(self.qkv, x).unflatten(1, (3, c))  # [N, 3, C, H, W]
             # one copy: q, k, v as contiguous [Nb, heads, S, d]
             q, k, v = partition_qkv(qkv, window, patch, self.mode, self.heads)
@@ -214,7 +227,7 @@ class SpatialAttention(nn.Module):
             tokens = tokens.unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
             q, k, v = tokens.contiguous().unbind(0)  # [Nb, heads, S, d] each
         out = self._attend(q, k, v, h, w)
-        y = unpartition_heads(out, (h, w), window, patch, self.mode)
+        y = unpartition_heads(out, (h, w), window, patch, self.mode, channels_last)
         return _project(self.proj, y, add).unflatten(0, (b, t))
 
 
@@ -261,12 +274,21 @@ class TemporalAttention(nn.Module):
     def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:
         """Attention of [B, T, C_in, H, W]; `add` as in `SpatialAttention.forward`."""
         b, t, _, h, w = x.shape
+        cl = frames_channels_last(x)
         x = x.flatten(0, 1)
-        if self.stride == 1:
-            q, k, v = frame_tokens(lean.conv2d(self.qkv, x), b, 3, self.heads)
+        c = self.out_channels
+        if self.stride == 1 and choices(x.device).qkv == "separate":
+            weight = self.qkv.weight
+            q, k, v = (
+                frame_tokens(lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]), b, 1,
+                             self.heads, cl)[0]
+                for i in range(3)
+            )  # fmt: skip
+        elif self.stride == 1:
+            q, k, v = frame_tokens(lean.conv2d(self.qkv, x), b, 3, self.heads, cl)
         else:
-            q, k = frame_tokens(lean.conv2d(self.qk, x), b, 2, self.heads)
-            (v,) = frame_tokens(lean.conv2d(self.v, x), b, 1, self.heads)
+            q, k = frame_tokens(lean.conv2d(self.qk, x), b, 2, self.heads, cl)
+            (v,) = frame_tokens(lean.conv2d(self.v, x), b, 1, self.heads, cl)
         out = attend(
             q, k, v,
             cosine=self.cosine,
@@ -274,8 +296,5 @@ class TemporalAttention(nn.Module):
             causal=self.causal,
             dropout=self.att_dropout if self.training else 0.0,
         )  # fmt: skip
-        c = self.out_channels
-        # [B, heads, T, h*w*c/heads] -> [B*T, C, H, W] (channels-last storage)
-        out = out.view(b, self.heads, t, h, w, c // self.heads).permute(0, 2, 3, 4, 1, 5)
-        y = out.reshape(b * t, h, w, c).permute(0, 3, 1, 2)
+        y = frames_from_tokens(out, b, (h, w), cl)  # [B*T, C, H, W], one copy
         return _project(self.proj, y, add).unflatten(0, (b, t))

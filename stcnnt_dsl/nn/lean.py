@@ -112,11 +112,19 @@ class _LeanConv(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """`conv(x)` for [N, C, H, W]; in training with non-zero padding, lean (see above)."""
-    if conv.padding_mode == "zeros" or not use_lean(x, conv):
-        return conv(x)
-    return _LeanConv.apply(x, conv.weight, conv.bias, conv)
+def conv2d(
+    conv: nn.Conv2d, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
+) -> Tensor:
+    """`conv(x)` for [N, C, H, W] (with `weight` / `bias`: those instead of the
+    module's, e.g. a slice of its output channels); in training with non-zero padding,
+    lean (see above)."""
+    if weight is None:
+        weight, bias = conv.weight, conv.bias
+        if conv.padding_mode == "zeros" or not use_lean(x, conv):
+            return conv(x)
+    elif conv.padding_mode == "zeros" or not use_lean(x, conv):
+        return _conv(x, weight, bias, conv)
+    return _LeanConv.apply(x, weight, bias, conv)
 
 
 class _LeanMixer(torch.autograd.Function):
