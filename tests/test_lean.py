@@ -90,6 +90,16 @@ def test_double_backward_through_lean_ops():
     assert torch.autograd.gradgradcheck(fn, (x,))
 
 
+def test_attention_cells_gradcheck():
+    torch.manual_seed(0)
+    block = Block(
+        "L1G1T1", 2, 2, window=4, patch=2, heads=2, padding="reflect",
+        rel_pos_bias="after_softmax", mixer_ratio=1.0,
+    ).double()  # fmt: skip
+    x = torch.randn(1, 2, 2, 8, 8, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: block(t).square().sum(), (x,), fast_mode=True)
+
+
 def test_plain_modules_run_where_autograd_does_not_record_or_autocast_is_on():
     conv = nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")
     x = torch.randn(1, 2, 4, 4)

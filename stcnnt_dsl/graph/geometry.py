@@ -417,11 +417,11 @@ class _AttentionGeometry(CellGeometry):
         pixels = frames * h * w
         cout = self.out_channels
         total = super().saved(frames, t, h, w)
-        total += 3 * cout * pixels  # q, k, v
-        total += 2 * cout * pixels  # the attention's output and the projection's input
-        total += self.score_elements(frames, t, h, w)
-        if getattr(o, "rel_pos_bias", None) == "after_softmax":  # v laid out for bias @ v
-            total += cout * pixels
+        total += 3 * cout * pixels  # q, k, v (the attention itself is recomputed)
+        if o.att_dropout or not o.out_proj:  # kept: the output (two layouts), the scores
+            total += 2 * cout * pixels + self.score_elements(frames, t, h, w)
+            if getattr(o, "rel_pos_bias", None) == "after_softmax":  # v laid out for bias @ v
+                total += cout * pixels
         if self.mixer:  # norm2's output (the mixer's input) and the activation's input
             total += (0 if self.parallel else cout) * pixels + self.hidden * pixels
         return total

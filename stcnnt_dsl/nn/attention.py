@@ -226,9 +226,15 @@ class SpatialAttention(nn.Module):
             tokens = self.qkv(partition(x, window, patch, self.mode))  # [Nb, S, 3D]
             tokens = tokens.unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
             q, k, v = tokens.contiguous().unbind(0)  # [Nb, heads, S, d] each
-        out = self._attend(q, k, v, h, w)
-        y = unpartition_heads(out, (h, w), window, patch, self.mode, channels_last)
-        return _project(self.proj, y, add).unflatten(0, (b, t))
+
+        def core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            out = self._attend(q, k, v, h, w)
+            return unpartition_heads(out, (h, w), window, patch, self.mode, channels_last)
+
+        if add is None and not (self.training and self.att_dropout):
+            table = () if self.bias_table is None else (self.bias_table,)
+            return lean.attend_project(core, self.proj, q, k, v, table).unflatten(0, (b, t))
+        return _project(self.proj, core(q, k, v), add).unflatten(0, (b, t))
 
 
 class TemporalAttention(nn.Module):
@@ -289,12 +295,17 @@ class TemporalAttention(nn.Module):
         else:
             q, k = frame_tokens(lean.conv2d(self.qk, x), b, 2, self.heads, cl)
             (v,) = frame_tokens(lean.conv2d(self.v, x), b, 1, self.heads, cl)
-        out = attend(
-            q, k, v,
-            cosine=self.cosine,
-            qk_norm=self.qk_norm,
-            causal=self.causal,
-            dropout=self.att_dropout if self.training else 0.0,
-        )  # fmt: skip
-        y = frames_from_tokens(out, b, (h, w), cl)  # [B*T, C, H, W], one copy
-        return _project(self.proj, y, add).unflatten(0, (b, t))
+
+        def core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            out = attend(
+                q, k, v,
+                cosine=self.cosine,
+                qk_norm=self.qk_norm,
+                causal=self.causal,
+                dropout=self.att_dropout if self.training else 0.0,
+            )  # fmt: skip
+            return frames_from_tokens(out, b, (h, w), cl)  # [B*T, C, H, W], one copy
+
+        if add is None and not (self.training and self.att_dropout):
+            return lean.attend_project(core, self.proj, q, k, v).unflatten(0, (b, t))
+        return _project(self.proj, core(q, k, v), add).unflatten(0, (b, t))

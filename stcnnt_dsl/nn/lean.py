@@ -11,7 +11,11 @@ both the activation's input and its output. Here:
   in the backward, a copy that costs a fraction of the convolution;
 - `mixer`: conv -> activation -> conv saves the mixer's input and the activation's
   input only; the backward recomputes the activation (an element-wise pass) and the
-  paddings.
+  paddings;
+- `attend_project`: attention -> reassembled feature map -> output projection saves
+  q, k and v only; the backward recomputes the attention (about 1% of a cell's FLOPs:
+  its scores, probabilities and output) and the reassembly, instead of keeping the
+  probabilities, the output in two layouts and v in the layout of the bias product.
 
 The results are exactly the plain ops' (the same kernels run on the same values), and
 the backwards are written with differentiable ops, so double backward works. The lean
@@ -22,13 +26,15 @@ run instead (`use_lean`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .functional import plain_ops
 
-__all__ = ["LEAN_TRAINING", "conv2d", "mixer", "use_lean"]
+__all__ = ["LEAN_TRAINING", "attend_project", "conv2d", "mixer", "use_lean"]
 
 # Set to False to always use plain autograd (e.g. to compare memory).
 LEAN_TRAINING = True
@@ -172,3 +178,52 @@ def mixer(conv0: nn.Conv2d, act: nn.Module, conv2: nn.Conv2d, x: Tensor) -> Tens
     return _LeanMixer.apply(
         x, conv0.weight, conv0.bias, conv2.weight, conv2.bias, act, conv0, conv2, *params
     )
+
+
+class _LeanAttendProject(torch.autograd.Function):
+    """proj(core(q, k, v)) saving q, k, v (and the weights) only."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, weight, bias, core, proj, *params):  # type: ignore[override]
+        with torch.no_grad():
+            y = core(q, k, v)
+        ctx.modules = (core, proj)
+        ctx.save_for_backward(q, k, v, weight, bias, *params)
+        return _conv(y, weight, bias, proj)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        q, k, v, weight, bias, *params = ctx.saved_tensors
+        core, proj = ctx.modules
+        create = torch.is_grad_enabled()
+        with torch.enable_grad():
+            inputs = [t if create else t.detach().requires_grad_() for t in (q, k, v)]
+            y = core(*inputs)
+        gy, gw, gb = _conv_backward(grad, y if create else y.detach(), weight, bias, proj, True)
+        wanted = [t for t in (*inputs, *params) if t.requires_grad]
+        found = iter(torch.autograd.grad(y, wanted, gy, create_graph=create))
+        gq, gk, gv, *gparams = (next(found) if t.requires_grad else None
+                                for t in (*inputs, *params))  # fmt: skip
+        return (gq, gk, gv, gw, gb, None, None, *gparams)
+
+
+def attend_project(
+    core: Callable[[Tensor, Tensor, Tensor], Tensor],
+    proj: nn.Conv2d | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    params: Sequence[Tensor] = (),
+) -> Tensor:
+    """proj(core(q, k, v)): `core` maps q, k, v to an [N, C, H, W] feature map (attention
+    and reassembly; deterministic, no dropout), reading `params` (e.g. a relative
+    position table) besides; in training, lean (see above)."""
+    params = [p for p in params if p.requires_grad]
+    if (
+        proj is None
+        or not use_lean(q, proj)
+        or not (q.requires_grad or k.requires_grad or v.requires_grad or params)
+    ):
+        y = core(q, k, v)
+        return y if proj is None else conv2d(proj, y)
+    return _LeanAttendProject.apply(q, k, v, proj.weight, proj.bias, core, proj, *params)
