@@ -116,8 +116,12 @@ class Mixer(nn.Sequential):
         """y + mixer(x) with the activation and the sum fused into the convolutions;
         overwrites `y` (eval-mode inference only: see `can_fuse`)."""
         f = x.flatten(0, 1)
-        if self._unary is not None:
-            f = fused_conv2d(self[0], f, unary=self._unary)
+        unary = self._unary
+        act = self[1]
+        if isinstance(act, nn.PReLU) and act.num_parameters == 1:  # PReLU = leaky ReLU
+            unary = ("leaky_relu", [float(act.weight)], None)
+        if unary is not None:
+            f = fused_conv2d(self[0], f, unary=unary)
         else:
             f = self[1](self[0](f))
         out = fused_conv2d(self[2], f, add=y.flatten(0, 1), add_inplace=True)

@@ -516,14 +516,13 @@ def _onednn_fusion_works() -> bool:
 
 def can_fuse(conv: torch.nn.Conv2d, x: Tensor) -> bool:
     """True where `fused_conv2d` may replace conv + element-wise ops: eager, no autograd,
-    float32 on CPU, zero padding."""
+    float32 on CPU (any padding mode: a non-zero one is applied first)."""
     return (
         FUSED_CPU_INFERENCE
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")  # the fused op has no autocast rule
         and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
-        and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
         and not torch.compiler.is_compiling()
         and not plain_ops()
@@ -541,10 +540,12 @@ def fused_conv2d(
 ) -> Tensor:
     """act(conv(x)) or conv(x) + add (into `add` itself with `add_inplace`), in one
     oneDNN primitive. Only where `can_fuse(conv, x)`."""
-    args = (
-        conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-        conv.groups,
-    )  # fmt: skip
+    padding = list(conv.padding)
+    if conv.padding_mode != "zeros":  # reflect & co: pad first, then no padding
+        ph, pw = padding
+        x = F.pad(x, (pw, pw, ph, ph), mode=conv.padding_mode)
+        padding = [0, 0]
+    args = (conv.weight, conv.bias, padding, list(conv.stride), list(conv.dilation), conv.groups)
     if add is None:
         attr, scalars, algorithm = unary or ("none", [], None)
         return torch.ops.mkldnn._convolution_pointwise(x, *args, attr, scalars, algorithm)
