@@ -133,14 +133,24 @@ def conv2d(
     return _LeanConv.apply(x, weight, bias, conv)
 
 
+def _one_slope(act: nn.Module) -> float | None:
+    """The slope of a one-parameter PReLU (which is a leaky ReLU with that slope: the
+    vectorised leaky ReLU kernels are 3x faster than PReLU's, forward and backward)."""
+    if isinstance(act, nn.PReLU) and act.num_parameters == 1:
+        return float(act.weight.detach())
+    return None
+
+
 class _LeanMixer(torch.autograd.Function):
     """conv0 -> activation -> conv2, saving the input and the activation's input."""
 
     @staticmethod
     def forward(ctx, x, w0, b0, w2, b2, act, conv0, conv2, *act_params):  # type: ignore[override]
         hidden = _conv(x, w0, b0, conv0)
+        slope = _one_slope(act)
         with torch.no_grad():
-            out = _conv(act(hidden), w2, b2, conv2)
+            a = act(hidden) if slope is None else F.leaky_relu(hidden, slope)
+            out = _conv(a, w2, b2, conv2)
         ctx.modules = (act, conv0, conv2)
         ctx.save_for_backward(x, hidden, w0, b0, w2, b2)
         return out
@@ -151,6 +161,16 @@ class _LeanMixer(torch.autograd.Function):
         act, conv0, conv2 = ctx.modules
         create = torch.is_grad_enabled()
         params = [p for p in act.parameters() if p.requires_grad]
+        slope = _one_slope(act)
+        if slope is not None and not create:
+            a = F.leaky_relu(hidden, slope)
+            ga, gw2, gb2 = _conv_backward(grad, a, w2, b2, conv2, True)
+            del a
+            gh = torch.ops.aten.leaky_relu_backward(ga, hidden, slope, False)
+            gparams = [(ga * hidden.clamp(max=0)).sum().reshape(1)] if params else []
+            del ga
+            gx, gw0, gb0 = _conv_backward(gh, x, w0, b0, conv0, ctx.needs_input_grad[0])
+            return (gx, gw0, gb0, gw2, gb2, None, None, None, *gparams)
         with torch.enable_grad():
             # double backward: the hidden map again, as a function of the inputs (the
             # saved one is a constant to autograd)
