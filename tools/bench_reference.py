@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -56,6 +57,7 @@ from torch import nn
 
 import stcnnt_dsl
 from stcnnt_dsl.compat import REFERENCE_DEFAULTS, import_reference, reference_spec
+from stcnnt_dsl.nn import tuning
 
 MODELS = {"unet": "STCNNT_UNET", "hrnet": "STCNNT_HRNET"}
 DEFAULT_SIZES = "1x8x1x64x64,1x16x1x64x64"
@@ -331,6 +333,7 @@ def memory_child(args: argparse.Namespace) -> None:
     else:
         model = stcnnt_dsl.build(reference_spec(config), seed=0)
         x = _inputs(shape, seed=2)[1]
+        tuning.choices(x.device)  # a first calibration (if any) happens before, not during
     model.train()
     b, t, _, h, w = shape
     channels = 32 if args.model == "unet" else 32 + 64 + 128
@@ -450,6 +453,10 @@ def print_table(env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
           f"torch {env['torch']}, {env['threads']} threads, float32, "
           f"load {env['load_before']:.2f} -> {env['load_after']:.2f}")  # fmt: skip
     roof = env["roof"]
+    c = env["choices"]
+    print(f"our per-machine choices ({c['source']}): layout {c['layout_infer']} (inference), "
+          f"{c['layout_train']} (training), {c['qkv']} Q/K/V, CPU SDPA from "
+          f"{c['sdpa_min_tokens']} tokens")  # fmt: skip
     print(f"conv roof (5x5/3x3 at the first level, best layout): forward "
           f"{roof['fwd_gflops']:.0f} GFLOP/s, forward+backward {roof['train_gflops']:.0f} "
           f"GFLOP/s; interleaved pairs, median of {env['repeats']}")  # fmt: skip
@@ -516,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats, "load_before": _load(), "python": platform.python_version(),
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         }  # fmt: skip
+        active = tuning.choices("cpu")  # calibrates here, not inside a timed call
+        env["choices"] = dataclasses.asdict(active)
         frames = max(s[0] * s[1] for s in shapes)
         side = min(min(s[3], s[4]) for s in shapes)
         roof_before = conv_roofs(frames, 32, side)
