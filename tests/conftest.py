@@ -9,6 +9,9 @@ import torch
 from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(int(os.environ.get("STCNNT_TEST_THREADS", "2")))
+# Tests run on the rules of stcnnt_dsl.nn.tuning (deterministic; nothing measured or
+# written to the user's cache); tests/test_tuning.py covers the calibration.
+os.environ.setdefault("STCNNT_CALIBRATE", "0")
 
 # The default is reproducible: the README's test command and CI run the same examples.
 # HYPOTHESIS_PROFILE=explore draws new examples each run (to hunt for bugs locally).

@@ -20,7 +20,7 @@ import stcnnt_dsl.nn.functional as nnf
 from stcnnt_dsl.errors import ShapeError, SpecError, STCNNTError
 from stcnnt_dsl.graph.geometry import cell_geometry
 from stcnnt_dsl.language.options import OPTIONS
-from stcnnt_dsl.nn import make_cell
+from stcnnt_dsl.nn import make_cell, tuning
 from stcnnt_dsl.nn.cells import DropPath
 from stcnnt_dsl.nn.checks import check_input_tensor
 from stcnnt_dsl.nn.norms import Norm5d
@@ -577,7 +577,7 @@ def test_both_kernel_paths_agree(kind, values, monkeypatch):
     x = randn(2, 6, 4, 4, 8) if kind == "T" else randn(2, 6, 4, 16, 16)
     outs = {}
     for name, threshold in (("sdpa", 1), ("matmul", 10**9)):
-        monkeypatch.setattr(nnf, "SDPA_MIN_TOKENS_CPU", threshold)
+        monkeypatch.setattr(tuning, "_active", tuning.Choices(sdpa_min_tokens=threshold))
         spy = SdpaSpy(monkeypatch)
         with torch.no_grad():
             outs[name] = attn(x)
@@ -649,7 +649,7 @@ def test_sdpa_with_relative_position_bias_uses_the_fused_cpu_kernel():
     fused = {k for k in plain if "flash" in k}
     if not fused:
         pytest.skip(f"this torch has no fused CPU SDPA kernel (ran {plain})")
-    assert q.shape[-2] >= nnf.SDPA_MIN_TOKENS_CPU  # attend takes its SDPA path
+    assert q.shape[-2] >= tuning.choices().sdpa_min_tokens  # attend takes its SDPA path
     with_bias = _cpu_sdpa_kernels(lambda: nnf.attend(q, q, q, bias=bias))
     assert fused <= with_bias, f"bias made SDPA run {with_bias} instead of {fused}"
 

@@ -315,10 +315,11 @@ class CellGeometry:
 
     def saved(self, frames: int, t: int, h: int, w: int) -> int:
         """Elements autograd keeps for backward in one training forward of `frames`
-        (= B*T) frames of h x w (an estimate)."""
+        (= B*T) frames of h x w (an estimate of eager float32 training, where padded
+        convolutions and mixers save each tensor once: `stcnnt_dsl.nn.lean`)."""
         pixels = frames * h * w
-        total = 3 * self.in_channels * pixels  # norm1 input, statistics pass, output
-        if self.options.padding == "reflect":
+        total = self.in_channels * pixels  # norm1's output, also the first conv's input
+        if self.changes_channels:  # the residual projection's input
             total += self.in_channels * pixels
         return total
 
@@ -414,16 +415,15 @@ class _AttentionGeometry(CellGeometry):
     def saved(self, frames: int, t: int, h: int, w: int) -> int:
         o = self.options
         pixels = frames * h * w
-        cout, hidden = self.out_channels, self.hidden
+        cout = self.out_channels
         total = super().saved(frames, t, h, w)
-        total += 3 * cout * pixels + 2 * cout * pixels  # q, k, v; attention out, proj input
-        total += self.score_elements(frames, t, h, w)
-        if self.mixer:
-            total += (3 * cout + 2 * hidden) * pixels
-        if o.padding == "reflect":  # padded copies of the conv inputs
-            total += (cout + (cout + hidden if self.mixer else 0)) * pixels
-        if o.drop_path:  # the branch outputs, kept for the mask multiply
-            total += (2 if self.mixer else 1) * cout * pixels
+        total += 3 * cout * pixels  # q, k, v (the attention itself is recomputed)
+        if o.att_dropout or not o.out_proj:  # kept: the output (two layouts), the scores
+            total += 2 * cout * pixels + self.score_elements(frames, t, h, w)
+            if getattr(o, "rel_pos_bias", None) == "after_softmax":  # v laid out for bias @ v
+                total += cout * pixels
+        if self.mixer:  # norm2's output (the mixer's input) and the activation's input
+            total += (0 if self.parallel else cout) * pixels + self.hidden * pixels
         return total
 
     def score_elements(self, frames: int, t: int, h: int, w: int) -> int:  # pragma: no cover
@@ -674,7 +674,8 @@ class ConvGeometry(CellGeometry):
         return rule
 
     def saved(self, frames: int, t: int, h: int, w: int) -> int:
-        return super().saved(frames, t, h, w) + 4 * self.out_channels * frames * h * w
+        # norm2's output (the activation's input and the skip)
+        return super().saved(frames, t, h, w) + self.out_channels * frames * h * w
 
 
 # --------------------------------------------------------------------------- construction

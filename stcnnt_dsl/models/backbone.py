@@ -20,7 +20,7 @@ from ..language.spec import ArchSpec
 from ..nn.axes import check_layout, from_btchw, to_btchw
 from ..nn.block import Block
 from ..nn.checks import check_input_tensor
-from ..nn.layout import channels_last_frames
+from ..nn.layout import frames_in_layout
 from ..nn.norms import Norm5d
 from ..nn.sampling import AttentionGate, BlockResample, Downsample, Upsample
 
@@ -210,7 +210,7 @@ class Backbone(nn.Module):
         x = to_btchw(x, self.layout, self.spec.name)
         if not torch.compiler.is_compiling():
             self.check_input(x)
-        return channels_last_frames(x)
+        return frames_in_layout(x)
 
     # ------------------------------------------------------------------ training help
     def no_weight_decay(self) -> set[str]:

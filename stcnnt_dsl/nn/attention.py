@@ -19,10 +19,12 @@ from torch import Tensor, nn
 
 from ..errors import ShapeError
 from ..registry import LOCAL
+from . import lean
 from .functional import (
     LONG_SEQUENCE_CHUNK,
     attend,
     frame_tokens,
+    frames_from_tokens,
     fused_conv2d,
     is_exporting,
     partition,
@@ -30,6 +32,8 @@ from .functional import (
     relative_position_index,
     unpartition_heads,
 )
+from .layout import frames_channels_last
+from .tuning import choices
 
 __all__ = ["SpatialAttention", "TemporalAttention"]
 
@@ -53,7 +57,7 @@ def _cached_index(grid: tuple[int, int], extent: tuple[int, int], device: torch.
 def _project(proj: nn.Conv2d | None, y: Tensor, add: Tensor | None) -> Tensor:
     """proj(y) [+ add], [N, C, H, W]; the sum fused into the convolution when given."""
     if add is None:
-        return y if proj is None else proj(y)
+        return y if proj is None else lean.conv2d(proj, y)
     add = add.flatten(0, 1)
     if proj is None:
         return y + add
@@ -203,20 +207,36 @@ class SpatialAttention(nn.Module):
         CPU inference only: see `functional.can_fuse`) returns output + add, the sum
         fused into the output projection."""
         b, t, _, h, w = x.shape
+        channels_last = frames_channels_last(x)
         x = x.flatten(0, 1)
         c = self.out_channels
         window, patch = self.geometry(h, w)
-        if self.qkv_mode == "conv":
-            qkv = self.qkv(x).unflatten(1, (3, c))  # [N, 3, C, H, W]
+        if self.qkv_mode == "conv" and choices(x.device).qkv == "separate":
+            weight = self.qkv.weight
+            q, k, v = (
+                partition_qkv(
+                    lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]).unsqueeze(1),
+                    window, patch, self.mode, self.heads,
+                )[0]
+                for i in range(3)
+            )  # fmt: skip
+        elif self.qkv_mode == "conv":
+            qkv = lean.conv2d(self.qkv, x).unflatten(1, (3, c))  # [N, 3, C, H, W]
             # one copy: q, k, v as contiguous [Nb, heads, S, d]
             q, k, v = partition_qkv(qkv, window, patch, self.mode, self.heads)
         else:
             tokens = self.qkv(partition(x, window, patch, self.mode))  # [Nb, S, 3D]
             tokens = tokens.unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
             q, k, v = tokens.contiguous().unbind(0)  # [Nb, heads, S, d] each
-        out = self._attend(q, k, v, h, w)
-        y = unpartition_heads(out, (h, w), window, patch, self.mode)
-        return _project(self.proj, y, add).unflatten(0, (b, t))
+
+        def core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            out = self._attend(q, k, v, h, w)
+            return unpartition_heads(out, (h, w), window, patch, self.mode, channels_last)
+
+        if add is None and not (self.training and self.att_dropout):
+            table = () if self.bias_table is None else (self.bias_table,)
+            return lean.attend_project(core, self.proj, q, k, v, table).unflatten(0, (b, t))
+        return _project(self.proj, core(q, k, v), add).unflatten(0, (b, t))
 
 
 class TemporalAttention(nn.Module):
@@ -262,21 +282,32 @@ class TemporalAttention(nn.Module):
     def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:
         """Attention of [B, T, C_in, H, W]; `add` as in `SpatialAttention.forward`."""
         b, t, _, h, w = x.shape
+        cl = frames_channels_last(x)
         x = x.flatten(0, 1)
-        if self.stride == 1:
-            q, k, v = frame_tokens(self.qkv(x), b, 3, self.heads)
-        else:
-            q, k = frame_tokens(self.qk(x), b, 2, self.heads)
-            (v,) = frame_tokens(self.v(x), b, 1, self.heads)
-        out = attend(
-            q, k, v,
-            cosine=self.cosine,
-            qk_norm=self.qk_norm,
-            causal=self.causal,
-            dropout=self.att_dropout if self.training else 0.0,
-        )  # fmt: skip
         c = self.out_channels
-        # [B, heads, T, h*w*c/heads] -> [B*T, C, H, W] (channels-last storage)
-        out = out.view(b, self.heads, t, h, w, c // self.heads).permute(0, 2, 3, 4, 1, 5)
-        y = out.reshape(b * t, h, w, c).permute(0, 3, 1, 2)
-        return _project(self.proj, y, add).unflatten(0, (b, t))
+        if self.stride == 1 and choices(x.device).qkv == "separate":
+            weight = self.qkv.weight
+            q, k, v = (
+                frame_tokens(lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]), b, 1,
+                             self.heads, cl)[0]
+                for i in range(3)
+            )  # fmt: skip
+        elif self.stride == 1:
+            q, k, v = frame_tokens(lean.conv2d(self.qkv, x), b, 3, self.heads, cl)
+        else:
+            q, k = frame_tokens(lean.conv2d(self.qk, x), b, 2, self.heads, cl)
+            (v,) = frame_tokens(lean.conv2d(self.v, x), b, 1, self.heads, cl)
+
+        def core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            out = attend(
+                q, k, v,
+                cosine=self.cosine,
+                qk_norm=self.qk_norm,
+                causal=self.causal,
+                dropout=self.att_dropout if self.training else 0.0,
+            )  # fmt: skip
+            return frames_from_tokens(out, b, (h, w), cl)  # [B*T, C, H, W], one copy
+
+        if add is None and not (self.training and self.att_dropout):
+            return lean.attend_project(core, self.proj, q, k, v).unflatten(0, (b, t))
+        return _project(self.proj, core(q, k, v), add).unflatten(0, (b, t))

@@ -20,7 +20,7 @@ from ..graph.rules import SizeRule, check_size
 from ..language.blockspec import BlockSpec
 from .cells import make_cell
 from .checks import check_input_tensor
-from .layout import channels_last_frames
+from .layout import frames_in_layout
 
 __all__ = ["Block"]
 
@@ -117,7 +117,7 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.compiler.is_compiling():
             self.check_input(x)
-        x = channels_last_frames(x)
+        x = frames_in_layout(x)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(self._run, x, use_reentrant=False)
         return self._run(x)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..errors import SpecError
 from ..registry import ACTIVATIONS, CONV3D, TEMPORAL
+from . import lean
 from .attention import SpatialAttention, TemporalAttention
 from .functional import ONEDNN_UNARY, can_fuse, fused_conv2d
 from .norms import Norm5d
@@ -102,7 +103,10 @@ class Mixer(nn.Sequential):
         self._unary = ONEDNN_UNARY.get(activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        return frames(super().forward, x)
+        f = lean.mixer(self[0], self[1], self[2], x.flatten(0, 1))
+        if len(self) > 3:
+            f = self[3](f)
+        return f.unflatten(0, x.shape[:2])
 
     def can_fuse(self, x: Tensor) -> bool:
         """Whether `add_into` may run (eval mode, see `functional.can_fuse`)."""
@@ -112,8 +116,12 @@ class Mixer(nn.Sequential):
         """y + mixer(x) with the activation and the sum fused into the convolutions;
         overwrites `y` (eval-mode inference only: see `can_fuse`)."""
         f = x.flatten(0, 1)
-        if self._unary is not None:
-            f = fused_conv2d(self[0], f, unary=self._unary)
+        unary = self._unary
+        act = self[1]
+        if isinstance(act, nn.PReLU) and act.num_parameters == 1:  # PReLU = leaky ReLU
+            unary = ("leaky_relu", [float(act.weight)], None)
+        if unary is not None:
+            f = fused_conv2d(self[0], f, unary=unary)
         else:
             f = self[1](self[0](f))
         out = fused_conv2d(self[2], f, add=y.flatten(0, 1), add_inplace=True)
@@ -135,7 +143,9 @@ class _Residual(nn.Module):
         self.drop_path = DropPath(o.drop_path)
 
     def residual(self, x: Tensor) -> Tensor:
-        return x if self.proj is None else frames(self.proj, x)
+        if self.proj is None:
+            return x
+        return lean.conv2d(self.proj, x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
 class AttentionCell(_Residual):
@@ -208,7 +218,7 @@ class ConvCell(_Residual):
     def _conv(self, x: Tensor) -> Tensor:
         if self.kind == CONV3D:  # [B, T, C, H, W] -> [B, C, T, H, W] and back
             return self.conv(x.transpose(1, 2)).transpose(1, 2)
-        return frames(self.conv, x)
+        return lean.conv2d(self.conv, x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.norm1(x)

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
+from .tuning import choices
+
 __all__ = [
     "FUSED_CPU_INFERENCE",
     "LONG_SEQUENCE_CHUNK",
@@ -26,6 +28,7 @@ __all__ = [
     "attend",
     "can_fuse",
     "frame_tokens",
+    "frames_from_tokens",
     "fused_conv2d",
     "is_exporting",
     "partition",
@@ -44,6 +47,7 @@ LONG_SEQUENCE_CHUNK = 256
 
 # Below this many tokens, CPU SDPA was 1.2-3.9x slower than matmul + softmax on this
 # class of machine (2 cores, torch 2.13); from 256 tokens it won 1.6x with 17x less memory.
+# The rule; the machine's own threshold: `tuning.choices().sdpa_min_tokens`.
 SDPA_MIN_TOKENS_CPU = 32
 
 
@@ -184,11 +188,23 @@ class _Regroup(torch.autograd.Function):
         return gbase.permute(inverse), None, None, None, None
 
 
+_NHWC_AXES = ("n", "nh", "qh", "pho", "phi", "nw", "qw", "pwo", "pwi", "g", "co", "ci")
+_NCHW_AXES = ("n", "g", "co", "ci", "nh", "qh", "pho", "phi", "nw", "qw", "pwo", "pwi")
+
+
+def _stored_channels_last(x: Tensor) -> bool:
+    """Whether [N, G, C, H, W] (a view of [N, G*C, H, W] frames) is stored with the
+    channels fastest; NCHW storage otherwise (either when both hold)."""
+    return not x.is_contiguous() and x.permute(0, 3, 4, 1, 2).is_contiguous()
+
+
 def _partition_recipe(
     x: Tensor, window: tuple[int, int], patch: tuple[int, int], mode: str, heads: int
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
     """(pre_perm, split_shape, perm, out_shape) that take [N, G, C, H, W] to G tensors
-    [Nb, heads, S, d], or None when heads do not fall on axis boundaries."""
+    [Nb, heads, S, d], or None when heads do not fall on axis boundaries. `pre_perm`
+    puts the axes in their storage order (channels-last or NCHW), so the split is a
+    view and the gather reads memory in one pass."""
     n, g, c, h, w = _sizes(x.shape)
     wh, ww = window
     ph, pw = patch
@@ -198,16 +214,21 @@ def _partition_recipe(
         return None
     ih, iw, ic = split
     nh, nw, qh, qw = h // wh, w // ww, wh // ph, ww // pw
-    # [N, G, C, H, W] -> [N, H, W, G, C] (free for channels-last storage), every axis
-    # split: n0 nh1 qh2 pho3 phi4 nw5 qw6 pwo7 pwi8 g9 co10 ci11
-    split_shape = (n, nh, qh, ph // ih, ih, nw, qw, pw // iw, iw, g, c // ic, ic)
+    sizes = dict(n=n, nh=nh, qh=qh, pho=ph // ih, phi=ih, nw=nw, qw=qw, pwo=pw // iw, pwi=iw,
+                 g=g, co=c // ic, ci=ic)  # fmt: skip
     if mode == "local":  # [G, (N, nh, nw), heads, (qh, qw), d]
-        perm = (9, 0, 1, 5, 3, 7, 10, 2, 6, 4, 8, 11)
+        order = ("g", "n", "nh", "nw", "pho", "pwo", "co", "qh", "qw", "phi", "pwi", "ci")
         out_shape = (n * nh * nw, heads, qh * qw, d)
     else:  # [G, (N, qh, qw), heads, (nh, nw), d]
-        perm = (9, 0, 2, 6, 3, 7, 10, 1, 5, 4, 8, 11)
+        order = ("g", "n", "qh", "qw", "pho", "pwo", "co", "nh", "nw", "phi", "pwi", "ci")
         out_shape = (n * qh * qw, heads, nh * nw, d)
-    return (0, 3, 4, 1, 2), split_shape, perm, out_shape
+    if _stored_channels_last(x):  # [N, G, C, H, W] -> [N, H, W, G, C], every axis split
+        pre_perm, axes = (0, 3, 4, 1, 2), _NHWC_AXES
+    else:
+        pre_perm, axes = (0, 1, 2, 3, 4), _NCHW_AXES
+    split_shape = tuple(sizes[a] for a in axes)
+    perm = tuple(axes.index(a) for a in order)
+    return pre_perm, split_shape, perm, out_shape
 
 
 def partition_heads(
@@ -243,27 +264,54 @@ def partition_qkv(
     return _Regroup.apply(x, *recipe)
 
 
-def frame_tokens(y: Tensor, batch: int, groups: int, heads: int) -> tuple[Tensor, ...]:
+def frame_tokens(
+    y: Tensor, batch: int, groups: int, heads: int, channels_last: bool = True
+) -> tuple[Tensor, ...]:
     """[B*T, G*C, h, w] -> G tensors [B, heads, T, h*w*C/heads] (temporal attention: a
     token is a whole frame of one head's channels). The order of features within a
-    token is free (q.k sums over it); (h, w, c) keeps the copy a run of channels-last
-    memory."""
+    token is free (q.k sums over it) as long as the output follows it: (h, w, c) with
+    `channels_last` (a run of channels-last memory), else (c, h, w) (NCHW memory)."""
     n, gc, h, w = _sizes(y.shape)
     c = gc // groups
-    split_shape = (batch, n // batch, h, w, groups, heads, c // heads)
-    perm = (4, 0, 5, 1, 2, 3, 6)  # [G, B, heads, T, h, w, c/heads]
     out_shape = (batch, heads, n // batch, h * w * c // heads)
+    if channels_last:
+        pre_perm = (0, 2, 3, 1)
+        split_shape = (batch, n // batch, h, w, groups, heads, c // heads)
+        perm = (4, 0, 5, 1, 2, 3, 6)  # [G, B, heads, T, h, w, c/heads]
+    else:
+        pre_perm = (0, 1, 2, 3)
+        split_shape = (batch, n // batch, groups, heads, c // heads, h, w)
+        perm = (2, 0, 3, 1, 4, 5, 6)  # [G, B, heads, T, c/heads, h, w]
     if plain_ops():
-        t = y.permute(0, 2, 3, 1).reshape(split_shape).permute(perm)
+        t = y.permute(pre_perm).reshape(split_shape).permute(perm)
         return t.reshape(groups, *out_shape).unbind(0)
-    return _Regroup.apply(y, (0, 2, 3, 1), split_shape, perm, out_shape)
+    return _Regroup.apply(y, pre_perm, split_shape, perm, out_shape)
+
+
+def frames_from_tokens(
+    out: Tensor, batch: int, size: tuple[int, int], channels_last: bool = True
+) -> Tensor:
+    """Inverse of `frame_tokens` for one tensor: [B, heads, T, h*w*C/heads] ->
+    [B*T, C, h, w], stored channels-last or NCHW as the token order says, in one copy."""
+    b, heads, t, _ = _sizes(out.shape)
+    h, w = size
+    if channels_last:
+        out = out.view(b, heads, t, h, w, -1).permute(0, 2, 3, 4, 1, 5)
+        return out.reshape(b * t, h, w, -1).permute(0, 3, 1, 2)
+    out = out.view(b, heads, t, -1, h, w).transpose(1, 2)
+    return out.reshape(b * t, -1, h, w)
 
 
 def unpartition_heads(
-    t: Tensor, size: tuple[int, int], window: tuple[int, int], patch: tuple[int, int], mode: str
+    t: Tensor,
+    size: tuple[int, int],
+    window: tuple[int, int],
+    patch: tuple[int, int],
+    mode: str,
+    channels_last: bool = True,
 ) -> Tensor:
     """Inverse of `partition_heads` for one tensor: [Nb, heads, S, d] (any strides) ->
-    [N, C, H, W] with channels-last storage, in one copy."""
+    [N, C, H, W] with channels-last (else NCHW) storage, in one copy."""
     nb, heads, s, d = _sizes(t.shape)
     h, w = size
     wh, ww = window
@@ -271,7 +319,8 @@ def unpartition_heads(
     c = heads * d // (ph * pw)
     split = _head_split((ph, pw, c), d)
     if split is None:
-        return unpartition(t.transpose(1, 2).reshape(nb, s, heads * d), size, window, patch, mode)
+        y = unpartition(t.transpose(1, 2).reshape(nb, s, heads * d), size, window, patch, mode)
+        return y if channels_last else y.contiguous()
     ih, iw, ic = split
     nh, nw, qh, qw = h // wh, w // ww, wh // ph, ww // pw
     ho, wo, co = ph // ih, pw // iw, c // ic
@@ -284,6 +333,8 @@ def unpartition_heads(
         n = nb // (qh * qw)
         t = t.reshape(n, qh, qw, ho, wo, co, nh, nw, ih, iw, ic)
         t = t.permute(0, 6, 1, 3, 8, 7, 2, 4, 9, 5, 10)
+    if not channels_last:  # -> [N, co, ci, nh, qh, pho, phi, nw, qw, pwo, pwi]
+        return t.permute(0, 9, 10, 1, 2, 3, 4, 5, 6, 7, 8).reshape(n, c, h, w)
     return t.reshape(n, h, w, c).permute(0, 3, 1, 2)  # [N, C, H, W] view of NHWC storage
 
 
@@ -340,7 +391,9 @@ def _use_sdpa(q: Tensor, k: Tensor) -> bool:
         return False
     s, d = max(q.shape[-2], k.shape[-2]), q.shape[-1]
     on_cpu = q.device.type in ("cpu", "meta")
-    short = on_cpu and s < SDPA_MIN_TOKENS_CPU and not torch.compiler.is_compiling()
+    if not on_cpu or torch.compiler.is_compiling():
+        return d <= 512
+    short = s < choices(q.device).sdpa_min_tokens
     return not short and d <= 512
 
 
@@ -493,7 +546,7 @@ def _onednn_fusion_works() -> bool:
 
 def can_fuse(conv: torch.nn.Conv2d, x: Tensor) -> bool:
     """True where `fused_conv2d` may replace conv + element-wise ops: eager, no autograd,
-    float32 on CPU, zero padding."""
+    float32 on CPU (any padding mode: a non-zero one is applied first)."""
     return (
         FUSED_CPU_INFERENCE
         and type(conv) is torch.nn.Conv2d  # not a wrapper (a PEFT LoRA layer runs itself)
@@ -501,7 +554,6 @@ def can_fuse(conv: torch.nn.Conv2d, x: Tensor) -> bool:
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")  # the fused op has no autocast rule
         and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
-        and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
         and not torch.compiler.is_compiling()
         and not plain_ops()
@@ -519,10 +571,12 @@ def fused_conv2d(
 ) -> Tensor:
     """act(conv(x)) or conv(x) + add (into `add` itself with `add_inplace`), in one
     oneDNN primitive. Only where `can_fuse(conv, x)`."""
-    args = (
-        conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-        conv.groups,
-    )  # fmt: skip
+    padding = list(conv.padding)
+    if conv.padding_mode != "zeros":  # reflect & co: pad first, then no padding
+        ph, pw = padding
+        x = F.pad(x, (pw, pw, ph, ph), mode=conv.padding_mode)
+        padding = [0, 0]
+    args = (conv.weight, conv.bias, padding, list(conv.stride), list(conv.dilation), conv.groups)
     if add is None:
         attr, scalars, algorithm = unary or ("none", [], None)
         return torch.ops.mkldnn._convolution_pointwise(x, *args, attr, scalars, algorithm)

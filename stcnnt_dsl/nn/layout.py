@@ -1,8 +1,10 @@
-"""The memory layout the layers share: [B, T, C, H, W] tensors stored channels-last.
+"""The memory layout the layers share: [B, T, C, H, W] tensors whose frames are stored
+channels-last ([H, W, C]) or NCHW, as `tuning.choices()` says for this machine and for
+inference or training.
 
-Convolutions and the window partitions both run fastest when each frame is stored
-[H, W, C]; converting once where a tensor enters a block or a backbone (a no-op when it
-already is) keeps every later layer on that layout.
+Converting once where a tensor enters a block or a backbone (a no-op when it already
+is) keeps every later layer on that layout; the layers that write new feature maps
+(attention outputs) write them in it (`frames_channels_last`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["channels_last_frames"]
+from .tuning import choices
+
+__all__ = ["channels_last_frames", "frames_channels_last", "frames_in_layout"]
+
+
+def frames_channels_last(x: Tensor) -> bool:
+    """Whether feature maps like `x` are kept channels-last here (else NCHW): the
+    machine's choice for training where autograd records, for inference elsewhere."""
+    return choices(x.device).channels_last(training=torch.is_grad_enabled())
+
+
+def frames_in_layout(x: Tensor) -> Tensor:
+    """`x` [B, T, C, H, W] with every frame in the layout of `frames_channels_last`."""
+    if frames_channels_last(x):
+        return channels_last_frames(x)
+    frames = x.flatten(0, 1)
+    if frames.is_contiguous():
+        return x
+    return frames.contiguous().unflatten(0, x.shape[:2])
 
 
 def channels_last_frames(x: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import lean
 from .cells import frames
 
 __all__ = [
@@ -104,7 +105,7 @@ class Upsample(nn.Module):
             for k in range(self.steps):
                 f = F.interpolate(f, scale_factor=2.0, mode="bilinear", align_corners=False)
                 if self.convs is not None:
-                    f = self.convs[k](f)
+                    f = lean.conv2d(self.convs[k], f)
             return f
 
         return frames(run, x)

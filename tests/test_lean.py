@@ -1,0 +1,140 @@
+"""Lean training (stcnnt_dsl.nn.lean): padded convolutions and mixers that save each
+tensor once give exactly the plain ops' outputs and gradients, and keep less."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import stcnnt_dsl
+from stcnnt_dsl.nn import Block, lean
+from stcnnt_dsl.nn.cells import Mixer
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves while `fn()` runs."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[storage._cdata] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def _grads(fn, inputs, params, grad):
+    out = fn()
+    return [out.detach(), *torch.autograd.grad(out, [*inputs, *params], grad)]
+
+
+@pytest.mark.parametrize("padding", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_padded_conv_equals_the_module_and_saves_only_its_input(padding, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 3, padding=1, padding_mode=padding)
+    x = torch.randn(2, 6, 9, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    grad = torch.randn(2, 5, 9, 7)
+    params = list(conv.parameters())
+    lean_out = _grads(lambda: lean.conv2d(conv, x), [x], params, grad)
+    plain_out = _grads(lambda: conv(x), [x], params, grad)
+    for got, want in zip(lean_out, plain_out, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    saved = _saved_bytes(lambda: lean.conv2d(conv, x))
+    params_bytes = sum(p.numel() * 4 for p in params)
+    assert saved == x.numel() * 4 + params_bytes  # the input, once; no padded copy
+    assert _saved_bytes(lambda: conv(x)) > saved
+
+
+@pytest.mark.parametrize("activation", ["gelu", "prelu", "silu"])
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+def test_mixer_equals_plain_ops_and_keeps_only_input_and_hidden(activation, padding):
+    torch.manual_seed(0)
+    mixer = Mixer(4, 4, hidden=12, kernel=3, activation=activation, dropout=0.0, padding=padding)
+    with torch.no_grad():
+        for p in mixer[1].parameters():  # a PReLU slope that matters
+            p.fill_(0.3)
+    x = torch.randn(2, 3, 4, 8, 8, requires_grad=True)
+    grad = torch.randn(2, 3, 4, 8, 8)
+    params = list(mixer.parameters())
+    lean_out = _grads(lambda: mixer(x), [x], params, grad)
+    plain = nn.Sequential(*mixer)
+    plain_out = _grads(lambda: plain(x.flatten(0, 1)).unflatten(0, (2, 3)), [x], params, grad)
+    for got, want in zip(lean_out, plain_out, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    hidden = 2 * 3 * 12 * 8 * 8 * 4
+    weights = sum(p.numel() * 4 for p in params if p.dim() > 1 or p.numel() > 1)
+    saved = _saved_bytes(lambda: mixer(x))
+    assert saved <= x.numel() * 4 + hidden + weights + 64
+    biases = (12 + 4) * 4  # the lean backward keeps the biases (plain autograd does not)
+    assert _saved_bytes(lambda: plain(x.flatten(0, 1))) >= saved + hidden - biases
+
+
+def test_double_backward_through_lean_ops():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect").double()
+    mixer = Mixer(3, 3, hidden=4, kernel=3, activation="prelu", dropout=0.0, padding="reflect")
+    mixer = mixer.double()
+    x = torch.randn(1, 2, 5, 5, dtype=torch.double, requires_grad=True)
+
+    def fn(t):
+        return mixer(lean.conv2d(conv, t).unsqueeze(0)).square().sum()
+
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_attention_cells_gradcheck():
+    torch.manual_seed(0)
+    block = Block(
+        "L1G1T1", 2, 2, window=4, patch=2, heads=2, padding="reflect",
+        rel_pos_bias="after_softmax", mixer_ratio=1.0,
+    ).double()  # fmt: skip
+    x = torch.randn(1, 2, 2, 8, 8, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: block(t).square().sum(), (x,), fast_mode=True)
+
+
+def test_plain_modules_run_where_autograd_does_not_record_or_autocast_is_on():
+    conv = nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")
+    x = torch.randn(1, 2, 4, 4)
+    with torch.no_grad():
+        assert not lean.use_lean(x, conv)
+    assert lean.use_lean(x, conv)  # the weights need gradients
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not lean.use_lean(x, conv)
+    conv.requires_grad_(False)
+    assert not lean.use_lean(x, conv)
+
+
+@pytest.mark.parametrize("arch", ["reference-unet", "unet-2d-small"])
+def test_backbone_gradients_equal_plain_autograd(arch, monkeypatch):
+    """The whole model, lean or not: the same output and parameter gradients."""
+    spec = stcnnt_dsl.load_spec(arch).model_dump(exclude_none=True, round_trip=True)
+    spec["defaults"]["drop_path"] = 0.0
+    if arch == "reference-unet":  # small but the same cells: reflect, PReLU, 5x5, dense
+        spec["unet"]["channels"] = [8, 16, 32]
+        spec["defaults"]["heads"] = 4
+    model = stcnnt_dsl.build(spec, seed=0).train()
+    x = torch.randn(1, 2, 1, 32, 32)
+    grad = torch.randn(model(x).shape)
+    params = list(model.parameters())
+    got = _grads(lambda: model(x), [], params, grad)
+    monkeypatch.setattr(lean, "LEAN_TRAINING", False)
+    want = _grads(lambda: model(x), [], params, grad)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_block_trains_with_less_saved_memory(monkeypatch):
+    block = Block("L1G1T1", 8, 8, window=4, patch=2, padding="reflect", activation="prelu")
+    x = torch.randn(1, 2, 8, 16, 16, requires_grad=True)
+    lean_bytes = _saved_bytes(lambda: block(x))
+    monkeypatch.setattr(lean, "LEAN_TRAINING", False)
+    plain_bytes = _saved_bytes(lambda: block(x))
+    assert lean_bytes < 0.7 * plain_bytes
