@@ -71,15 +71,17 @@ def moving_shapes(
     frames: int = 4,
     size: int = 32,
     shapes: int = 2,
-    radius: tuple[float, float] = (3.0, 7.0),
+    radius: tuple[float, float] | None = None,
     speed: tuple[float, float] = (1.0, 3.0),
     noise: float = 0.35,
     seed: int = 0,
 ) -> Clips:
     """`n` clips of `frames` frames of `size` x `size` pixels, each with 1..`shapes`
-    discs or squares (half-width in `radius`) of brightness 0.5..1 on a dim random
-    gradient, moving `speed` pixels per frame; `noise` is the noise's standard deviation."""
+    discs or squares (half-width in `radius`, by default 3..7 pixels at size 32, in
+    proportion at other sizes) of brightness 0.5..1 on a dim random gradient, moving
+    `speed` pixels per frame; `noise` is the noise's standard deviation."""
     g = torch.Generator().manual_seed(seed)
+    radius = radius or (3 * size / 32, 7 * size / 32)
 
     def uniform(shape: tuple[int, ...], low: float, high: float) -> Tensor:
         return low + (high - low) * torch.rand(shape, generator=g)
