@@ -68,7 +68,8 @@ def lora_targets(model: nn.Module, *stages: str) -> list[str]:
 
 
 def _built(model: nn.Module) -> nn.Module:
-    model = unwrap(model)
+    base = getattr(model, "get_base_model", None)  # PEFT's wrapper (apply_lora's result)
+    model = unwrap(base() if callable(base) else model)
     if not hasattr(model, "graph"):
         raise STCNNTError(f"expected a model built by stcnnt_dsl.build, got {type(model).__name__}")
     return model
