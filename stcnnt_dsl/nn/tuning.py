@@ -297,7 +297,9 @@ def calibrate(base: Choices | None = None) -> dict:
     base = base or rules()
     gen = torch.Generator().manual_seed(0)
     measured: dict[str, float] = {}
-    with torch.autocast("cpu", enabled=False):
+    # The first forward is often an inference under no_grad or inference_mode; the
+    # training problems need autograd whatever the caller's mode.
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
         problems = {layout: _conv_problems(layout, gen) for layout in LAYOUTS}
         fwd = _best_times({k: v[0] for k, v in problems.items()})
         train = _best_times({k: v[1] for k, v in problems.items()})
