@@ -138,3 +138,49 @@ def test_a_block_trains_with_less_saved_memory(monkeypatch):
     monkeypatch.setattr(lean, "LEAN_TRAINING", False)
     plain_bytes = _saved_bytes(lambda: block(x))
     assert lean_bytes < 0.7 * plain_bytes
+
+
+def _force_qkv(monkeypatch, qkv: str) -> None:
+    from stcnnt_dsl.nn import tuning
+
+    monkeypatch.setattr(tuning, "_active", tuning.Choices(qkv=qkv, source="forced"))
+
+
+@pytest.mark.parametrize("qkv", ["fused", "separate"])
+def test_lora_adapters_count_in_training_and_inference(qkv, monkeypatch):
+    """PEFT's LoRA layer wraps a conv and adds its adapter in its own forward: the lean,
+    fused and separate-Q/K/V paths must call it rather than read its base weights."""
+    peft = pytest.importorskip("peft", reason="PEFT (the [adapt] extra) is not installed")
+    _force_qkv(monkeypatch, qkv)
+    spec = "unet(channels=[8], blocks=L1T1, window=4, patch=2, padding=reflect, activation=prelu)"
+    model = stcnnt_dsl.build(spec, seed=0)
+    config = peft.LoraConfig(
+        r=2, target_modules=stcnnt_dsl.lora_targets(model), init_lora_weights=False
+    )  # fmt: skip  (random B: a real delta)
+    adapted = stcnnt_dsl.apply_lora(model, config)
+    x = torch.randn(1, 2, 1, 8, 8)
+    train_out = adapted.train()(x)
+    assert train_out.requires_grad  # the lean path's condition holds
+    with torch.no_grad():
+        eval_out = adapted.eval()(x)
+        merged = adapted.merge_and_unload().eval()
+        want = merged(x)
+        assert not torch.allclose(want, stcnnt_dsl.build(spec, seed=0).eval()(x), atol=1e-3)
+    torch.testing.assert_close(train_out.detach(), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(eval_out, want, rtol=1e-4, atol=1e-5)
+
+
+def test_hooks_on_convs_fire_in_training_and_inference():
+    block = Block("L1T1", 8, 8, window=4, patch=2, padding="reflect", activation="prelu")
+    calls: dict[str, int] = {}
+    for name, m in block.named_modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(
+                lambda m, i, o, n=name: calls.__setitem__(n, calls.get(n, 0) + 1)
+            )
+    x = torch.randn(1, 2, 8, 8, 8)
+    block.train()(x).sum().backward()
+    assert calls and all(v == 1 for v in calls.values()), calls
+    with torch.no_grad():
+        block.eval()(x)
+    assert all(v == 2 for v in calls.values()), calls

@@ -23,6 +23,7 @@ from . import lean
 from .functional import (
     LONG_SEQUENCE_CHUNK,
     attend,
+    bypassable,
     frame_tokens,
     frames_from_tokens,
     fused_conv2d,
@@ -211,7 +212,8 @@ class SpatialAttention(nn.Module):
         x = x.flatten(0, 1)
         c = self.out_channels
         window, patch = self.geometry(h, w)
-        if self.qkv_mode == "conv" and choices(x.device).qkv == "separate":
+        separate = choices(x.device).qkv == "separate" and bypassable(self.qkv)
+        if self.qkv_mode == "conv" and separate:
             weight = self.qkv.weight
             q, k, v = (
                 partition_qkv(
@@ -285,7 +287,8 @@ class TemporalAttention(nn.Module):
         cl = frames_channels_last(x)
         x = x.flatten(0, 1)
         c = self.out_channels
-        if self.stride == 1 and choices(x.device).qkv == "separate":
+        separate = choices(x.device).qkv == "separate" and bypassable(self.qkv)
+        if self.stride == 1 and separate:
             weight = self.qkv.weight
             q, k, v = (
                 frame_tokens(lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]), b, 1,

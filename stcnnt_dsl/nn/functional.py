@@ -26,6 +26,7 @@ __all__ = [
     "ONEDNN_UNARY",
     "SDPA_MIN_TOKENS_CPU",
     "attend",
+    "bypassable",
     "can_fuse",
     "frame_tokens",
     "frames_from_tokens",
@@ -544,12 +545,23 @@ def _onednn_fusion_works() -> bool:
         return False
 
 
+def bypassable(*convs: torch.nn.Module) -> bool:
+    """Whether the layers may compute these convolutions from their weights rather than
+    call them (fused inference, lean training, one Q/K/V conv run as three): only plain
+    `nn.Conv2d`s without hooks. A wrapper (PEFT's LoRA layer adds its adapter in its own
+    forward) or a hook would otherwise be skipped without a word."""
+    return all(
+        type(conv) is torch.nn.Conv2d and not (conv._forward_hooks or conv._forward_pre_hooks)
+        for conv in convs
+    )
+
+
 def can_fuse(conv: torch.nn.Conv2d, x: Tensor) -> bool:
     """True where `fused_conv2d` may replace conv + element-wise ops: eager, no autograd,
     float32 on CPU (any padding mode: a non-zero one is applied first)."""
     return (
         FUSED_CPU_INFERENCE
-        and type(conv) is torch.nn.Conv2d  # not a wrapper (a PEFT LoRA layer runs itself)
+        and bypassable(conv)
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")  # the fused op has no autocast rule

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import plain_ops
+from .functional import bypassable, plain_ops
 
 __all__ = ["LEAN_TRAINING", "attend_project", "conv2d", "mixer", "use_lean"]
 
@@ -125,9 +125,9 @@ def conv2d(
     module's, e.g. a slice of its output channels); in training with non-zero padding,
     lean (see above)."""
     if weight is None:
-        weight, bias = conv.weight, conv.bias
-        if conv.padding_mode == "zeros" or not use_lean(x, conv):
+        if not bypassable(conv) or conv.padding_mode == "zeros" or not use_lean(x, conv):
             return conv(x)
+        weight, bias = conv.weight, conv.bias
     elif conv.padding_mode == "zeros" or not use_lean(x, conv):
         return _conv(x, weight, bias, conv)
     return _LeanConv.apply(x, weight, bias, conv)
@@ -192,7 +192,7 @@ class _LeanMixer(torch.autograd.Function):
 
 def mixer(conv0: nn.Conv2d, act: nn.Module, conv2: nn.Conv2d, x: Tensor) -> Tensor:
     """conv2(act(conv0(x))) for [N, C, H, W]; in training, lean (see above)."""
-    if not use_lean(x, conv0, act, conv2):
+    if not (bypassable(conv0, conv2) and use_lean(x, conv0, act, conv2)):
         return conv2(act(conv0(x)))
     params = [p for p in act.parameters() if p.requires_grad]
     return _LeanMixer.apply(
@@ -241,6 +241,7 @@ def attend_project(
     params = [p for p in params if p.requires_grad]
     if (
         proj is None
+        or not bypassable(proj)
         or not use_lean(q, proj)
         or not (q.requires_grad or k.requires_grad or v.requires_grad or params)
     ):
