@@ -317,9 +317,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     arch = _arch(args)
     if isinstance(arch, str) and arch.endswith(".safetensors"):
         arch = api.load_model(arch)  # trained weights, from `stcnnt build --out`
-    graph = arch.graph if hasattr(arch, "graph") else build_graph(arch)
-    shape = args.input if args.input is not None else graph.default_input()
-    result = api.export(arch, args.output, shape, format=args.format)
+    result = api.export(arch, args.output, args.input, format=args.format)
     if args.json:
         _emit_json({"ok": True, **result.to_dict()})
         return 0
@@ -692,8 +690,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input",
         metavar="B,T,C,H,W",
-        help=INPUT_HELP + " (default: the smallest input the architecture accepts; the "
-        "file takes any valid size)",
+        help=INPUT_HELP + " (in the model's layout for a saved model built with another "
+        "`layout`, e.g. B,C,H,W; default: the smallest input the architecture accepts; "
+        "the file takes any valid size)",
     )
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file")
     _add_json(p)

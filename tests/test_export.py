@@ -87,10 +87,19 @@ def test_onnx_runtime_computes_what_pytorch_computes(tiny_unet, shape):
     assert _relative_error(got, want) <= TOLERANCE
 
 
-def test_the_file_refuses_sizes_the_architecture_cannot_run(tiny_unet):
+@pytest.mark.parametrize(
+    "size",
+    [
+        (20, 16),  # H not a multiple of 8
+        (16, 20),  # W not a multiple of 8
+        (32, 20),  # H*W = 40*16: a reshape with one free axis would read a 40x16 image
+        (20, 32),
+    ],
+)
+def test_the_file_refuses_sizes_the_architecture_cannot_run(tiny_unet, size):
     _, result, _ = tiny_unet
     with pytest.raises(Exception, match=r"[Rr]eshape"):
-        _session(result.path).run(None, {"input": torch.randn(1, 1, 1, 20, 16).numpy()})
+        _session(result.path).run(None, {"input": torch.randn(1, 1, 1, *size).numpy()})
 
 
 def test_eager_inference_is_unchanged_after_an_export(tiny_unet):
@@ -134,6 +143,17 @@ def test_a_model_built_with_another_layout_exports_in_that_layout(tmp_path):
     (got,) = _session(result.path).run(None, {"input": x.numpy()})
     assert got.shape == (3, 4, 16, 8)
     assert _relative_error(got, want) <= TOLERANCE
+    assert result.valid_sizes == "any B, H and W multiples of 4"  # no T in 2D
+
+
+def test_the_command_exports_a_saved_model_in_its_layout_without_input(tmp_path, capsys):
+    model = stcnnt_dsl.build(TINY_LLM, seed=0, layout="BCHW")
+    stcnnt_dsl.save_model(model, tmp_path / "2d.safetensors")
+    out = tmp_path / "2d.onnx"
+    assert cli.main(["export", str(tmp_path / "2d.safetensors"), "-o", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["input_shape"] == [1, 1, 4, 4]  # the smallest valid input, as B, C, H, W
+    assert doc["inputs"] == {"input": ["batch", 1, "height", "width"]}
 
 
 def test_the_command_exports_a_fixed_size_architecture_with_static_h_w(tmp_path, capsys):

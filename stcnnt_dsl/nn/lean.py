@@ -136,8 +136,8 @@ def conv2d(
 def _one_slope(act: nn.Module) -> float | None:
     """The slope of a one-parameter PReLU (which is a leaky ReLU with that slope: the
     vectorised leaky ReLU kernels are 3x faster than PReLU's, forward and backward)."""
-    if isinstance(act, nn.PReLU) and act.num_parameters == 1:
-        return float(act.weight.detach())
+    if isinstance(act, nn.PReLU) and act.num_parameters == 1 and not act.weight.is_meta:
+        return float(act.weight.detach())  # (a meta tensor has no value: PReLU runs)
     return None
 
 

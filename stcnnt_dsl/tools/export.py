@@ -83,7 +83,7 @@ class ExportResult:
 def export(
     source_or_model: Any,
     path: str | Path,
-    input_shape: Sequence[int] | str,
+    input_shape: Sequence[int] | str | None = None,
     *,
     format: str = "onnx",
 ) -> ExportResult:
@@ -93,8 +93,8 @@ def export(
     weights) or a model built by this library (a `Backbone`, or a `Model` with heads),
     exported in eval mode with its weights. `input_shape` is the shape of the model's
     input in its layout ((B, T, C, H, W) unless built with another `layout`) and must
-    be one the architecture can run (a `ShapeError` otherwise); the file keeps B, T, H
-    and W dynamic within the architecture's valid sizes.
+    be one the architecture can run (a `ShapeError` otherwise; default: the smallest it
+    accepts); the file keeps B, T, H and W dynamic within the architecture's valid sizes.
     Needs `pip install "stcnnt-dsl[export]"` (onnx, onnxscript, onnxruntime).
     """
     if format not in FORMATS:
@@ -106,6 +106,8 @@ def export(
     model = _resolve(source_or_model)
     graph: ModelGraph = model.graph
     axes = _AXES[getattr(model, "layout", "BTCHW")]
+    if input_shape is None:
+        input_shape = _default_input(model)
     shape = _shape_in_layout(input_shape, axes)
     check(graph, _to_btchw(shape, axes))
     rule = graph.rule()
@@ -130,7 +132,7 @@ def export(
         input_shape=shape,
         inputs=_dims(proto.graph.input),
         outputs=_dims(proto.graph.output),
-        valid_sizes=f"any B, {describe_rule(rule)}",
+        valid_sizes=_valid_sizes(rule, axes),
         relative_error=error,
     )
 
@@ -211,6 +213,20 @@ def _shape_in_layout(input_shape: Sequence[int] | str, axes: str) -> tuple[int, 
         )
     parse_shape(_to_btchw(values, axes))  # the same validation as everywhere else
     return values
+
+
+def _valid_sizes(rule: Any, axes: str) -> str:
+    """The rule in the words of the model's layout: no T for 2D, D for volumes."""
+    text = f"any B, {describe_rule(rule)}"
+    if "T" not in axes:
+        return text.replace(", any T", "")
+    return text.replace(" T", " D") if axes == _AXES["BCHWD"] else text
+
+
+def _default_input(model: nn.Module) -> tuple[int, ...]:
+    """The smallest input `model` accepts, in the model's layout."""
+    btchw = dict(zip("BTCHW", model.graph.default_input(), strict=True))
+    return tuple(btchw[axis] for axis in _AXES[getattr(model, "layout", "BTCHW")])
 
 
 def _to_btchw(shape: Sequence[int], axes: str) -> tuple[int, ...]:
@@ -382,19 +398,30 @@ def _accept_full_sizes(proto: Any, onnx: Any, axes: str, multiple: tuple[int, in
     exact = {f"{mh}*{dims[h].dim_param}": "height", f"{mw}*{dims[h + 2].dim_param}": "width"}
     _rename_dims(graph, exact, symbols)
     const = {
-        "stcnnt_mh": np.array([-1, mh], dtype=np.int64),
+        "stcnnt_mh": np.array([mh], dtype=np.int64),
         "stcnnt_mw": np.array([mw], dtype=np.int64),
     }
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in const.items())
-    # [lead..., -1, mh, W/mw, mw, trail...] from the input's own shape
+    # [lead..., H/mh, mh, W/mw, mw, trail...] from the input's own shape: both block counts
+    # explicit (floor division), so an H or W that is not a multiple leaves elements over
+    # and the Reshape fails, rather than reading the image with another width
     nodes = [
         helper.make_node("Shape", [INPUT_NAME], ["stcnnt_lead"], end=h),
+        helper.make_node("Shape", [INPUT_NAME], ["stcnnt_h"], start=h, end=h + 1),
+        helper.make_node("Div", ["stcnnt_h", "stcnnt_mh"], ["stcnnt_h_blocks"]),
         helper.make_node("Shape", [INPUT_NAME], ["stcnnt_w"], start=h + 1, end=h + 2),
         helper.make_node("Div", ["stcnnt_w", "stcnnt_mw"], ["stcnnt_w_blocks"]),
         helper.make_node("Shape", [INPUT_NAME], ["stcnnt_trail"], start=h + 2),
         helper.make_node(
             "Concat",
-            ["stcnnt_lead", "stcnnt_mh", "stcnnt_w_blocks", "stcnnt_mw", "stcnnt_trail"],
+            [
+                "stcnnt_lead",
+                "stcnnt_h_blocks",
+                "stcnnt_mh",
+                "stcnnt_w_blocks",
+                "stcnnt_mw",
+                "stcnnt_trail",
+            ],
             ["stcnnt_shape"],
             axis=0,
         ),
