@@ -344,8 +344,9 @@ def _trace(
 def _violated(err: Exception) -> str:
     """Which dims torch.export had to fix, from its message."""
     found = re.findall(r"You marked (\w+) as dynamic|values of (\w+) =", str(err))
-    names = sorted({a or b for a, b in found})
-    return "it fixes " + ", ".join(names) if names else str(err).splitlines()[0]
+    words = {"h_blocks": "the height", "w_blocks": "the width"}  # the traced dims
+    names = sorted({words.get(a or b, a or b) for a, b in found})
+    return "it fixes " + " and ".join(names) if names else str(err).splitlines()[0]
 
 
 def _to_onnx(program: torch.export.ExportedProgram, names: tuple[str, ...]) -> Any:
