@@ -245,8 +245,9 @@ class ModelGraph:
         return out
 
 
-def describe_rule(rule: SizeRule) -> str:
-    """`H and W multiples of 32, any T` in words."""
+def describe_rule(rule: SizeRule, frames: str | None = "T") -> str:
+    """`H and W multiples of 32, any T` in words; `frames` names the frame axis in the
+    caller's layout (D for volumes), None where the layout has none (2D)."""
     if rule.exact is not None:
         text = f"exactly H={rule.exact[0]}, W={rule.exact[1]}"
     else:
@@ -254,7 +255,9 @@ def describe_rule(rule: SizeRule) -> str:
         text = f"H and W multiples of {mh}" if mh == mw else f"H a multiple of {mh}, W of {mw}"
         if rule.minimum > 1:
             text += f", at least {rule.minimum}"
-    return text + (f", T >= {rule.min_frames}" if rule.min_frames > 1 else ", any T")
+    if frames is None:
+        return text
+    return text + (f", {frames} >= {rule.min_frames}" if rule.min_frames > 1 else f", any {frames}")
 
 
 def _nearest(rule: SizeRule, h: int, w: int) -> dict[str, list[int]]:

@@ -217,10 +217,8 @@ def _shape_in_layout(input_shape: Sequence[int] | str, axes: str) -> tuple[int, 
 
 def _valid_sizes(rule: Any, axes: str) -> str:
     """The rule in the words of the model's layout: no T for 2D, D for volumes."""
-    text = f"any B, {describe_rule(rule)}"
-    if "T" not in axes:
-        return text.replace(", any T", "")
-    return text.replace(" T", " D") if axes == _AXES["BCHWD"] else text
+    frames = None if "T" not in axes else "D" if axes == _AXES["BCHWD"] else "T"
+    return f"any B, {describe_rule(rule, frames)}"
 
 
 def _default_input(model: nn.Module) -> tuple[int, ...]:
