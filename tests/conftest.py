@@ -8,6 +8,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from stcnnt_dsl.nn import tuning  # reads the environment when first asked, not at import
+
 torch.set_num_threads(int(os.environ.get("STCNNT_TEST_THREADS", "2")))
 # Tests run on the rules of stcnnt_dsl.nn.tuning (deterministic; nothing measured or
 # written to the user's cache); tests/test_tuning.py covers the calibration.
@@ -39,3 +41,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """Set the active per-machine choices (`nn.tuning`) for one test."""
+
+    def use(**values):
+        monkeypatch.setattr(tuning, "_active", tuning.Choices(**values, source="forced"))
+
+    yield use
+    tuning.reset()

@@ -140,18 +140,12 @@ def test_a_block_trains_with_less_saved_memory(monkeypatch):
     assert lean_bytes < 0.7 * plain_bytes
 
 
-def _force_qkv(monkeypatch, qkv: str) -> None:
-    from stcnnt_dsl.nn import tuning
-
-    monkeypatch.setattr(tuning, "_active", tuning.Choices(qkv=qkv, source="forced"))
-
-
 @pytest.mark.parametrize("qkv", ["fused", "separate"])
-def test_lora_adapters_count_in_training_and_inference(qkv, monkeypatch):
+def test_lora_adapters_count_in_training_and_inference(qkv, forced):
     """PEFT's LoRA layer wraps a conv and adds its adapter in its own forward: the lean,
     fused and separate-Q/K/V paths must call it rather than read its base weights."""
     peft = pytest.importorskip("peft", reason="PEFT (the [adapt] extra) is not installed")
-    _force_qkv(monkeypatch, qkv)
+    forced(qkv=qkv)
     spec = "unet(channels=[8], blocks=L1T1, window=4, patch=2, padding=reflect, activation=prelu)"
     model = stcnnt_dsl.build(spec, seed=0)
     config = peft.LoraConfig(

@@ -27,17 +27,6 @@ SPEC = {
 }  # fmt: skip
 
 
-@pytest.fixture
-def forced(monkeypatch):
-    """Set the active choices for one test."""
-
-    def use(**values):
-        monkeypatch.setattr(tuning, "_active", tuning.Choices(**values, source="forced"))
-
-    yield use
-    tuning.reset()
-
-
 def _run(model, x, grad):
     model.zero_grad(set_to_none=True)
     out = model(x)
