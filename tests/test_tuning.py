@@ -4,6 +4,7 @@ runs at import."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -152,8 +153,14 @@ def test_calibration_is_cached_per_machine_and_disabled_by_the_environment(monke
         entry = json.loads(tuning.cache_path().read_text())[tuning.machine_key()]
         assert entry["choices"]["layout_train"] in tuning.LAYOUTS
         assert entry["measured_ms"]["conv_train_nchw"] > 0
+        measured_again = []
+        monkeypatch.setattr(
+            tuning, "attention_threshold", lambda base: measured_again.append(1) or 48
+        )
         tuning.reset()
-        assert tuning.choices() == first and calls == [1]  # read from the cache
+        again = tuning.choices()  # layouts and Q/K/V from the cache, attention measured anew
+        assert calls == [1] and measured_again == [1]
+        assert again == dataclasses.replace(first, sdpa_min_tokens=48)
     finally:
         tuning.reset()
 

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
+from .short_attention import MAX_HEAD_DIM as SHORT_MAX_HEAD_DIM
+from .short_attention import MIN_HEAD_DIM as SHORT_MIN_HEAD_DIM
+from .short_attention import attend_short
 from .tuning import choices
 
 __all__ = [
@@ -398,6 +401,23 @@ def _use_sdpa(q: Tensor, k: Tensor) -> bool:
     return not short and d <= 512
 
 
+def _use_short(q: Tensor, v: Tensor, dropout: float) -> bool:
+    """The cache-chunked kernel (`short_attention`) for short CPU sequences with small
+    heads in eager float32/float64 without dropout; not under tracers, dispatch modes or
+    autocast (which expect the plain ops), nor for large heads (matmul work)."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and v.dtype == q.dtype
+        and not dropout
+        and SHORT_MIN_HEAD_DIM <= q.shape[-1]
+        and max(q.shape[-1], v.shape[-1]) <= SHORT_MAX_HEAD_DIM
+        and not plain_ops()
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
 def _bias_times_v(bias: Tensor, v: Tensor) -> Tensor:
     """bias @ v for a [heads, S, Sk] bias and [..., heads, Sk, dv] values, without
     broadcasting the bias over the batch (which would materialise S x Sk per sequence)."""
@@ -469,10 +489,12 @@ def attend(
     """Multi-head attention on [..., heads, S, d] tensors (v may have its own d).
 
     Picks the kernel per shape: fused SDPA where it wins (GPUs; long sequences on CPU,
-    where it also never materialises the S x S scores), explicit matmul + softmax for
-    short sequences on CPU and for huge head dims (temporal attention), where SDPA's
-    fused kernels are slower or unavailable. `bias` is [heads, S, S]; added to the
-    logits, or (reference behaviour) to the probabilities when `bias_after_softmax`.
+    where it also never materialises the S x S scores), the cache-chunked kernel of
+    `short_attention` for short CPU sequences with heads of 4-64 features, and explicit
+    matmul + softmax for the rest (huge head dims: temporal attention; dropout;
+    autocast), where SDPA's fused kernels are slower or unavailable. `bias` is
+    [heads, S, S]; added to the logits, or (reference behaviour) to the probabilities
+    when `bias_after_softmax`.
     """
     if qk_norm:
         q, k = _standardise(q), _standardise(k)
@@ -484,6 +506,9 @@ def attend(
     logit_bias = None if bias_after_softmax else bias
     prob_bias = bias if bias_after_softmax else None
     if not _use_sdpa(q, k):
+        if _use_short(q, v, dropout):
+            out = attend_short(q, k, v, scale, logit_bias, causal)
+            return out if prob_bias is None else out + _bias_times_v(prob_bias, v)
         return _attend_matmul(q, k, v, scale, logit_bias, prob_bias, causal, dropout)
     out = F.scaled_dot_product_attention(
         q, k, v,

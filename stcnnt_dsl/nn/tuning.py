@@ -14,8 +14,10 @@ forward + backward), while their forward still wins. So the layers ask `choices(
    under the CPU model, torch version and thread count. It runs once, at the first
    eager CPU float32 forward of a block or backbone (never at import), takes about two
    seconds, and measures small fixed problems (5x5 and 3x3 convolutions, attention at
-   16..64 tokens) forward and forward + backward, the best of interleaved runs; a choice
+   16..128 tokens) forward and forward + backward, the best of interleaved runs; a choice
    leaves the rule below only when the other option wins by more than 5%.
+   The attention threshold is measured again in each process (see
+   `attention_threshold`: it also depends on the threading state).
    `STCNNT_CALIBRATE=0` turns it off (then: the rules);
 3. the rules: channels-last, except NCHW for training on CPUs without AVX-512; one
    Q/K/V convolution; SDPA from 32 tokens.
@@ -38,11 +40,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import STCNNTError
+from .short_attention import attend_short
 
 __all__ = [
     "ENV_CALIBRATE",
     "ENV_TUNING",
     "Choices",
+    "attention_threshold",
     "cache_path",
     "calibrate",
     "choices",
@@ -54,8 +58,11 @@ ENV_TUNING = "STCNNT_TUNING"
 ENV_CALIBRATE = "STCNNT_CALIBRATE"
 ENV_CACHE = "STCNNT_CACHE_DIR"
 MARGIN = 1.05  # another option must win by more than this to replace the rule
-NEVER = 1 << 30  # sdpa_min_tokens that keeps CPU attention on matmul + softmax
+NEVER = 1 << 30  # sdpa_min_tokens that keeps CPU attention off SDPA
 LAYOUTS = ("channels_last", "nchw")
+# What the cache entries were measured with; older entries are measured again
+# (2: short sequences run the cache-chunked kernel, SDPA tried from 128 tokens).
+CALIBRATION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,7 @@ class Choices:
     layout_infer: str = "channels_last"  # feature maps without autograd
     layout_train: str = "channels_last"  # feature maps when autograd records
     qkv: str = "fused"  # one C -> 3C convolution, or "separate": three C -> C
-    sdpa_min_tokens: int = 32  # CPU attention: SDPA from this many tokens, else matmul
+    sdpa_min_tokens: int = 32  # CPU attention: SDPA from this many tokens, else explicit
     source: str = "rules"  # rules | calibrated | forced
 
     def channels_last(self, training: bool) -> bool:
@@ -189,11 +196,14 @@ def _resolve() -> Choices:
     if _calibration_enabled() and len(forced) < 4:
         key = machine_key()
         entry = _read_cache().get(key)
-        if not isinstance(entry, dict) or "choices" not in entry:
+        fresh = not isinstance(entry, dict) or entry.get("version") != CALIBRATION_VERSION
+        if fresh:
             entry = calibrate(base)
             _write_cache(key, entry)
         with contextlib.suppress(TypeError, ValueError):
             base = Choices(**{**entry["choices"], "source": "calibrated"})
+        if not fresh and "sdpa_min_tokens" not in forced:
+            base = replace(base, sdpa_min_tokens=attention_threshold(base))
     if forced:
         base = replace(base, **forced, source="forced")  # type: ignore[arg-type]
     return base
@@ -266,13 +276,14 @@ def _qkv_problem(layout: str, separate: bool, gen: torch.Generator):
 
 
 def _attention_problem(tokens: int, sdpa: bool, gen: torch.Generator):
-    """Forward + backward of 32 channels x 64x64 pixels of tokens, as 8 heads of 32
+    """Forward + backward of 32 channels x 128x128 pixels of tokens (smaller problems fit
+    in the cache, where the explicit kernels' memory traffic does not show), as 8 heads of 32
     features (this library's `heads: auto`) and as 32 heads of 4 (the reference's);
-    SDPA against the explicit kernel of `functional.attend` (scaled batched matmul,
-    softmax, batched matmul)."""
+    SDPA against the kernel `functional.attend` runs below the threshold for such heads
+    (`short_attention`: cache-sized chunks, probabilities recomputed in the backward)."""
     items = []
     for heads, d in ((8, 32), (32, 4)):
-        shape = (4096 * 32 // (tokens * heads * d), heads, tokens, d)
+        shape = (16384 * 32 // (tokens * heads * d), heads, tokens, d)
         items.append([torch.randn(shape, generator=gen) for _ in range(4)])
 
     def train() -> None:
@@ -281,11 +292,7 @@ def _attention_problem(tokens: int, sdpa: bool, gen: torch.Generator):
             if sdpa:
                 out = F.scaled_dot_product_attention(qg, kg, vg)
             else:
-                q3, k3, v3 = (t.flatten(0, 1) for t in (qg, kg, vg))
-                zero = q3.new_zeros(())
-                scores = torch.baddbmm(zero, q3, k3.transpose(1, 2), beta=0.0,
-                                       alpha=q.shape[-1] ** -0.5)  # fmt: skip
-                out = torch.bmm(scores.softmax(-1), v3).view(q.shape)
+                out = attend_short(qg, kg, vg, q.shape[-1] ** -0.5, None, False)
             torch.autograd.grad(out, (qg, kg, vg), g)
 
     return train
@@ -313,21 +320,41 @@ def calibrate(base: Choices | None = None) -> dict:
         })  # fmt: skip
         measured.update({f"qkv_train_{k}": 1e3 * v for k, v in qkv.items()})
         qkv_choice = _pick(base.qkv, qkv)
-        # SDPA never stores S x S scores: long sequences keep it whatever the timing
-        threshold = 128
-        for tokens in (64, 32, 16):  # from long to short: SDPA wins first at long ones
+    threshold = attention_threshold(base, measured, gen)
+    chosen = Choices(layout_infer, layout_train, qkv_choice, threshold, "calibrated")
+    entry = {k: v for k, v in asdict(chosen).items() if k != "source"}
+    return {
+        "choices": entry,
+        "measured_ms": measured,
+        "when": time.strftime("%Y-%m-%d"),
+        "version": CALIBRATION_VERSION,
+    }
+
+
+def attention_threshold(
+    base: Choices, measured: dict[str, float] | None = None, gen: torch.Generator | None = None
+) -> int:
+    """From how many tokens SDPA beats the short-sequence kernel, measured now (about a
+    second). Also measured in every process, not only cached: it depends on the process's
+    threading state as well as the machine. `torch.set_num_threads` turns MKL's dynamic
+    threads off, and then the matrix products inside SDPA's own parallel loop run threaded
+    too: measured on a 2-core EPYC, SDPA took 1.9x as long for 32 heads of 4 features
+    afterwards, while the short-sequence kernel (one parallel op at a time) did not change."""
+    measured = {} if measured is None else measured
+    gen = gen or torch.Generator().manual_seed(0)
+    threshold = 256  # SDPA never stores S x S scores: long sequences keep it
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        for tokens in (128, 64, 32, 16):  # from long to short: SDPA wins first at long ones
             att = _best_times({
                 "sdpa": _attention_problem(tokens, True, gen),
                 "matmul": _attention_problem(tokens, False, gen),
-            })  # fmt: skip
+            }, repeats=3)  # fmt: skip
             measured.update({f"attention{tokens}_train_{k}": 1e3 * v for k, v in att.items()})
             default = "sdpa" if tokens >= base.sdpa_min_tokens else "matmul"
             if _pick(default, att) != "sdpa":
                 break
             threshold = tokens
-    chosen = Choices(layout_infer, layout_train, qkv_choice, threshold, "calibrated")
-    entry = {k: v for k, v in asdict(chosen).items() if k != "source"}
-    return {"choices": entry, "measured_ms": measured, "when": time.strftime("%Y-%m-%d")}
+    return threshold
 
 
 def _pick(default: str, times: dict[str, float]) -> str:
