@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from stcnnt_dsl.nn import tuning
+
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_reference.py"
 
 
@@ -69,10 +71,10 @@ def test_the_reference_defaults():
 
 
 def test_pairs_are_interleaved():
-    tool = _tool()
     order = []
-    times = tool.interleaved({"ref": lambda: order.append("r"), "ours": lambda: order.append("o")},
-                             repeats=3)  # fmt: skip
+    times = tuning.interleaved_times(
+        {"ref": lambda: order.append("r"), "ours": lambda: order.append("o")}, repeats=3
+    )
     assert order == ["r", "o"] * 4  # one warm-up each, then pairs
     assert [len(v) for v in times.values()] == [3, 3]
 

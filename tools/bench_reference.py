@@ -45,7 +45,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +57,7 @@ from torch import nn
 import stcnnt_dsl
 from stcnnt_dsl.compat import REFERENCE_DEFAULTS, import_reference, reference_spec
 from stcnnt_dsl.nn import tuning
+from stcnnt_dsl.nn.tuning import interleaved_times
 
 MODELS = {"unet": "STCNNT_UNET", "hrnet": "STCNNT_HRNET"}
 DEFAULT_SIZES = "1x8x1x64x64,1x16x1x64x64"
@@ -244,30 +244,6 @@ def agreement(ref: nn.Module, ours: nn.Module, shape: Shape) -> float:
     return float((got - expected).norm() / expected.norm().clamp_min(1e-30))
 
 
-def interleaved(pairs: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, run in turn (a, b, a, b, ...) after one warm-up
-    each, so that a change of machine load hits both sides alike."""
-    for fn in pairs.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in pairs}
-    for _ in range(repeats):
-        for name, fn in pairs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def _best_time(fn: Callable[[], None], repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def conv_roofs(frames: int, channels: int, size: int) -> dict[str, Any]:
     """GFLOP/s of the model's dominant convolutions on this machine: the mixer's 5x5
     C -> 4C and 4C -> C and the 3x3 C -> C at the first level, on `frames` frames of
@@ -297,7 +273,8 @@ def conv_roofs(frames: int, channels: int, size: int) -> dict[str, Any]:
             def train(x=x, w=w, b=b, g=g) -> None:
                 torch.autograd.grad(F.conv2d(x, w, b), (x, w, b), g)
 
-            t_fwd, t_train = _best_time(fwd), _best_time(train)
+            times = interleaved_times({"fwd": fwd, "train": train}, repeats=3)
+            t_fwd, t_train = min(times["fwd"]), min(times["train"])
             row[layout] = {"fwd_gflops": flops / t_fwd / 1e9,
                            "train_gflops": 3 * flops / t_train / 1e9}  # fmt: skip
             best["fwd"] = min(best["fwd"], t_fwd)
@@ -415,13 +392,13 @@ def bench_one(args, classes, model: str, size: str) -> dict[str, Any]:
     row["gflops_forward"] = flops / 1e9
     x_ref, x_ours = _inputs(shape, seed=2)
     ref.eval(), ours.eval()
-    fwd = interleaved({"ref": _forward(ref, x_ref), "ours": _forward(ours, x_ours)},
+    fwd = interleaved_times({"ref": _forward(ref, x_ref), "ours": _forward(ours, x_ours)},
                       args.repeats)  # fmt: skip
     ref.train(), ours.train()
     with torch.no_grad():
         grad = torch.randn_like(ours(x_ours))
     grad_ref = grad.transpose(1, 2).contiguous()
-    step = interleaved(
+    step = interleaved_times(
         {"ref": _train_step(ref, x_ref, grad_ref), "ours": _train_step(ours, x_ours, grad)},
         args.repeats,
     )

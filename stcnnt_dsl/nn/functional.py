@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
+from .explicit_attention import attend_explicit, bias_times_v
 from .short_attention import MAX_HEAD_DIM as SHORT_MAX_HEAD_DIM
 from .short_attention import MIN_HEAD_DIM as SHORT_MIN_HEAD_DIM
 from .short_attention import attend_short
@@ -418,62 +419,6 @@ def _use_short(q: Tensor, v: Tensor, dropout: float) -> bool:
     )
 
 
-def _bias_times_v(bias: Tensor, v: Tensor) -> Tensor:
-    """bias @ v for a [heads, S, Sk] bias and [..., heads, Sk, dv] values, without
-    broadcasting the bias over the batch (which would materialise S x Sk per sequence)."""
-    heads, s, sk = bias.shape
-    dv = v.shape[-1]
-    lead = v.shape[:-3]
-    vt = v.reshape(-1, heads, sk, dv).permute(1, 2, 0, 3).reshape(heads, sk, -1)
-    out = torch.bmm(bias.to(v.dtype), vt)  # [heads, S, batch * dv]
-    return out.view(heads, s, -1, dv).permute(2, 0, 1, 3).reshape(*lead, heads, s, dv)
-
-
-def _attend_matmul(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    scale: float,
-    logit_bias: Tensor | None,
-    prob_bias: Tensor | None,
-    causal: bool,
-    dropout: float,
-) -> Tensor:
-    """Explicit attention with batched matmuls on 3-D views (no copies for contiguous or
-    batch-mergeable inputs); the scale rides in the matmul (alpha), so neither q nor the
-    scores take an extra pass; softmax in float32 for half-precision inputs."""
-    batch = q.shape[:-2]
-    s, sk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
-    q3, k3, v3 = (
-        q.reshape(-1, s, q.shape[-1]),
-        k.reshape(-1, sk, k.shape[-1]),
-        v.reshape(-1, sk, dv),
-    )
-    if plain_ops():  # bmm: the op FLOP counters that trace (fvcore) know
-        scores = torch.bmm(q3, k3.transpose(1, 2)) * scale
-    else:
-        zero = torch.zeros((), dtype=q.dtype, device=q.device)
-        scores = torch.baddbmm(zero, q3, k3.transpose(1, 2), beta=0.0, alpha=scale)
-    scores = scores.view(*batch, s, sk)
-    if logit_bias is not None:
-        scores = scores + logit_bias.to(scores.dtype)
-    if causal:
-        future = torch.ones(s, sk, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
-    if scores.dtype in (torch.float16, torch.bfloat16):
-        probs = torch.softmax(scores, -1, dtype=torch.float32).to(scores.dtype)
-    else:
-        probs = scores.softmax(-1)
-    if dropout:
-        probs = F.dropout(probs, dropout)
-    out = torch.bmm(probs.reshape(-1, s, sk), v3).view(*batch, s, dv)
-    if prob_bias is not None:
-        # (P + B) V as P V + B V, the same products as the SDPA path (and as the FLOP
-        # formulas count them); B V without broadcasting B over the batch.
-        out = out + _bias_times_v(prob_bias, v)
-    return out
-
-
 def attend(
     q: Tensor,
     k: Tensor,
@@ -508,8 +453,10 @@ def attend(
     if not _use_sdpa(q, k):
         if _use_short(q, v, dropout):
             out = attend_short(q, k, v, scale, logit_bias, causal)
-            return out if prob_bias is None else out + _bias_times_v(prob_bias, v)
-        return _attend_matmul(q, k, v, scale, logit_bias, prob_bias, causal, dropout)
+            return out if prob_bias is None else out + bias_times_v(prob_bias, v)
+        return attend_explicit(
+            q, k, v, scale, logit_bias, prob_bias, causal, dropout, plain=plain_ops()
+        )
     out = F.scaled_dot_product_attention(
         q, k, v,
         # A 4-D mask keeps CPU SDPA on its fused kernel (3-D falls back to math).
@@ -520,7 +467,7 @@ def attend(
     )  # fmt: skip
     if prob_bias is not None:
         # (P + B) V = P V + B V: keeps the fused kernel for P V.
-        out = out + _bias_times_v(prob_bias, v)
+        out = out + bias_times_v(prob_bias, v)
     return out
 
 

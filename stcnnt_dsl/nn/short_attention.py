@@ -15,7 +15,7 @@ heads of 4 (the reference HR-Net's level 0): forward 19.8 ms against 31.8 (SDPA)
 on a machine is part of its calibration (`tuning`).
 
 Exact: the same products and the same softmax as the explicit kernel, row by row.
-Double backward (create_graph) runs through the explicit kernel's differentiable ops.
+Double backward (create_graph) runs through `explicit_attention`'s differentiable ops.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["CHUNK_BYTES", "MAX_HEAD_DIM", "MIN_HEAD_DIM", "attend_short", "explicit"]
+from .explicit_attention import attend_explicit, future_mask
+
+__all__ = ["CHUNK_BYTES", "MAX_HEAD_DIM", "MIN_HEAD_DIM", "attend_short"]
 
 # Scores of one chunk (its probabilities and gradients are as large): the fastest of 64 KiB
 # to 4 MiB on the machine above (1 MiB per core-pair stays in its L2 + L3 share).
@@ -34,22 +36,6 @@ MIN_HEAD_DIM = 4
 # Heads larger than this are matmul work, not memory work (temporal attention has heads
 # of H*W*C/heads features): those keep the explicit kernel.
 MAX_HEAD_DIM = 64
-
-
-def explicit(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None, causal: bool
-) -> Tensor:
-    """The plain differentiable computation ([n, heads, S, d] inputs)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if bias is not None:
-        scores = scores + bias
-    if causal:
-        scores = scores.masked_fill(_future(q.shape[-2], k.shape[-2], q.device), float("-inf"))
-    return torch.matmul(scores.softmax(-1), v)
-
-
-def _future(s: int, sk: int, device: torch.device) -> Tensor:
-    return torch.ones(s, sk, dtype=torch.bool, device=device).triu(1)
 
 
 def _chunks(n: int, heads: int, s: int, sk: int, itemsize: int) -> tuple[range, int]:
@@ -78,7 +64,7 @@ class _ShortAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, scale, causal):  # type: ignore[override]
         n, heads, s = q.shape[:3]
         sk, dv = k.shape[-2], v.shape[-1]
-        mask = _future(s, sk, q.device) if causal else None
+        mask = future_mask(s, sk, q.device) if causal else None
         out = q.new_empty((n, heads, s, dv))
         starts, step = _chunks(n, heads, s, sk, q.element_size())
         for i in starts:
@@ -97,7 +83,7 @@ class _ShortAttention(torch.autograd.Function):
         scale, causal = ctx.scale, ctx.causal
         if torch.is_grad_enabled():  # create_graph: differentiable ops
             inputs = [t for t in (q, k, v, bias) if t is not None and t.requires_grad]
-            out = explicit(q, k, v, scale, bias, causal)
+            out = attend_explicit(q, k, v, scale, bias, causal=causal)
             found = iter(torch.autograd.grad(out, inputs, grad, create_graph=True))
             grads = [next(found) if t is not None and t.requires_grad else None
                      for t in (q, k, v, bias)]  # fmt: skip
@@ -105,7 +91,7 @@ class _ShortAttention(torch.autograd.Function):
         n, heads, s = q.shape[:3]
         sk = k.shape[-2]
         grad = grad.contiguous()
-        mask = _future(s, sk, q.device) if causal else None
+        mask = future_mask(s, sk, q.device) if causal else None
         gq, gk, gv = (torch.empty_like(t, memory_format=torch.contiguous_format)
                       for t in (q, k, v))  # fmt: skip
         want_bias = bias is not None and ctx.needs_input_grad[3]

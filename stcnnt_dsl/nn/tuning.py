@@ -50,6 +50,7 @@ __all__ = [
     "cache_path",
     "calibrate",
     "choices",
+    "interleaved_times",
     "machine_key",
     "rules",
 ]
@@ -219,18 +220,24 @@ def reset() -> None:
 # --------------------------------------------------------------------------- calibration
 
 
-def _best_times(fns: dict[str, Callable[[], object]], repeats: int = 4) -> dict[str, float]:
-    """The fastest of `repeats` interleaved runs of each function (after a warm-up):
-    the least sensitive to other processes on the machine."""
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, run in turn (a, b, a, b, ...) after one warm-up
+    each, so that a change of machine load hits every side alike."""
     for fn in fns.values():
         fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {k: min(v) for k, v in times.items()}
+    return times
+
+
+def _best_times(fns: dict[str, Callable[[], object]], repeats: int = 4) -> dict[str, float]:
+    """The fastest of `repeats` interleaved runs of each function: the least sensitive
+    to other processes on the machine."""
+    return {k: min(v) for k, v in interleaved_times(fns, repeats).items()}
 
 
 def _conv_problems(layout: str, gen: torch.Generator):
