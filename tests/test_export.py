@@ -7,6 +7,7 @@ not with the input); every bundled architecture is exported in the slow tests.
 
 from __future__ import annotations
 
+import collections
 import json
 import sys
 
@@ -17,6 +18,7 @@ from torch import nn
 import stcnnt_dsl
 from stcnnt_dsl import cli
 from stcnnt_dsl.errors import ShapeError, STCNNTError
+from stcnnt_dsl.nn.attention import SpatialAttention, TemporalAttention
 from stcnnt_dsl.nn.functional import plain_ops
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (stcnnt-dsl[export])")
@@ -107,6 +109,38 @@ def test_eager_inference_is_unchanged_after_an_export(tiny_unet):
     assert not plain_ops()  # plain ops only while exporting
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
+def test_the_graph_copies_no_more_than_the_partitions_need(tiny_unet):
+    """What made ONNX Runtime slower than eager (docs/export.md, benchmark): slicing
+    the one Q/K/V output into three (copies), copying Slices of unit axes, and
+    Transposes that move only axes of size 1. Q, K and V come from three convolutions
+    instead, each going channels-last by the [N, C, H, W] -> [N, H, W, C] transpose
+    that ONNX Runtime folds into the convolution's output reorder."""
+    result = tiny_unet[1]
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(result.path))).graph
+    shapes = {v.name: _dims(v) for v in [*graph.value_info, *graph.input]}
+    for node in graph.node:
+        if node.op_type == "Transpose":
+            perm = list(node.attribute[0].ints)
+            moved = [axis for axis in perm if shapes[node.input[0]][axis] != 1]
+            assert moved != sorted(moved), f"{node.name} moves only unit axes"
+    # every attention layer: three convolutions of one input (Q, K, V), each output
+    # going straight into a channels-last transpose
+    weight_dims = {init.name: tuple(init.dims) for init in graph.initializer}
+    by_input = collections.defaultdict(list)
+    for node in graph.node:
+        if node.op_type == "Conv":
+            by_input[node.input[0], weight_dims.get(node.input[1])].append(node.output[0])
+    thirds = [out for outs in by_input.values() if len(outs) == 3 for out in outs]
+    model = tiny_unet[0]
+    layers = [m for m in model.modules() if isinstance(m, SpatialAttention | TemporalAttention)]
+    assert len(thirds) == 3 * len(layers) > 0
+    nhwc = {
+        node.input[0] for node in graph.node
+        if node.op_type == "Transpose" and list(node.attribute[0].ints) == [0, 2, 3, 1]
+    }  # fmt: skip
+    assert set(thirds) <= nhwc
 
 
 # A whole model: a backbone with a segmentation and a classification head.

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 import re
+from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stcnnt_dsl.nn.functional as nnf
 from stcnnt_dsl.errors import ShapeError, SpecError, STCNNTError
@@ -1067,3 +1070,50 @@ def test_block_errors_are_never_raw_torch_errors(Block, use):
     """Every mistake a user can make with a Block surfaces as an STCNNTError."""
     with pytest.raises(STCNNTError):
         BAD_BLOCK_USES[use](Block)
+
+
+# ------------------------------------------------------- plain ops (export) regrouping
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.sampled_from([1, 1, 2, 3]), min_size=1, max_size=6),
+    data=st.data(),
+)
+def test_plain_permute_without_unit_axes_is_the_permute(shape, data):
+    """`_permute` drops static unit axes under plain ops (an exported Transpose would
+    copy for them) and must still be exactly x.permute."""
+    perm = tuple(data.draw(st.permutations(range(len(shape)))))
+    x = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    with mock.patch.object(nnf, "plain_ops", lambda: True):
+        got = nnf._permute(x, perm)
+    assert got.shape == x.permute(perm).shape
+    assert torch.equal(got, x.permute(perm))
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+@pytest.mark.parametrize("heads", [1, 2, 8])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_plain_partition_equals_the_eager_regroup(mode, heads, channels_last, monkeypatch):
+    """partition_qkv under plain ops (always through channels-last, one group by
+    reshape) gives the tensors of the eager path, for stacked and single maps, and
+    frame_tokens likewise."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, 12, generator=gen)
+    single = torch.randn(2, 8, 8, 12, generator=gen)
+    if channels_last:
+        x = x.flatten(1, 2).contiguous(memory_format=torch.channels_last).unflatten(1, (3, 8))
+        single = single.contiguous(memory_format=torch.channels_last)
+    args = ((4, 4), (2, 2), mode, heads)
+    eager = nnf.partition_qkv(x, *args), nnf.partition_qkv(single, *args)
+    frames = nnf.frame_tokens(x.flatten(1, 2), 1, 3, heads, channels_last)
+    monkeypatch.setattr(nnf, "plain_ops", lambda: True)
+    plain = nnf.partition_qkv(x, *args), nnf.partition_qkv(single, *args)
+    for want, got in zip(eager, plain, strict=True):
+        assert len(want) == len(got)
+        for a, b in zip(want, got, strict=True):
+            assert torch.equal(a, b)
+    for a, b in zip(
+        frames, nnf.frame_tokens(x.flatten(1, 2), 1, 3, heads, channels_last), strict=True
+    ):
+        assert torch.equal(a, b)

@@ -47,6 +47,18 @@ def _conv(cin: int, cout: int, kernel: int, padding_mode: str, *, bias: bool, st
     )
 
 
+def _separate_qkv(qkv: nn.Module, x: Tensor) -> bool:
+    """Whether to run the C -> 3C Q/K/V convolution as three C -> C ones: where measured
+    faster on this machine (`tuning`), and always in exports. In ONNX Runtime the three
+    outputs go straight into their partitions, where one output would be split by a
+    copy (`Split`) after a transpose it cannot fold into the convolution's output
+    reorder: the bundled U-Net's forward at 1x16x1x128x128 took 4549 ms against 4692
+    (fastest of 4 interleaved runs, 2 threads, AMD EPYC)."""
+    if not bypassable(qkv):
+        return False
+    return is_exporting() or choices(x.device).qkv == "separate"
+
+
 @functools.lru_cache(maxsize=64)
 def _cached_index(grid: tuple[int, int], extent: tuple[int, int], device: torch.device) -> Tensor:
     # A normal tensor even when first asked for under torch.inference_mode(): the
@@ -212,12 +224,11 @@ class SpatialAttention(nn.Module):
         x = x.flatten(0, 1)
         c = self.out_channels
         window, patch = self.geometry(h, w)
-        separate = choices(x.device).qkv == "separate" and bypassable(self.qkv)
-        if self.qkv_mode == "conv" and separate:
+        if self.qkv_mode == "conv" and _separate_qkv(self.qkv, x):
             weight = self.qkv.weight
             q, k, v = (
                 partition_qkv(
-                    lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]).unsqueeze(1),
+                    lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]),
                     window, patch, self.mode, self.heads,
                 )[0]
                 for i in range(3)
@@ -287,8 +298,7 @@ class TemporalAttention(nn.Module):
         cl = frames_channels_last(x)
         x = x.flatten(0, 1)
         c = self.out_channels
-        separate = choices(x.device).qkv == "separate" and bypassable(self.qkv)
-        if self.stride == 1 and separate:
+        if self.stride == 1 and _separate_qkv(self.qkv, x):
             weight = self.qkv.weight
             q, k, v = (
                 frame_tokens(lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]), b, 1,

@@ -204,11 +204,16 @@ def _stored_channels_last(x: Tensor) -> bool:
 
 
 def _partition_recipe(
-    x: Tensor, window: tuple[int, int], patch: tuple[int, int], mode: str, heads: int
+    x: Tensor,
+    window: tuple[int, int],
+    patch: tuple[int, int],
+    mode: str,
+    heads: int,
+    channels_last: bool,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
     """(pre_perm, split_shape, perm, out_shape) that take [N, G, C, H, W] to G tensors
     [Nb, heads, S, d], or None when heads do not fall on axis boundaries. `pre_perm`
-    puts the axes in their storage order (channels-last or NCHW), so the split is a
+    puts the axes in their storage order (`channels_last` or NCHW), so the split is a
     view and the gather reads memory in one pass."""
     n, g, c, h, w = _sizes(x.shape)
     wh, ww = window
@@ -227,7 +232,7 @@ def _partition_recipe(
     else:  # [G, (N, qh, qw), heads, (nh, nw), d]
         order = ("g", "n", "qh", "qw", "pho", "pwo", "co", "nh", "nw", "phi", "pwi", "ci")
         out_shape = (n * qh * qw, heads, nh * nw, d)
-    if _stored_channels_last(x):  # [N, G, C, H, W] -> [N, H, W, G, C], every axis split
+    if channels_last:  # [N, G, C, H, W] -> [N, H, W, G, C], every axis split
         pre_perm, axes = (0, 3, 4, 1, 2), _NHWC_AXES
     else:
         pre_perm, axes = (0, 1, 2, 3, 4), _NCHW_AXES
@@ -246,7 +251,7 @@ def partition_heads(
     stacked = x.dim() == 5
     if not stacked:
         x = x.unsqueeze(1)
-    recipe = _partition_recipe(x, window, patch, mode, heads)
+    recipe = _partition_recipe(x, window, patch, mode, heads, _stored_channels_last(x))
     if recipe is None:
         t = partition(x, window, patch, mode)
         t = t.unflatten(-1, (heads, -1)).transpose(-3, -2).contiguous()
@@ -260,13 +265,59 @@ def partition_heads(
 def partition_qkv(
     x: Tensor, window: tuple[int, int], patch: tuple[int, int], mode: str, heads: int
 ) -> tuple[Tensor, ...]:
-    """`partition_heads` of stacked maps [N, G, C, H, W] as G separate contiguous tensors
-    [Nb, heads, S, d] (q, k, v), with a backward that writes straight into the
-    gradient of `x` (see `_Regroup`)."""
-    recipe = _partition_recipe(x, window, patch, mode, heads)
-    if recipe is None or plain_ops():
-        return partition_heads(x, window, patch, mode, heads).unbind(0)
-    return _Regroup.apply(x, *recipe)
+    """`partition_heads` of stacked maps [N, G, C, H, W] (or one map [N, C, H, W]) as G
+    separate contiguous tensors [Nb, heads, S, d] (q, k, v), with a backward that writes
+    straight into the gradient of `x` (see `_Regroup`).
+
+    Under plain ops the maps go channels-last first, whatever their storage: in an ONNX
+    graph that is a [N, C, H, W] -> [N, H, W, C] transpose, which ONNX Runtime folds into
+    the convolution's output reorder, and the partition's transpose then moves runs of C
+    floats."""
+    plain = plain_ops()
+    stacked = x if x.dim() == 5 else x.unsqueeze(1)
+    recipe = _partition_recipe(
+        stacked, window, patch, mode, heads, plain or _stored_channels_last(stacked)
+    )
+    if recipe is None:
+        return partition_heads(stacked, window, patch, mode, heads).unbind(0)
+    if plain:
+        _, split_shape, perm, out_shape = recipe
+        nhwc = (x if x.dim() == 4 else x.flatten(1, 2)).permute(0, 2, 3, 1)
+        return _plain_groups(nhwc, split_shape, perm, out_shape, stacked.shape[1])
+    return _Regroup.apply(stacked, *recipe)
+
+
+def _permute(x: Tensor, perm: tuple[int, ...]) -> Tensor:
+    """x.permute(perm); under plain ops without the axes of static size 1, for which an
+    exported Transpose would still copy (ONNX Runtime copies a transpose that only moves
+    unit axes, e.g. one head): reshapes around a smaller permute, or no permute."""
+    if not plain_ops():
+        return x.permute(perm)
+    shape = _sizes(x.shape)
+    keep = [i for i, size in enumerate(shape) if not (isinstance(size, int) and size == 1)]
+    if len(keep) == len(shape):
+        return x.permute(perm)
+    rank = {axis: j for j, axis in enumerate(keep)}
+    inner = [rank[axis] for axis in perm if axis in rank]
+    t = x.reshape([shape[i] for i in keep])
+    if inner != sorted(inner):
+        t = t.permute(inner)
+    return t.reshape([shape[axis] for axis in perm])
+
+
+def _plain_groups(
+    base: Tensor,
+    split_shape: tuple[int, ...],
+    perm: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    groups: int,
+) -> tuple[Tensor, ...]:
+    """`_Regroup` in plain ops: `groups` tensors of `out_shape` from the storage-ordered
+    `base`. One group is a reshape (unbind would be a copying Slice in ONNX)."""
+    t = _permute(base.reshape(split_shape), perm)
+    if groups == 1:
+        return (t.reshape(out_shape),)
+    return t.reshape(groups, *out_shape).unbind(0)
 
 
 def frame_tokens(
@@ -288,8 +339,7 @@ def frame_tokens(
         split_shape = (batch, n // batch, groups, heads, c // heads, h, w)
         perm = (2, 0, 3, 1, 4, 5, 6)  # [G, B, heads, T, c/heads, h, w]
     if plain_ops():
-        t = y.permute(pre_perm).reshape(split_shape).permute(perm)
-        return t.reshape(groups, *out_shape).unbind(0)
+        return _plain_groups(y.permute(pre_perm), split_shape, perm, out_shape, groups)
     return _Regroup.apply(y, pre_perm, split_shape, perm, out_shape)
 
 
@@ -301,7 +351,7 @@ def frames_from_tokens(
     b, heads, t, _ = _sizes(out.shape)
     h, w = size
     if channels_last:
-        out = out.view(b, heads, t, h, w, -1).permute(0, 2, 3, 4, 1, 5)
+        out = _permute(out.view(b, heads, t, h, w, -1), (0, 2, 3, 4, 1, 5))
         return out.reshape(b * t, h, w, -1).permute(0, 3, 1, 2)
     out = out.view(b, heads, t, -1, h, w).transpose(1, 2)
     return out.reshape(b * t, -1, h, w)
@@ -333,11 +383,11 @@ def unpartition_heads(
         n = nb // (nh * nw)
         t = t.reshape(n, nh, nw, ho, wo, co, qh, qw, ih, iw, ic)
         # -> [N, nh, qh, pho, phi, nw, qw, pwo, pwi, co, ci]
-        t = t.permute(0, 1, 6, 3, 8, 2, 7, 4, 9, 5, 10)
+        t = _permute(t, (0, 1, 6, 3, 8, 2, 7, 4, 9, 5, 10))
     else:
         n = nb // (qh * qw)
         t = t.reshape(n, qh, qw, ho, wo, co, nh, nw, ih, iw, ic)
-        t = t.permute(0, 6, 1, 3, 8, 7, 2, 4, 9, 5, 10)
+        t = _permute(t, (0, 6, 1, 3, 8, 7, 2, 4, 9, 5, 10))
     if not channels_last:  # -> [N, co, ci, nh, qh, pho, phi, nw, qw, pwo, pwi]
         return t.permute(0, 9, 10, 1, 2, 3, 4, 5, 6, 7, 8).reshape(n, c, h, w)
     return t.reshape(n, h, w, c).permute(0, 3, 1, 2)  # [N, C, H, W] view of NHWC storage

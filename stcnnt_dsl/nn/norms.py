@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..errors import SpecError, STCNNTError
 from ..registry import NORMS
-from .functional import plain_ops
+from .functional import is_exporting, plain_ops
 
 __all__ = ["Norm5d", "instance_norm"]
 
@@ -68,6 +68,10 @@ class _InstanceNorm(torch.autograd.Function):
 
 def instance_norm(x: Tensor, dims: tuple[int, ...], eps: float = _EPS) -> Tensor:
     """Normalise `x` over `dims` per remaining index (no affine), any memory format."""
+    if is_exporting() and x.dim() == 5 and tuple(dims) == (-2, -1):
+        # One ONNX InstanceNormalization per frame: ONNX Runtime's kernel took 4.3 ms
+        # for [16, 32, 128, 128] where the ops below took 7.0 (one pass per op).
+        return F.instance_norm(x.flatten(0, 1), eps=eps).unflatten(0, x.shape[:2])
     if plain_ops():  # the same two passes as plain ops, for tracers and dispatch modes
         xf = x.float() if x.dtype in _HALF else x
         centred = xf - xf.mean(dims, keepdim=True)
