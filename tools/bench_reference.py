@@ -57,7 +57,6 @@ from torch import nn
 import stcnnt_dsl
 from stcnnt_dsl.compat import REFERENCE_DEFAULTS, import_reference, reference_spec
 from stcnnt_dsl.nn import tuning
-from stcnnt_dsl.nn.tuning import interleaved_times
 
 MODELS = {"unet": "STCNNT_UNET", "hrnet": "STCNNT_HRNET"}
 DEFAULT_SIZES = "1x8x1x64x64,1x16x1x64x64"
@@ -273,7 +272,7 @@ def conv_roofs(frames: int, channels: int, size: int) -> dict[str, Any]:
             def train(x=x, w=w, b=b, g=g) -> None:
                 torch.autograd.grad(F.conv2d(x, w, b), (x, w, b), g)
 
-            times = interleaved_times({"fwd": fwd, "train": train}, repeats=3)
+            times = tuning.interleaved_times({"fwd": fwd, "train": train}, repeats=3)
             t_fwd, t_train = min(times["fwd"]), min(times["train"])
             row[layout] = {"fwd_gflops": flops / t_fwd / 1e9,
                            "train_gflops": 3 * flops / t_train / 1e9}  # fmt: skip
@@ -392,13 +391,14 @@ def bench_one(args, classes, model: str, size: str) -> dict[str, Any]:
     row["gflops_forward"] = flops / 1e9
     x_ref, x_ours = _inputs(shape, seed=2)
     ref.eval(), ours.eval()
-    fwd = interleaved_times({"ref": _forward(ref, x_ref), "ours": _forward(ours, x_ours)},
-                      args.repeats)  # fmt: skip
+    fwd = tuning.interleaved_times(
+        {"ref": _forward(ref, x_ref), "ours": _forward(ours, x_ours)}, args.repeats
+    )
     ref.train(), ours.train()
     with torch.no_grad():
         grad = torch.randn_like(ours(x_ours))
     grad_ref = grad.transpose(1, 2).contiguous()
-    step = interleaved_times(
+    step = tuning.interleaved_times(
         {"ref": _train_step(ref, x_ref, grad_ref), "ours": _train_step(ours, x_ours, grad)},
         args.repeats,
     )
