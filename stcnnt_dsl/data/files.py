@@ -18,7 +18,7 @@ from ..errors import DataError
 from ._files import atomic_file, suffix_of
 from .dataset import check_values, progress
 from .image import Image, read_image, write_image
-from .predict import _check_input, head_tasks, load_checkpoint, predict_image
+from .predict import check_input, head_tasks, load_checkpoint, predict_image, read_checkpoint
 
 __all__ = ["predict_files"]
 
@@ -65,8 +65,8 @@ def predict_files(
     and head into `out` (same name stem, format and geometry): label maps for
     segmentation (and probabilities with `probabilities`), images for enhancement, one
     `predictions.csv` for classification. Returns what was written, per input."""
-    model, info = load_checkpoint(checkpoint, device=device)
-    heads = head_tasks(model)
+    graph, _ = read_checkpoint(checkpoint)  # the checks first, the weights after them
+    heads = head_tasks(graph)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError("the output must be a folder; it is a file", out)
@@ -76,7 +76,7 @@ def predict_files(
     planned: dict[Path, Path] = {}
     for given in inputs:
         image = read_image(given, t_axis=t_axis)
-        _check_input(model, image)
+        check_input(graph, image)
         check_values(image)
         images.append(image)
         for target in _outputs(image, out, heads, probabilities).values():
@@ -99,6 +99,7 @@ def predict_files(
             "--overwrite to replace them",
             out,
         )
+    model, info = load_checkpoint(checkpoint, device=device)
     out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     rows: list[list[Any]] = []

@@ -29,9 +29,11 @@ __all__ = [
     "DEFAULT_LIMIT",
     "NORMALIZE",
     "HeadOutput",
+    "check_input",
     "load_checkpoint",
     "normalize",
     "predict_image",
+    "read_checkpoint",
     "sliding_window",
     "valid_patch",
 ]
@@ -71,34 +73,51 @@ def normalize(array: np.ndarray, how: str = "zscore") -> np.ndarray:
 # --------------------------------------------------------------------------- the model
 
 
-def load_checkpoint(path: str | Path, *, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """A whole model saved by `save_model` (or `stcnnt train`), in eval mode, and what its
-    metadata says about the data: `normalize` and `patch` when training wrote them."""
-    from ..tools.io import load_model, read_metadata
+def read_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The model graph in a whole-model file (no weights read, no torch modules built)
+    and what its metadata says about the data: `normalize` and `patch` when training
+    wrote them. Lets commands check their inputs before the model is loaded."""
+    from ..graph import build_graph
+    from ..language.spec import load_source
+    from ..tools.io import read_metadata
 
-    model = load_model(path, device=device)
-    if not getattr(model, "heads", None):
+    metadata = read_metadata(path)
+    graph = build_graph(load_source(metadata["spec"], read_files=False), read_files=False)
+    if not graph.heads:
         raise DataError(
             "the file holds a backbone without heads; prediction and evaluation need a "
             "whole model: add `heads:` to the spec (segmentation, classification or "
             "enhancement) and train it, or save the trained Model",
             path,
         )
-    metadata = read_metadata(path)
     info: dict[str, Any] = {"normalize": metadata.get("normalize", "zscore")}
     if "patch" in metadata:
         info["patch"] = [int(v) for v in json.loads(metadata["patch"])]
-    return model, info
+    return graph, info
+
+
+def load_checkpoint(path: str | Path, *, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A whole model saved by `save_model` (or `stcnnt train`), in eval mode, with the
+    data facts of `read_checkpoint`."""
+    from ..tools.io import load_model
+
+    _, info = read_checkpoint(path)
+    return load_model(path, device=device), info
+
+
+def _graph(model: Any) -> Any:
+    return getattr(model, "graph", model)
 
 
 def head_tasks(model: Any) -> dict[str, str]:
-    """Head name -> segmentation | classification | enhancement."""
-    return {node.head_name: node.task for node in model.graph.heads}
+    """Head name -> segmentation | classification | enhancement (of a model or graph)."""
+    return {node.head_name: node.task for node in _graph(model).heads}
 
 
 def mixes_time(model: Any) -> bool:
-    """Whether the model has cells that mix along T (conv3d, temporal)."""
-    return any(cell.kind in _TEMPORAL for plan in model.graph.block_plans() for cell in plan.cells)
+    """Whether the model (or graph) has cells that mix along T (conv3d, temporal)."""
+    blocks = _graph(model).block_plans()
+    return any(cell.spec.kind in _TEMPORAL for plan in blocks for cell in plan.cells)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -134,19 +153,22 @@ def valid_patch(
     return patch
 
 
-def _check_input(model: Any, image: Image) -> None:
+def check_input(model: Any, image: Image) -> None:
+    """Refuse an image the model (or its graph) cannot take: other channel counts, or a
+    2D image for a model that mixes along T."""
+    graph = _graph(model)
     t, c, _, _ = image.array.shape
     name = image.path or "the image"
-    if c != model.in_channels:
+    if c != graph.in_channels:
         raise DataError(
-            f"the model takes {model.in_channels} channel(s) but the image has {c}; give "
-            f"images with {model.in_channels} channel(s) (for RGB files, a model built with "
+            f"the model takes {graph.in_channels} channel(s) but the image has {c}; give "
+            f"images with {graph.in_channels} channel(s) (for RGB files, a model built with "
             "in_channels: 3)",
             name,
         )
-    if t == 1 and mixes_time(model):
+    if t == 1 and mixes_time(graph):
         raise DataError(
-            f"the image is 2D (T=1) but the model {model.spec.name} mixes along T (its "
+            f"the image is 2D (T=1) but the model {graph.name} mixes along T (its "
             "temporal or 3D convolution cells); give it a 2D+T clip or a 3D volume, or use "
             "a 2D model",
             name,
@@ -258,7 +280,7 @@ def predict_image(
     torch = need("torch")
     from .dataset import check_values
 
-    _check_input(model, image)
+    check_input(model, image)
     check_values(image)
     t, _, h, w = image.array.shape
     if patch is None:
