@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def predict_files(
     out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     rows: list[list[Any]] = []
-    single = len(images) == 1 and not quiet
+    single = len(images) == 1 and not quiet and sys.stderr.isatty()  # MONAI's window bar
     for image in progress(images, desc="predict", quiet=quiet):
         outputs = predict_image(
             model, image, patch=patch or info.get("patch"), overlap=overlap, batch=batch,
@@ -116,7 +117,8 @@ def predict_files(
             array = result.probabilities if kind == "probabilities" else result.array
             if target.is_dir():  # a DICOM series written before: --overwrite was given
                 shutil.rmtree(target)
-            files.append(str(write_image(image, array, target)))
+            floats = kind == "probabilities"
+            files.append(str(write_image(image, array, target, keep_float=floats)))
         for name, task in heads.items():
             if task == "classification":
                 probs = outputs[name].array.reshape(-1, outputs[name].array.shape[-1]).mean(0)
