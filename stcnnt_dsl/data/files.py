@@ -33,8 +33,7 @@ def _stem(path: Path) -> str:
 
 def _outputs(image: Image, out: Path, heads: dict[str, str], probabilities: bool) -> dict:
     """(head, kind) -> output path for one input, in the input's format."""
-    path = image.path
-    assert path is not None
+    path = Path(str(image.path))
     stem, suffix = _stem(path), ("" if path.is_dir() else suffix_of(path))
     spatial = [n for n, t in heads.items() if t != "classification"]
     names: dict[tuple[str, str], Path] = {}
