@@ -102,8 +102,8 @@ def export(
     if not hasattr(torch.compiler, "is_exporting"):  # the layers read it (nn.functional)
         raise STCNNTError(f"export needs torch >= 2.7, this is torch {torch.__version__}")
     target = _writable(path)
+    model = _resolve(source_or_model)  # the user's mistakes first: before the slow imports
     onnx, ort = _onnx_packages()
-    model = _resolve(source_or_model)
     graph: ModelGraph = model.graph
     axes = _AXES[getattr(model, "layout", "BTCHW")]
     if input_shape is None:
