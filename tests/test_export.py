@@ -89,6 +89,18 @@ def test_the_file_has_one_named_input_and_output_with_dynamic_sizes(tiny_unet):
     assert result.relative_error <= TOLERANCE
 
 
+def test_the_file_says_which_sizes_it_accepts(tiny_unet):
+    """In its metadata_props, for any ONNX tool (an input outside fails inside ONNX
+    Runtime with a reshape error that names no rule)."""
+    _, result, _ = tiny_unet
+    session = _session(result.path)
+    props = session.get_modelmeta().custom_metadata_map
+    accepts = stcnnt_dsl.accepts(TINY_UNET)
+    assert props["stcnnt.accepts"] == result.valid_sizes == f"any B, {accepts.text}"
+    assert props["stcnnt.multiples"] == "8,8" and props["stcnnt.layout"] == "BTCHW"
+    assert props["stcnnt.min_frames"] == "1" and props["stcnnt.minimum"] == "1"
+
+
 @pytest.mark.parametrize(
     "shape",
     [

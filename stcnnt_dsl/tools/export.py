@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._version import __version__
 from ..errors import ShapeError, STCNNTError
 from ..graph.model import ModelGraph, describe_rule, parse_shape
-from ..graph.shapes import check
+from ..graph.shapes import LAYOUT_AXES, check, frames_word
 from ..models.build import build
 from .io import unwrap
 
@@ -46,8 +47,7 @@ FORMATS = ("onnx",)
 INSTALL_HINT = 'pip install "stcnnt-dsl[export]"'
 INPUT_NAME = "input"
 _BLOCKS_INPUT = "input_blocks"  # the traced graph's input, internal to the file
-# The axes of each layout (`build(layout=...)`); MONAI's slices D are our T.
-_AXES = {"BTCHW": "BTCHW", "BCTHW": "BCTHW", "BCHW": "BCHW", "BCHWD": "BCHWT"}
+_AXES = LAYOUT_AXES  # the axes of each layout (`build(layout=...)`)
 _DIM_NAMES = {"B": "batch", "T": "frames", "H": "height", "W": "width"}
 # Weights beyond this go to a side file (`FILE.data`): protobuf cannot hold 2 GiB.
 _EXTERNAL_DATA_BYTES = 1 << 30
@@ -109,7 +109,7 @@ def export(
     if input_shape is None:
         input_shape = _default_input(model)
     shape = _shape_in_layout(input_shape, axes)
-    check(graph, _to_btchw(shape, axes))
+    check(graph, shape, layout=getattr(model, "layout", "BTCHW"))
     rule = graph.rule()
     with _eval_mode(model):
         device, dtype = _placement(model)
@@ -124,6 +124,8 @@ def export(
         _accept_full_sizes(proto, onnx, axes, rule.multiple)
     else:
         _name_input(proto, onnx, axes)
+    layout = getattr(model, "layout", "BTCHW")
+    _describe(proto, onnx, graph.name, layout, rule, _valid_sizes(rule, axes))
     _save(proto, onnx, target)
     error = _verify(ort, target, x, expected)
     return ExportResult(
@@ -217,8 +219,7 @@ def _shape_in_layout(input_shape: Sequence[int] | str, axes: str) -> tuple[int, 
 
 def _valid_sizes(rule: Any, axes: str) -> str:
     """The rule in the words of the model's layout: no T for 2D, D for volumes."""
-    frames = None if "T" not in axes else "D" if axes == _AXES["BCHWD"] else "T"
-    return f"any B, {describe_rule(rule, frames)}"
+    return f"any B, {describe_rule(rule, frames_word(axes))}"
 
 
 def _default_input(model: nn.Module) -> tuple[int, ...]:
@@ -464,6 +465,25 @@ def _rename_dims(graph: Any, exact: dict[str, str], symbols: dict[str, str]) -> 
                 dim.dim_param = exact[dim.dim_param]
             elif pattern is not None:
                 dim.dim_param = pattern.sub(lambda m: symbols[m.group(0)], dim.dim_param)
+
+
+def _describe(proto: Any, onnx: Any, name: str, layout: str, rule: Any, sizes: str) -> None:
+    """What the file accepts, in its `metadata_props` (read by any ONNX tool, e.g.
+    `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`): an input
+    outside these sizes fails inside ONNX Runtime with a reshape error."""
+    props = {
+        "stcnnt.architecture": name,
+        "stcnnt.layout": layout,
+        "stcnnt.accepts": sizes,
+        "stcnnt.min_frames": str(rule.min_frames),
+        "stcnnt.version": __version__,
+    }
+    if rule.exact is None:
+        props["stcnnt.multiples"] = f"{rule.multiple[0]},{rule.multiple[1]}"
+        props["stcnnt.minimum"] = str(rule.minimum)
+    else:
+        props["stcnnt.exact"] = f"{rule.exact[0]},{rule.exact[1]}"
+    onnx.helper.set_model_props(proto, props)
 
 
 def _save(proto: Any, onnx: Any, target: Path) -> None:
