@@ -26,7 +26,7 @@ from .errors import (
     STCNNTError,
     WeightsError,
 )
-from .graph import build_graph, check, infer_shapes
+from .graph import Accepts, accepts, build_graph, check, infer_shapes
 from .language import (
     ArchSpec,
     dump_spec,
@@ -49,6 +49,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Accepts",
     "ArchSpec",
     "Backbone",
     "DSLSyntaxError",
@@ -62,6 +63,7 @@ __all__ = [
     "SpecError",
     "WeightsError",
     "__version__",
+    "accepts",
     "apply_lora",
     "build",
     "build_graph",

@@ -25,6 +25,7 @@ from . import compat
 from ._version import __version__
 from .errors import DSLSyntaxError, ShapeError, SpecError, STCNNTError, WeightsError
 from .graph import build_graph, check, describe_rule, guard, infer_shapes, parse_shape
+from .graph.shapes import LAYOUT_AXES, to_btchw
 from .language.spec import list_architectures, load_source, spec_json_schema
 from .studio import server as studio_server
 from .tools.diagram import GraphvizMissingWarning, render_graph, to_dot
@@ -108,13 +109,15 @@ def _arch(args: argparse.Namespace, attr: str = "arch") -> Any:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    shape = _input_shape(args)
+    layout = args.layout
+    shape = None if args.input is None else to_btchw(args.input, layout)
     graph = build_graph(_arch(args))
     estimate = guard(graph)  # absurd sizes are refused before anything else
     valid = _valid_inputs(graph.rule())
-    shapes = infer_shapes(graph, shape) if shape is not None else None
+    valid["text"] = api.accepts(graph, layout=layout).text
+    shapes = infer_shapes(graph, args.input, layout=layout) if shape is not None else None
     if shape is not None:
-        check(graph, shape)
+        check(graph, args.input, layout=layout)
     if args.json:
         _emit_json({
             "ok": True,
@@ -582,6 +585,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("arch", metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--input", metavar="B,T,C,H,W", help=INPUT_HELP)
+    p.add_argument(
+        "--layout", default="BTCHW", type=str.upper, choices=list(LAYOUT_AXES),
+        help="the axis order of --input, as in build(layout=...): BCHW for 2D images, "
+        "BCHWD for MONAI volumes (default: BTCHW)",
+    )  # fmt: skip
     _add_json(p)
 
     p = command(

@@ -73,6 +73,11 @@ class Entry:
 
 
 E = Entry
+# the model the weights and adaptation entries start from (issue 23)
+_SEG = (
+    'model = stcnnt_dsl.build("unet(channels=[8], blocks=L1, window=4, '
+    'heads={seg={kind=segmentation, classes=2}})")\n'
+)
 CATALOGUE: list[Entry] = [
     # ------------------------------------------------------------------ block strings
     E("block-mixer-digit", "Block strings", "a mixer digit other than 0 or 1 (the reference "
@@ -478,6 +483,57 @@ CATALOGUE: list[Entry] = [
                                                   "--overwrite"),
       "choose another --out, or pass --overwrite.",
       shown="stcnnt predict model.safetensors scan.nii.gz --out pred  # run twice"),
+    # ------------------------------------------------------------------ issue 23: weights,
+    # adaptation, layouts and sources, as a new user gets them wrong
+    E("load-weights-onnx", "Weights and adaptation", "an ONNX file given to load_weights",
+      ("code", _SEG + 'open("x.onnx", "wb").write(b"onnx")\n'
+       'stcnnt_dsl.load_weights(model, "x.onnx")'), WeightsError, None,
+      ("reads .safetensors files", "ONNX"), "load the .safetensors file the model was saved to."),
+    E("load-weights-whole-into-backbone", "Weights and adaptation", "a whole model's file "
+      "loaded into a backbone", ("code", _SEG + 'stcnnt_dsl.save_model(model, "seg.safetensors")'
+      '\nbackbone = stcnnt_dsl.build("unet(channels=[8], blocks=L1, window=4)")\n'
+      'stcnnt_dsl.load_weights(backbone, "seg.safetensors")'), WeightsError, None,
+      ("holds a whole model", "part='backbone'"), "name the part: part='backbone'."),
+    E("load-weights-nothing-fits", "Weights and adaptation", "a file whose tensors fit nothing "
+      "of the model, with strict=False", ("code", _SEG + 'stcnnt_dsl.save_model('
+      'stcnnt_dsl.build("llm(channels=8, blocks=[L1])"), "llm.safetensors")\n'
+      'stcnnt_dsl.load_weights(model, "llm.safetensors", strict=False)'), WeightsError, None,
+      ("no tensor that fits",), "load weights of the same architecture."),
+    E("lora-modules-to-save", "Weights and adaptation", "modules_to_save naming a head the "
+      "model does not have", ("code", _SEG + "import peft\nconfig = peft.LoraConfig(r=8, "
+      'target_modules=stcnnt_dsl.lora_targets(model), modules_to_save=["heads.cls"])\n'
+      "stcnnt_dsl.apply_lora(model, config)"), STCNNTError, None,
+      ("'heads.cls' names no module", "heads.seg"), "name a head the model has."),
+    E("lora-target-modules", "Weights and adaptation", "LoRA target modules of another "
+      "library's naming", ("code", _SEG + "import peft\nconfig = peft.LoraConfig(r=8, "
+      'target_modules=["q_proj", "v_proj"])\nstcnnt_dsl.apply_lora(model, config)'),
+      STCNNTError, None, ("'q_proj' names no layer", "lora_targets(model)"),
+      "target_modules=stcnnt_dsl.lora_targets(model)."),
+    E("lora-config-dict", "Weights and adaptation", "a dict where a LoraConfig is expected",
+      ("code", _SEG + 'stcnnt_dsl.apply_lora(model, {"r": 8})'), STCNNTError, None,
+      ("takes a peft.LoraConfig",), "peft.LoraConfig(r=8, ...)."),
+    E("lora-twice", "Weights and adaptation", "apply_lora on a model that already has adapters",
+      ("code", _SEG + "import peft\nconfig = peft.LoraConfig(r=8, target_modules="
+       "stcnnt_dsl.lora_targets(model))\nadapted = stcnnt_dsl.apply_lora(model, config)\n"
+       "stcnnt_dsl.apply_lora(adapted, config)"), STCNNTError, None,
+      ("already carries LoRA adapters", "merge_and_unload"),
+      "train the adapted model, or merge first."),
+    E("freeze-list", "Weights and adaptation", "freeze given a list of patterns",
+      ("code", _SEG + 'stcnnt_dsl.freeze(model, ["encoder.*"])'), STCNNTError, None,
+      ("separate strings", "*patterns"), "freeze(model, *patterns)."),
+    E("freeze-nothing", "Weights and adaptation", "freeze without a pattern",
+      ("code", _SEG + "stcnnt_dsl.freeze(model)"), STCNNTError, None,
+      ("at least one stage pattern",), "name the stages, or 'backbone'."),
+    E("param-groups-lr", "Weights and adaptation", "a negative learning rate",
+      ("code", _SEG + "stcnnt_dsl.param_groups(model, lr=-1e-3)"), STCNNTError, None,
+      ("lr must be",), "a positive lr."),
+    E("layout-2d-temporal", "Layouts", "temporal cells in a 2D (BCHW) model",
+      ("build", "unet(channels=[8], blocks=T1L1, window=4)", {"layout": "BCHW"}), SpecError,
+      "layout", ("takes 2D images (one frame)", "is T"), "drop the T cells or use frames."),
+    E("spec-onnx-file", "Sources and YAML", "an exported ONNX file given as the architecture "
+      "(`stcnnt export seg.onnx`)", ("code", 'open("seg.onnx", "wb").write(bytes(2_000_000))\n'
+      'stcnnt_dsl.export("seg.onnx", "x.onnx")'), SpecError, None,
+      ("an ONNX file", "not an architecture"), "give the spec or the .safetensors model."),
 ]  # fmt: skip
 
 
@@ -523,6 +579,8 @@ def _run(call: tuple) -> Any:
         return stcnnt_dsl.load_model(_weights_file(args[0]))
     if kind == "data":
         return _data_mistake(args[0])
+    if kind == "code":  # as written in the docs
+        return exec(args[0], {"stcnnt_dsl": stcnnt_dsl})
     raise ValueError(kind)
 
 
@@ -659,6 +717,8 @@ def _raise(entry: Entry) -> STCNNTError:
 @pytest.mark.parametrize("entry", CATALOGUE, ids=lambda e: e.id)
 def test_catalogue_entry(entry: Entry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
+    if "peft" in str(entry.call):
+        import peft  # noqa: F401  (its import takes seconds: not the error's time)
     start = time.perf_counter()
     err = _raise(entry)
     elapsed = time.perf_counter() - start
@@ -781,6 +841,8 @@ def _show(entry: Entry) -> str:
         return f"Block({text!r}, {cin}, {cout}{extra})"
     if kind == "data":
         return entry.shown or ""
+    if kind == "code":
+        return args[0]
     if kind == "weights":
         return {
             "pickle": 'torch.save(state_dict, "model.safetensors")',
