@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -231,6 +232,7 @@ def test_tune_keeps_the_rule_unless_another_option_clearly_wins():
     assert decide(rule, {rule: [1.0, 1.0], fast: [1.5, 1.2]})[0] == rule
 
 
+@pytest.mark.slow
 def test_the_cli_tunes(environment, capsys):
     from stcnnt_dsl import cli
 
@@ -274,7 +276,8 @@ def _dispatch_mode(model, x):
 
 
 def _trace(model, x):
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         return torch.jit.trace(model, (x,), check_trace=False)(x).shape
 
 
@@ -290,18 +293,26 @@ def _first_forward(model, x):
     return model(x).shape
 
 
+# A cache as `stcnnt tune` writes it, with every choice off the rules.
+TUNED = {
+    "choices": {"layout_infer": "nchw", "layout_train": "nchw", "qkv": "separate",
+                "sdpa_min_tokens": 0},
+    "version": tuning.CALIBRATION_VERSION,
+}  # fmt: skip
 CONTEXTS = {"flop_counter": _flop_counter, "profiler": _profiler,
             "dispatch_mode": _dispatch_mode, "trace": _trace, "compile": _compile,
             "export": _export, "first_forward": _first_forward}  # fmt: skip
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["fresh", "tuned"])
-@pytest.mark.parametrize("context", list(CONTEXTS))
+@pytest.mark.parametrize(
+    "context",
+    [pytest.param(c, marks=pytest.mark.slow) if c in ("trace", "compile", "export") else c
+     for c in CONTEXTS],
+)  # fmt: skip
 def test_nothing_is_measured_inside_the_users_work(environment, context, cached):
     if cached:
-        entry = {"choices": {"layout_infer": "nchw", "layout_train": "nchw", "qkv": "separate",
-                             "sdpa_min_tokens": 0}, "version": tuning.CALIBRATION_VERSION}
-        tuning.write_cache_entry(entry)
+        tuning.write_cache_entry(TUNED)
     written = tuning.cache_path().read_bytes() if cached else None
 
     def no_timing(*args, **kwargs):
@@ -319,9 +330,7 @@ def test_nothing_is_measured_inside_the_users_work(environment, context, cached)
 @pytest.mark.parametrize("cached", [False, True], ids=["fresh", "tuned"])
 def test_profile_flops_equal_flop_counter_mode_with_calibration_on(environment, cached):
     if cached:
-        entry = {"choices": {"layout_infer": "nchw", "layout_train": "nchw", "qkv": "separate",
-                             "sdpa_min_tokens": 0}, "version": tuning.CALIBRATION_VERSION}
-        tuning.write_cache_entry(entry)
+        tuning.write_cache_entry(TUNED)
     arch = "unet(channels=[8, 16], blocks=T1)"
     report = stcnnt_dsl.profile(arch, (1, 4, 1, 64, 64), runs=1, warmup=0)
     assert report.flop_counts["torch"] == report.flop_counts["analytic"] == report.flops

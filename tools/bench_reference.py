@@ -27,8 +27,14 @@ instance2d, 32 heads) and input size it:
    so every timing is also a fraction of the roof (FLOPs: the analytic count, 2 per
    multiply-add; a training step counts 3x the forward).
 
+With `--layouts nchw,channels_last` it also times ours with each layout forced (for
+inference and training alike) in the same interleaved runs, and prints which layout
+wins beside the library's own choice on this machine (`stcnnt tune`'s cache, or the
+rules) and the rules for AVX2-only, AVX-512 and AMX CPUs.
+
 Usage:
     python tools/bench_reference.py --reference-src ~/src/FMImaging
+    python tools/bench_reference.py --reference-src DIR --layouts nchw,channels_last
     python tools/bench_reference.py --reference-src DIR --models unet --sizes 1x8x1x64x64 \
         --threads 2 --repeats 5 --json out.json
 """
