@@ -22,7 +22,8 @@ Nothing here measures: measuring runs only when asked (`stcnnt tune`). Measured 
 first forward, as this module once did, it ran inside whatever the user had wrapped
 around that forward (a profiler, a FLOP counter, a trace, a timed call) and counted
 there, on whatever load the machine had at that moment, and it was too short to beat a
-shared machine's noise (a two-second calibration chose a layout 6% slower than the rule).
+shared machine's noise (on an AVX2-only EPYC a two-second calibration chose a layout
+whose training step was 6% slower than the rule's).
 """
 
 from __future__ import annotations
