@@ -316,6 +316,28 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from .tools.tune import TUNE_INPUT, tune  # torch loads for this command only
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    shape = parse_shape(args.input) if args.input else TUNE_INPUT
+    result = tune(args.arch, shape, repeats=args.repeats, write=not args.dry_run,
+                  progress=_progress(args))  # fmt: skip
+    _clear_progress(args)
+    if args.json:
+        _emit_json({"ok": True, "machine": result.key, "choices": dataclasses.asdict(result.chosen),
+                    "rules": dataclasses.asdict(result.rules), "reasons": result.reasons,
+                    "measured_ms": result.measured_ms, "path": result.path})  # fmt: skip
+    else:
+        print(result.format())
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     arch = _arch(args)
     if isinstance(arch, str) and arch.endswith(".safetensors"):
@@ -531,6 +553,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
@@ -664,6 +693,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", action="store_true", help="also print torchinfo's layer table")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     _add_json(p)  # fmt: skip
+
+    p = command(
+        "tune",
+        "measure this machine's fastest layout, Q/K/V and attention kernel",
+        "measure the per-machine choices (feature-map layout for training and inference, "
+        "one Q/K/V convolution or three, the CPU attention kernel) with training steps and "
+        "forwards of a model, interleaved, and cache them for this CPU, torch version and "
+        "thread count; until then the rules hold (about a minute; see docs/performance.md)",
+        ["stcnnt tune", "stcnnt tune --threads 4", "stcnnt tune --dry-run --json"],
+        _cmd_tune,
+    )  # fmt: skip
+    p.add_argument("--arch", default="unet", metavar="ARCH",
+                   help=ARCH_HELP + " to time (default: unet)")  # fmt: skip
+    p.add_argument("--input", metavar="B,T,C,H,W",
+                   help="input to time (default: 1,4,1,64,64)")  # fmt: skip
+    p.add_argument("--repeats", type=_positive, default=5, metavar="N",
+                   help="interleaved pairs per choice (default: 5)")  # fmt: skip
+    p.add_argument("--threads", type=_positive, metavar="N",
+                   help="torch threads to tune for (default: torch's)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="measure, do not write the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    _add_json(p)
 
     p = command(
         "graph",

@@ -534,6 +534,20 @@ CATALOGUE: list[Entry] = [
       "(`stcnnt export seg.onnx`)", ("code", 'open("seg.onnx", "wb").write(bytes(2_000_000))\n'
       'stcnnt_dsl.export("seg.onnx", "x.onnx")'), SpecError, None,
       ("an ONNX file", "not an architecture"), "give the spec or the .safetensors model."),
+    # ------------------------------------------------------------------ issue 21: tuning
+    E("tuning-bad-value", "Per-machine choices", "a value STCNNT_TUNING does not know",
+      ("tuning", "layout=nhwc", None), STCNNTError, None,
+      ("STCNNT_TUNING='layout=nhwc'", "cannot read 'layout=nhwc'", "channels_last | nchw"),
+      "write one of the values the message lists (docs/performance.md).",
+      shown="os.environ['STCNNT_TUNING'] = 'layout=nhwc'  # or in the shell\n"
+      "model = stcnnt_dsl.build('unet-2d-small')\nmodel(torch.ones(1, 1, 1, 32, 32))"),
+    E("tuning-broken-cache", "Per-machine choices", "a tuning cache that is not one "
+      "(edited or truncated by hand)", ("tuning", "", "{not json"), STCNNTError, None,
+      ("tuning.json", "not a tuning cache", "stcnnt tune"),
+      "delete the file and run `stcnnt tune` again.",
+      shown="os.environ['STCNNT_CACHE_DIR'] = '.'\n"
+      "Path('tuning.json').write_text('{not json')\n"
+      "model = stcnnt_dsl.build('unet-2d-small')\nmodel(torch.ones(1, 1, 1, 32, 32))"),
 ]  # fmt: skip
 
 
@@ -581,6 +595,8 @@ def _run(call: tuple) -> Any:
         return _data_mistake(args[0])
     if kind == "code":  # as written in the docs
         return exec(args[0], {"stcnnt_dsl": stcnnt_dsl})
+    if kind == "tuning":
+        return _with_tuning(*args)
     raise ValueError(kind)
 
 
@@ -679,6 +695,28 @@ def _data_mistake(name: str) -> Any:
 
 
 _T_MODEL = "unet(channels=[4], blocks=T1L1, window=4, heads={s={kind=segmentation, classes=2}})"
+
+
+def _with_tuning(forced: str, cache: str | None) -> Any:
+    """A forward with STCNNT_TUNING = `forced` and a tuning cache holding `cache`."""
+    from stcnnt_dsl.nn import tuning
+
+    names = (tuning.ENV_TUNING, tuning.ENV_CACHE, tuning.ENV_CALIBRATE)
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({tuning.ENV_TUNING: forced, tuning.ENV_CACHE: ".",
+                       tuning.ENV_CALIBRATE: "1"})  # fmt: skip
+    if cache is not None:
+        Path("tuning.json").write_text(cache)
+    tuning.reset()
+    try:
+        return _model("unet-2d-small")(torch.ones(1, 1, 1, 32, 32))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        tuning.reset()
 
 
 def _weights_file(variant: str) -> Path:

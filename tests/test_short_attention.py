@@ -148,28 +148,30 @@ def test_long_sequences_and_autocast_keep_their_kernels(forced, monkeypatch):
 
 
 def test_threshold_is_where_sdpa_stops_winning(monkeypatch):
-    """Measured from long to short sequences; the first length where the short kernel
-    wins clearly ends the search."""
+    """`stcnnt tune` measures from long to short sequences; the first length where the
+    short kernel wins clearly ends the search."""
+    from stcnnt_dsl.tools import tune
+
     wins = {128: "sdpa", 64: "sdpa", 32: "short", 16: "short"}
     tokens_of = {}
 
-    def problem(tokens, sdpa, gen):
+    def problem(tokens, sdpa, pixels, gen):
         fn = lambda: None  # noqa: E731
         tokens_of[fn] = (tokens, sdpa)
         return fn
 
-    def times(fns, repeats=4):
+    def times(fns, repeats):
         out = {}
         for name, fn in fns.items():
             tokens, sdpa = tokens_of[fn]
             fast = wins[tokens] == ("sdpa" if sdpa else "short")
-            out[name] = 1.0 if fast else 2.0
+            out[name] = [1.0 if fast else 2.0] * repeats
         return out
 
-    monkeypatch.setattr(tuning, "_attention_problem", problem)
-    monkeypatch.setattr(tuning, "_best_times", times)
+    monkeypatch.setattr(tune, "_attention_problem", problem)
+    monkeypatch.setattr(tuning, "interleaved_times", times)
     measured = {}
-    assert tuning.attention_threshold(tuning.Choices(), measured) == 64
-    assert "attention16_train_sdpa" not in measured  # stopped at 32
+    assert tune._attention_threshold(32, 3, 4096, measured, []) == 64
+    assert "attention_16_tokens_train" not in measured  # stopped at 32
     wins.update({128: "short"})
-    assert tuning.attention_threshold(tuning.Choices()) == 256
+    assert tune._attention_threshold(32, 3, 4096, {}, []) == 256

@@ -27,8 +27,14 @@ instance2d, 32 heads) and input size it:
    so every timing is also a fraction of the roof (FLOPs: the analytic count, 2 per
    multiply-add; a training step counts 3x the forward).
 
+With `--layouts nchw,channels_last` it also times ours with each layout forced (for
+inference and training alike) in the same interleaved runs, and prints which layout
+wins beside the library's own choice on this machine (`stcnnt tune`'s cache, or the
+rules) and the rules for AVX2-only, AVX-512 and AMX CPUs.
+
 Usage:
     python tools/bench_reference.py --reference-src ~/src/FMImaging
+    python tools/bench_reference.py --reference-src DIR --layouts nchw,channels_last
     python tools/bench_reference.py --reference-src DIR --models unet --sizes 1x8x1x64x64 \
         --threads 2 --repeats 5 --json out.json
 """
@@ -222,6 +228,20 @@ def _forward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
+def _forced(side: str, run: Callable[[], None]) -> Callable[[], None]:
+    """`run` with the layout of `side` ("ours nchw", "ours channels_last") forced for
+    inference and training alike; "ref" and "ours" (the library's own choices) as is."""
+    if " " not in side:
+        return run
+    layout = side.split(" ", 1)[1]
+
+    def forced() -> None:
+        with tuning.using(layout_train=layout, layout_infer=layout):
+            run()
+
+    return forced
+
+
 def _train_step(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
     def run() -> None:
         model.zero_grad(set_to_none=True)
@@ -391,22 +411,34 @@ def bench_one(args, classes, model: str, size: str) -> dict[str, Any]:
     row["gflops_forward"] = flops / 1e9
     x_ref, x_ours = _inputs(shape, seed=2)
     ref.eval(), ours.eval()
+    sides = ["ref", "ours", *(f"ours {layout}" for layout in args.layouts)]
     fwd = tuning.interleaved_times(
-        {"ref": _forward(ref, x_ref), "ours": _forward(ours, x_ours)}, args.repeats
-    )
+        {side: _forced(side, _forward(ref, x_ref) if side == "ref" else _forward(ours, x_ours))
+         for side in sides}, args.repeats,
+    )  # fmt: skip
     ref.train(), ours.train()
     with torch.no_grad():
         grad = torch.randn_like(ours(x_ours))
     grad_ref = grad.transpose(1, 2).contiguous()
     step = tuning.interleaved_times(
-        {"ref": _train_step(ref, x_ref, grad_ref), "ours": _train_step(ours, x_ours, grad)},
+        {side: _forced(side, _train_step(ref, x_ref, grad_ref) if side == "ref"
+                       else _train_step(ours, x_ours, grad)) for side in sides},
         args.repeats,
-    )
+    )  # fmt: skip
     for name, times in (("forward", fwd), ("step", step)):
-        for side in ("ref", "ours"):
+        for side in sides:
             row[f"{name}_{side}_ms"] = 1e3 * statistics.median(times[side])
             row[f"{name}_{side}_all_ms"] = [1e3 * t for t in times[side]]
-        row[f"{name}_speedup"] = row[f"{name}_ref_ms"] / row[f"{name}_ours_ms"]
+            row[f"{name}_{side}_speedup"] = row[f"{name}_ref_ms"] / row[f"{name}_{side}_ms"]
+        row[f"{name}_speedup"] = row[f"{name}_ours_speedup"]
+        row["layouts"] = args.layouts
+        if args.layouts:
+            own = getattr(
+                tuning.choices("cpu"), "layout_infer" if name == "forward" else "layout_train"
+            )
+            timed = {layout: row[f"{name}_ours {layout}_ms"] for layout in args.layouts}
+            timed.setdefault(own, row[f"{name}_ours_ms"])  # the library's own, unforced
+            row[f"{name}_fastest_layout"] = min(timed, key=timed.__getitem__)
     del ref, ours
     if not args.no_memory:
         mem = measure_memory(args, model, size)
@@ -434,6 +466,10 @@ def print_table(env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     print(f"our per-machine choices ({c['source']}): layout {c['layout_infer']} (inference), "
           f"{c['layout_train']} (training), {c['qkv']} Q/K/V, CPU SDPA from "
           f"{c['sdpa_min_tokens']} tokens")  # fmt: skip
+    rule = env["rules_by_cpu"]
+    print("the rules (no `stcnnt tune`), inference/training layout: "
+          + ", ".join(f"{cpu_class} {r['layout_infer']}/{r['layout_train']}"
+                      for cpu_class, r in rule.items()))  # fmt: skip
     print(f"conv roof (5x5/3x3 at the first level, best layout): forward "
           f"{roof['fwd_gflops']:.0f} GFLOP/s, forward+backward {roof['train_gflops']:.0f} "
           f"GFLOP/s; interleaved pairs, median of {env['repeats']}")  # fmt: skip
@@ -461,6 +497,28 @@ def print_table(env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     for ln in lines:
         print("  ".join(v.ljust(w) for v, w in zip(ln, widths, strict=True)))
+    if any("step_fastest_layout" in r for r in rows):
+        layouts = rows[0]["layouts"]
+        print()
+        print("our layouts forced (inference and training alike), x against the reference "
+              "in the same interleaved runs:")  # fmt: skip
+        head2 = ("model", "input", *(f"fwd {k}" for k in layouts), "fastest fwd",
+                 *(f"step {k}" for k in layouts), "fastest step", "library's choice")  # fmt: skip
+        lines2 = []
+        c = env["choices"]
+        for r in rows:
+            lines2.append((
+                r["model"], r["size"],
+                *(f"{r[f'forward_ours {k}_ms']:.0f} ms {r[f'forward_ours {k}_speedup']:.2f}x"
+                  for k in layouts), r["forward_fastest_layout"],
+                *(f"{r[f'step_ours {k}_ms']:.0f} ms {r[f'step_ours {k}_speedup']:.2f}x"
+                  for k in layouts), r["step_fastest_layout"],
+                f"{c['layout_infer']} / {c['layout_train']} ({c['source']})",
+            ))  # fmt: skip
+        widths = [max(len(h), *(len(ln[i]) for ln in lines2)) for i, h in enumerate(head2)]
+        print("  ".join(h.ljust(w) for h, w in zip(head2, widths, strict=True)))
+        for ln in lines2:
+            print("  ".join(v.ljust(w) for v, w in zip(ln, widths, strict=True)))
     print("x: reference time / our time (> 1: we are faster). roof: FLOP rate / conv roof. "
           "peak: VmHWM of one training step in a fresh process; growth: peak - RSS before "
           "the step.")  # fmt: skip
@@ -475,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated BxTxCxHxW")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed pairs per measurement")
+    parser.add_argument(
+        "--layouts", default="",
+        help="also time ours with these layouts forced: comma-separated nchw, channels_last",
+    )  # fmt: skip
     parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--memory-child", choices=["ref", "ours"], help=argparse.SUPPRESS)
@@ -490,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or not models:
             raise ToolError(f"--models: unknown {unknown or models}; choose from unet, hrnet")
         sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+        args.layouts = [k.strip() for k in args.layouts.split(",") if k.strip()]
+        if set(args.layouts) - set(tuning.LAYOUTS):
+            raise ToolError(f"--layouts: choose from {', '.join(tuning.LAYOUTS)}")
         shapes = [parse_size(s) for s in sizes]
         if args.threads < 1 or args.repeats < 1:
             raise ToolError("--threads and --repeats must be >= 1")
@@ -500,8 +565,14 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats, "load_before": _load(), "python": platform.python_version(),
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         }  # fmt: skip
-        active = tuning.choices("cpu")  # calibrates here, not inside a timed call
+        active = tuning.choices("cpu")  # the cache of `stcnnt tune`, or the rules
         env["choices"] = dataclasses.asdict(active)
+        env["rules_by_cpu"] = {
+            cpu_class: dataclasses.asdict(tuning.rules(flags))
+            for cpu_class, flags in (("AVX2-only", {"avx2", "fma"}),
+                                     ("AVX-512", {"avx2", "avx512f"}),
+                                     ("AMX", {"avx2", "avx512f", "amx_tile"}))
+        }  # fmt: skip
         frames = max(s[0] * s[1] for s in shapes)
         side = min(min(s[3], s[4]) for s in shapes)
         roof_before = conv_roofs(frames, 32, side)

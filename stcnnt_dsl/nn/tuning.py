@@ -8,20 +8,22 @@ backward is slower than NCHW's (measured: 86 vs 105 GFLOP/s for a 5x5 convolutio
 forward + backward), while their forward still wins. So the layers ask `choices()`:
 
 1. `STCNNT_TUNING` forces choices, e.g. `layout=nchw`, `layout_train=nchw,qkv=separate`,
-   `attention=sdpa` (`matmul`, or a token count from which SDPA is used);
-2. otherwise a calibration measured on this machine, cached in the user cache dir
-   (`$STCNNT_CACHE_DIR`, else `$XDG_CACHE_HOME/stcnnt-dsl`, else `~/.cache/stcnnt-dsl`)
-   under the CPU model, torch version and thread count. It runs once, at the first
-   eager CPU float32 forward of a block or backbone (never at import), takes about two
-   seconds, and measures small fixed problems (5x5 and 3x3 convolutions, attention at
-   16..128 tokens) forward and forward + backward, the best of interleaved runs; a choice
-   leaves the rule below only when the other option wins by more than 5%.
-   The attention threshold is measured again in each process (see
-   `attention_threshold`: it also depends on the threading state).
-   `STCNNT_CALIBRATE=0` turns it off (then: the rules);
+   `attention=sdpa` (`matmul`, or a token count from which SDPA is used); a value it
+   cannot read is an `STCNNTError`;
+2. otherwise the choices `stcnnt tune` measured on this machine (`stcnnt_dsl.tools.tune`:
+   training steps and forwards of a whole model with each option), cached in the user
+   cache dir (`$STCNNT_CACHE_DIR`, else `$XDG_CACHE_HOME/stcnnt-dsl`, else
+   `~/.cache/stcnnt-dsl`) under the CPU model, torch version and thread count;
+   `STCNNT_CALIBRATE=0` ignores the cache;
 3. the rules: channels-last, except NCHW for training on CPUs without AVX-512; one
    Q/K/V convolution; SDPA from 32 tokens.
-Under torch.compile nothing is measured: the choices already made (or the rules) hold.
+
+Nothing here measures: measuring runs only when asked (`stcnnt tune`). Measured at the
+first forward, as this module once did, it ran inside whatever the user had wrapped
+around that forward (a profiler, a FLOP counter, a trace, a timed call) and counted
+there, on whatever load the machine had at that moment, and it was too short to beat a
+shared machine's noise (on an AVX2-only EPYC a two-second calibration chose a layout
+whose training step was 6% slower than the rule's).
 """
 
 from __future__ import annotations
@@ -32,38 +34,43 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import STCNNTError
-from .short_attention import attend_short
 
 __all__ = [
     "ENV_CALIBRATE",
     "ENV_TUNING",
+    "LAYOUTS",
     "Choices",
-    "attention_threshold",
     "cache_path",
-    "calibrate",
     "choices",
     "interleaved_times",
     "machine_key",
+    "read_cache_entry",
     "rules",
+    "using",
+    "write_cache_entry",
 ]
 
 ENV_TUNING = "STCNNT_TUNING"
 ENV_CALIBRATE = "STCNNT_CALIBRATE"
 ENV_CACHE = "STCNNT_CACHE_DIR"
-MARGIN = 1.05  # another option must win by more than this to replace the rule
 NEVER = 1 << 30  # sdpa_min_tokens that keeps CPU attention off SDPA
 LAYOUTS = ("channels_last", "nchw")
-# What the cache entries were measured with; older entries are measured again
-# (2: short sequences run the cache-chunked kernel, SDPA tried from 128 tokens).
-CALIBRATION_VERSION = 2
+QKV = ("fused", "separate")
+# What the cache entries were measured with; entries of another version are not used
+# (3: whole-model training steps by `stcnnt tune`, never at a first forward).
+CALIBRATION_VERSION = 3
+TUNING_HELP = (
+    "write comma-separated key=value with layout / layout_train / layout_infer = "
+    "channels_last | nchw, qkv = fused | separate, attention = sdpa | matmul | <tokens "
+    "from which SDPA is used>"
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,17 @@ class Choices:
 
     def channels_last(self, training: bool) -> bool:
         return (self.layout_train if training else self.layout_infer) == "channels_last"
+
+    def problems(self) -> list[str]:
+        """What is not a valid value (empty: all are)."""
+        out = [f"{name}={getattr(self, name)!r}" for name in ("layout_infer", "layout_train")
+               if getattr(self, name) not in LAYOUTS]  # fmt: skip
+        if self.qkv not in QKV:
+            out.append(f"qkv={self.qkv!r}")
+        n = self.sdpa_min_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            out.append(f"sdpa_min_tokens={n!r}")
+        return out
 
 
 _lock = threading.Lock()
@@ -98,12 +116,15 @@ def _cpu_flags_and_model() -> tuple[set[str], str]:
     return flags, model
 
 
-def rules() -> Choices:
+def rules(flags: set[str] | None = None) -> Choices:
     """The choices without measuring: channels-last, except NCHW for training where the
     CPU has no AVX-512 (measured on an AVX2 EPYC; AVX-512 and AMX CPUs win with
-    channels-last both ways)."""
-    flags, _ = _cpu_flags_and_model()
-    capability = torch.backends.cpu.get_cpu_capability()
+    channels-last both ways). `flags`: another CPU's /proc/cpuinfo flags (default: this
+    one's)."""
+    capability = "DEFAULT"
+    if flags is None:
+        flags, _ = _cpu_flags_and_model()
+        capability = torch.backends.cpu.get_cpu_capability()
     avx512 = "avx512f" in flags or capability.startswith("AVX512")
     if flags or capability != "DEFAULT":
         train = "channels_last" if avx512 else "nchw"
@@ -139,16 +160,14 @@ def _forced() -> dict[str, object]:
         if key in ("layout", "layout_train", "layout_infer") and value in LAYOUTS:
             for k in ("layout_train", "layout_infer") if key == "layout" else (key,):
                 out[k] = value
-        elif key == "qkv" and value in ("fused", "separate"):
+        elif key == "qkv" and value in QKV:
             out["qkv"] = value
-        elif key == "attention" and (value in ("sdpa", "matmul") or value.isdigit()):
-            out["sdpa_min_tokens"] = {"sdpa": 0, "matmul": NEVER}.get(value) or int(value)
+        elif key == "attention" and value in ("sdpa", "matmul"):
+            out["sdpa_min_tokens"] = 0 if value == "sdpa" else NEVER
+        elif key == "attention" and value.isdigit():
+            out["sdpa_min_tokens"] = int(value)
         else:
-            raise STCNNTError(
-                f"{ENV_TUNING}: cannot read {item!r}; write comma-separated key=value with "
-                "layout / layout_train / layout_infer = channels_last | nchw, qkv = fused | "
-                "separate, attention = sdpa | matmul | <tokens from which SDPA is used>"
-            )
+            raise STCNNTError(f"{ENV_TUNING}={text!r}: cannot read {item.strip()!r}; {TUNING_HELP}")
     return out
 
 
@@ -157,33 +176,66 @@ def _calibration_enabled() -> bool:
 
 
 def _read_cache() -> dict:
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(cache_path().read_text())
-        if isinstance(data, dict):
-            return data
-    return {}
+    """The cache file's entries ({} if there is none); a file that is not ours to read
+    is an error that names it."""
+    path = cache_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise STCNNTError(f"{path}: cannot read the tuning cache ({err.strerror}); fix its "
+                          f"permissions or set {ENV_CALIBRATE}=0") from None  # fmt: skip
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise STCNNTError(f"{path}: not a tuning cache (not a JSON object); delete it and run "
+                          "`stcnnt tune` again")  # fmt: skip
+    return data
 
 
-def _write_cache(key: str, entry: dict) -> None:
+def read_cache_entry(key: str | None = None) -> dict | None:
+    """This machine's cache entry (measured choices of the current version), or None."""
+    entry = _read_cache().get(key or machine_key())
+    if not isinstance(entry, dict) or entry.get("version") != CALIBRATION_VERSION:
+        return None
+    values = entry.get("choices")
+    try:
+        measured = Choices(**{**values, "source": "calibrated"})
+    except TypeError:
+        measured = None
+    if measured is None or measured.problems():
+        raise STCNNTError(f"{cache_path()}: the entry {key or machine_key()!r} has unreadable "
+                          "choices; delete the file and run `stcnnt tune` again")  # fmt: skip
+    return entry
+
+
+def write_cache_entry(entry: dict, key: str | None = None) -> Path:
+    """Store `entry` for this machine (atomically: a temp file, then a rename) and make
+    the next `choices()` read it."""
     path = cache_path()
     data = _read_cache()
-    data[key] = entry
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(path)
+    data[key or machine_key()] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+    reset()
+    return path
 
 
 def choices(device: torch.device | str | None = None) -> Choices:
     """The choices for `device` (CPU: as described above; other devices: channels-last,
-    one Q/K/V convolution, SDPA everywhere)."""
+    one Q/K/V convolution, SDPA everywhere). Reads the environment and the cache once
+    per process; never measures."""
     if device is not None and torch.device(device).type not in ("cpu", "meta"):
         return Choices(sdpa_min_tokens=0, source="rules")
     global _active
     if _active is not None:
         return _active
-    if torch.compiler.is_compiling():  # no file or timing work while tracing
+    if torch.compiler.is_compiling():  # no file work while tracing
         return Choices()
     with _lock:
         if _active is None:
@@ -195,16 +247,9 @@ def _resolve() -> Choices:
     forced = _forced()
     base = rules()
     if _calibration_enabled() and len(forced) < 4:
-        key = machine_key()
-        entry = _read_cache().get(key)
-        fresh = not isinstance(entry, dict) or entry.get("version") != CALIBRATION_VERSION
-        if fresh:
-            entry = calibrate(base)
-            _write_cache(key, entry)
-        with contextlib.suppress(TypeError, ValueError):
+        entry = read_cache_entry()
+        if entry is not None:
             base = Choices(**{**entry["choices"], "source": "calibrated"})
-        if not fresh and "sdpa_min_tokens" not in forced:
-            base = replace(base, sdpa_min_tokens=attention_threshold(base))
     if forced:
         base = replace(base, **forced, source="forced")  # type: ignore[arg-type]
     return base
@@ -217,7 +262,28 @@ def reset() -> None:
         _active = None
 
 
-# --------------------------------------------------------------------------- calibration
+@contextlib.contextmanager
+def using(**values: object) -> Iterator[Choices]:
+    """Run the block with these choices (the others as `choices()` has them), e.g.
+    `with using(layout_train="nchw"): step()`: how `stcnnt tune` and the benchmarks
+    time each option. Not thread-safe: the choices are the process's."""
+    global _active
+    unknown = set(values) - {f.name for f in fields(Choices)}
+    if unknown:
+        raise STCNNTError(f"using(): unknown choices {sorted(unknown)}")
+    previous = _active
+    chosen = replace(choices("cpu"), **values, source="forced")  # type: ignore[arg-type]
+    if chosen.problems():
+        raise STCNNTError(f"using(): invalid {', '.join(chosen.problems())}; {TUNING_HELP}")
+    _active = chosen
+    try:
+        yield chosen
+    finally:
+        _active = previous
+
+
+def as_dict(c: Choices) -> dict[str, object]:
+    return {k: v for k, v in asdict(c).items() if k != "source"}
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
@@ -232,139 +298,3 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int) -> dic
             fn()
             times[name].append(time.perf_counter() - start)
     return times
-
-
-def _best_times(fns: dict[str, Callable[[], object]], repeats: int = 4) -> dict[str, float]:
-    """The fastest of `repeats` interleaved runs of each function: the least sensitive
-    to other processes on the machine."""
-    return {k: min(v) for k, v in interleaved_times(fns, repeats).items()}
-
-
-def _conv_problems(layout: str, gen: torch.Generator):
-    """Forward and forward + backward of a mixer (5x5, C -> 4C -> C) and a Q/K/V
-    convolution (3x3, C -> 3C) on 4 frames of 32x32, C = 32."""
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    shapes = [(32, 128, 5), (128, 32, 5), (32, 96, 3)]
-    items = []
-    for cin, cout, k in shapes:
-        x = torch.randn(4, cin, 32 + k - 1, 32 + k - 1, generator=gen).contiguous(memory_format=fmt)
-        w = torch.randn(cout, cin, k, k, generator=gen).contiguous(memory_format=fmt)
-        g = torch.randn(4, cout, 32, 32, generator=gen).contiguous(memory_format=fmt)
-        items.append((x, w, g))
-
-    def fwd() -> None:
-        with torch.no_grad():
-            for x, w, _ in items:
-                F.conv2d(x, w)
-
-    def train() -> None:
-        for x, w, g in items:
-            xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
-            torch.autograd.grad(F.conv2d(xg, wg), (xg, wg), g)
-
-    return fwd, train
-
-
-def _qkv_problem(layout: str, separate: bool, gen: torch.Generator):
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(4, 32, 34, 34, generator=gen).contiguous(memory_format=fmt)
-    w = torch.randn(96, 32, 3, 3, generator=gen).contiguous(memory_format=fmt)
-    g = torch.randn(4, 96, 32, 32, generator=gen).contiguous(memory_format=fmt)
-
-    def train() -> None:
-        xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
-        if separate:
-            out = torch.cat([F.conv2d(xg, part) for part in wg.chunk(3)], 1)
-        else:
-            out = F.conv2d(xg, wg)
-        torch.autograd.grad(out, (xg, wg), g)
-
-    return train
-
-
-def _attention_problem(tokens: int, sdpa: bool, gen: torch.Generator):
-    """Forward + backward of 32 channels x 128x128 pixels of tokens (smaller problems fit
-    in the cache, where the explicit kernels' memory traffic does not show), as 8 heads of 32
-    features (this library's `heads: auto`) and as 32 heads of 4 (the reference's);
-    SDPA against the kernel `functional.attend` runs below the threshold for such heads
-    (`short_attention`: cache-sized chunks, probabilities recomputed in the backward)."""
-    items = []
-    for heads, d in ((8, 32), (32, 4)):
-        shape = (16384 * 32 // (tokens * heads * d), heads, tokens, d)
-        items.append([torch.randn(shape, generator=gen) for _ in range(4)])
-
-    def train() -> None:
-        for q, k, v, g in items:
-            qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-            if sdpa:
-                out = F.scaled_dot_product_attention(qg, kg, vg)
-            else:
-                out = attend_short(qg, kg, vg, q.shape[-1] ** -0.5, None, False)
-            torch.autograd.grad(out, (qg, kg, vg), g)
-
-    return train
-
-
-def calibrate(base: Choices | None = None) -> dict:
-    """Measure the choices on this machine (CPU, float32); returns the cache entry:
-    {"choices": {...}, "measured_ms": {...}, "when": ...}."""
-    base = base or rules()
-    gen = torch.Generator().manual_seed(0)
-    measured: dict[str, float] = {}
-    # The first forward is often an inference under no_grad or inference_mode; the
-    # training problems need autograd whatever the caller's mode.
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
-        problems = {layout: _conv_problems(layout, gen) for layout in LAYOUTS}
-        fwd = _best_times({k: v[0] for k, v in problems.items()})
-        train = _best_times({k: v[1] for k, v in problems.items()})
-        measured.update({f"conv_fwd_{k}": 1e3 * v for k, v in fwd.items()})
-        measured.update({f"conv_train_{k}": 1e3 * v for k, v in train.items()})
-        layout_infer = _pick(base.layout_infer, fwd)
-        layout_train = _pick(base.layout_train, train)
-        qkv = _best_times({
-            "fused": _qkv_problem(layout_train, False, gen),
-            "separate": _qkv_problem(layout_train, True, gen),
-        })  # fmt: skip
-        measured.update({f"qkv_train_{k}": 1e3 * v for k, v in qkv.items()})
-        qkv_choice = _pick(base.qkv, qkv)
-    threshold = attention_threshold(base, measured, gen)
-    chosen = Choices(layout_infer, layout_train, qkv_choice, threshold, "calibrated")
-    entry = {k: v for k, v in asdict(chosen).items() if k != "source"}
-    return {
-        "choices": entry,
-        "measured_ms": measured,
-        "when": time.strftime("%Y-%m-%d"),
-        "version": CALIBRATION_VERSION,
-    }
-
-
-def attention_threshold(
-    base: Choices, measured: dict[str, float] | None = None, gen: torch.Generator | None = None
-) -> int:
-    """From how many tokens SDPA beats the short-sequence kernel, measured now (about a
-    second). Also measured in every process, not only cached: it depends on the process's
-    threading state as well as the machine. `torch.set_num_threads` turns MKL's dynamic
-    threads off, and then the matrix products inside SDPA's own parallel loop run threaded
-    too: measured on a 2-core EPYC, SDPA took 1.9x as long for 32 heads of 4 features
-    afterwards, while the short-sequence kernel (one parallel op at a time) did not change."""
-    measured = {} if measured is None else measured
-    gen = gen or torch.Generator().manual_seed(0)
-    threshold = 256  # SDPA never stores S x S scores: long sequences keep it
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
-        for tokens in (128, 64, 32, 16):  # from long to short: SDPA wins first at long ones
-            att = _best_times({
-                "sdpa": _attention_problem(tokens, True, gen),
-                "matmul": _attention_problem(tokens, False, gen),
-            }, repeats=3)  # fmt: skip
-            measured.update({f"attention{tokens}_train_{k}": 1e3 * v for k, v in att.items()})
-            default = "sdpa" if tokens >= base.sdpa_min_tokens else "matmul"
-            if _pick(default, att) != "sdpa":
-                break
-            threshold = tokens
-    return threshold
-
-
-def _pick(default: str, times: dict[str, float]) -> str:
-    """The default unless another option is faster by more than MARGIN."""
-    best = min(times, key=times.__getitem__)
-    return best if times[default] > MARGIN * times[best] else default
