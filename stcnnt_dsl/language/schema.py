@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic.json_schema import PydanticJsonSchemaWarning
 
-from .arch_spec import TOPOLOGIES, ArchSpec
+from ..registry import topology_names
+from .arch_spec import ArchSpec
 from .options import OPTIONS
 
 
@@ -36,5 +37,5 @@ def spec_json_schema() -> dict[str, Any]:
     _refresh_options(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "stcnnt-dsl architecture"
-    schema["oneOf"] = [{"required": [t]} for t in TOPOLOGIES]
+    schema["oneOf"] = [{"required": [t]} for t in topology_names()]
     return schema
