@@ -35,9 +35,13 @@ from .language import (
     parse_block,
 )
 from .registry import (
+    HeadContext,
+    HeadDecoder,
+    HeadKey,
     Topology,
     list_kinds,
     register_activation,
+    register_head,
     register_norm,
     register_topology,
 )
@@ -58,6 +62,9 @@ __all__ = [
     "Backbone",
     "DSLSyntaxError",
     "ExportResult",
+    "HeadContext",
+    "HeadDecoder",
+    "HeadKey",
     "Model",
     "ProfileReport",
     "ResourceError",
@@ -87,6 +94,7 @@ __all__ = [
     "parse_block",
     "profile",
     "register_activation",
+    "register_head",
     "register_norm",
     "register_topology",
     "render_graph",

@@ -103,3 +103,32 @@ def test_removing_a_topology_removes_its_key(plugin):
     with pytest.raises(SpecError, match="unknown key 'cascade'"):
         stcnnt_dsl.load_spec(CASCADE)
     assert "cascade" not in spec_json_schema()["properties"]
+
+
+HEADED = PLUGIN / "cascade_mlp_head.yaml"
+
+
+def test_plugin_head_decoder_works_everywhere(plugin):
+    shape = (2, 2, 1, 16, 16)
+    model = stcnnt_dsl.build(HEADED, seed=0)
+    out = model(torch.randn(shape))
+    assert tuple(out["seg"].shape) == (2, 2, 3, 16, 16)
+    graph = stcnnt_dsl.build_graph(HEADED)
+    head = graph.heads[0]
+    assert head.decoder == "mlp" and head.module == "MLPHead"
+    assert head.params()[""] == sum(p.numel() for p in model.heads["seg"].parameters())
+    assert estimate(HEADED).params == sum(p.numel() for p in model.parameters())
+    # its key is checked by its type and described in the schema
+    with pytest.raises(SpecError, match="width") as err:
+        stcnnt_dsl.load_spec(HEADED.read_text().replace("width: 16", "width: -1"))
+    assert err.value.path == "heads.seg.width"
+    with pytest.raises(SpecError, match="width is not a key of classification heads"):
+        stcnnt_dsl.load_spec(
+            HEADED.read_text().replace(
+                "segmentation, classes: 3, decoder: mlp", "classification, classes: 3"
+            )
+        )
+    props = spec_json_schema()["$defs"]["HeadSpec"]["properties"]
+    assert props["width"]["type"] == "integer" and "mlp" in props["decoder"]["enum"]
+    assert "mlp" in stcnnt_dsl.list_kinds()["heads"]
+    assert "MLPHead" in str(stcnnt_dsl.explain(HEADED))
