@@ -199,13 +199,16 @@ class Topology:
     model of its section (a subclass of `stcnnt_dsl.language.fields.OptionFields`, so the
     cell options cascade through it). `build(source, entry) -> ModelGraph`: the graph
     builder (`source.spec.body` is the validated section; `entry` is what the first stage
-    reads). `stages`: the stage names it makes (for help and did-you-mean)."""
+    reads). `stages`: the stage names it makes (for help and did-you-mean). `example`: a
+    small model of it as an expression (the contract tests run every registered kind
+    on its example)."""
 
     name: str
     spec: type
     build: Callable[..., Any]
     description: str
     stages: tuple[str, ...] = field(default=())  # patterns: ("encoder.{i}", "bridge")
+    example: str = ""
 
 
 TOPOLOGIES: dict[str, Topology] = {}
@@ -304,7 +307,8 @@ class HeadDecoder:
     torch); `cost(args, features, t, h, w)` returns an object with `.params` and
     `.by_module` (FLOPs of one sample by module path); `reads`: `output` (the
     backbone's output) or `features` (every feature level); `check_batch(args, b, t)`
-    returns why a training batch cannot run, or None."""
+    returns why a training batch cannot run, or None. `example`: the keys of a small
+    head with it (the contract tests run every registered kind on its example)."""
 
     name: str
     tasks: tuple[str, ...]
@@ -315,6 +319,7 @@ class HeadDecoder:
     reads: str = "output"
     keys: Mapping[str, HeadKey] = field(default_factory=dict)
     check_batch: Callable[[Mapping[str, Any], int, int], str | None] | None = None
+    example: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def module_name(self) -> str:

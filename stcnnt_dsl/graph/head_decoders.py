@@ -40,7 +40,8 @@ def _conv_cost(a: Mapping[str, Any], features: Sequence[Any], t: int, h: int, w:
 
 register_head(
     HeadDecoder("conv", ("segmentation", "enhancement"), _CONV_HELP, _NN + "ConvHead",
-                _conv_args, _conv_cost)
+                _conv_args, _conv_cost,
+                example={"kind": "segmentation", "classes": 3})
 )  # fmt: skip
 
 
@@ -91,6 +92,7 @@ register_head(
             "dropout": HeadKey(0.1, "channel dropout after the pyramid pooling"),
         },
         check_batch=_upernet_batch,
+        example={"kind": "segmentation", "classes": 3, "decoder": "upernet", "bins": [1, 2]},
     )
 )  # fmt: skip
 
@@ -127,6 +129,7 @@ register_head(
         "norm_avg", ("classification",),
         "layer norm over channels, mean, linear (the reference's NormPoolLinear)",
         _NN + "NormAvgHead", _norm_avg_args, _norm_avg_cost,
+        example={"kind": "classification", "classes": 3},
     )
 )  # fmt: skip
 register_head(
@@ -135,6 +138,7 @@ register_head(
         "1x1 convolution to `hidden` channels, mean, linear (the reference's ConvPoolLinear)",
         _NN + "ConvAvgHead", _conv_avg_args, _conv_avg_cost,
         keys={"hidden": HeadKey(2048, "channels of the 1x1 convolution")},
+        example={"kind": "classification", "classes": 3, "pooling": "conv_avg", "hidden": 16},
     )
 )  # fmt: skip
 
@@ -194,6 +198,7 @@ register_head(
         "SimpleMultidepthConv)",
         _NN + "MultiDepthHead", _multidepth_args, _multidepth_cost, reads="features",
         keys={"depth": HeadKey(4, "how many of the deepest features")},
+        example={"kind": "enhancement", "out_channels": 1, "decoder": "multidepth", "depth": 2},
     )
 )  # fmt: skip
 register_head(
@@ -201,5 +206,6 @@ register_head(
         "unetr", ("enhancement",), "a UNETR-style decoder over the features, coarsest first",
         _NN + "UNETRHead", _unetr_args, _unetr_cost, reads="features",
         keys={"mode": HeadKey("2d", "2d: per frame; 3d: over (T, H, W)")},
+        example={"kind": "enhancement", "out_channels": 1, "decoder": "unetr"},
     )
 )  # fmt: skip

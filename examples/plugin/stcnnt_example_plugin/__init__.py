@@ -22,5 +22,6 @@ def register() -> None:
             "two U-Nets in cascade: the second reads the input and the first's output",
             ("encoder.{i}", "bridge", "decoder.{i}", "refine.encoder.{i}", "refine.bridge",
              "refine.decoder.{i}"),
+            "cascade(channels=[8, 16], blocks=T1L1G1, window=4, patch=2)",
         )
     )  # fmt: skip

@@ -40,4 +40,5 @@ DECODER = HeadDecoder(
     "a per-pixel MLP: 1x1 conv to `width` channels, GELU, 1x1 conv (plugin example)",
     "stcnnt_example_plugin.mlp_module:MLPHead", _args, _cost,
     keys={"width": HeadKey(64, "hidden channels of the MLP", type=Int())},
+    example={"kind": "enhancement", "out_channels": 1, "decoder": "mlp", "width": 8},
 )  # fmt: skip
