@@ -35,12 +35,14 @@ from .language import (
     parse_block,
 )
 from .registry import (
+    CellKind,
     HeadContext,
     HeadDecoder,
     HeadKey,
     Topology,
     list_kinds,
     register_activation,
+    register_cell,
     register_head,
     register_norm,
     register_topology,
@@ -60,6 +62,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ArchSpec",
     "Backbone",
+    "CellKind",
     "DSLSyntaxError",
     "ExportResult",
     "HeadContext",
@@ -94,6 +97,7 @@ __all__ = [
     "parse_block",
     "profile",
     "register_activation",
+    "register_cell",
     "register_head",
     "register_norm",
     "register_topology",

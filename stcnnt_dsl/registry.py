@@ -32,6 +32,7 @@ __all__ = [
     "ATTENTION_KINDS",
     "BUILTIN_ACTIVATIONS",
     "BUILTIN_NORMS",
+    "CELLS",
     "CELL_KINDS",
     "CONV_KINDS",
     "HEADS",
@@ -42,17 +43,21 @@ __all__ = [
     "PLUGIN_GROUP",
     "SPATIAL_KINDS",
     "TOPOLOGIES",
+    "CellKind",
     "Component",
     "HeadContext",
     "HeadDecoder",
     "HeadKey",
     "Topology",
     "activation_names",
+    "cell_kinds",
+    "has_mixer_digit",
     "list_kinds",
     "load_plugins",
     "norm_names",
     "on_register",
     "register_activation",
+    "register_cell",
     "register_head",
     "register_norm",
     "register_topology",
@@ -173,9 +178,13 @@ def unregister(name: str) -> None:
         if name in table and name not in builtin:
             del table[name]
     for what, table, builtin in (("topology", TOPOLOGIES, BUILTIN_TOPOLOGIES),
-                                 ("head", HEADS, BUILTIN_HEADS)):  # fmt: skip
+                                 ("head", HEADS, BUILTIN_HEADS),
+                                 ("cell", CELLS, CELL_KINDS)):  # fmt: skip
         if name in table and name not in builtin:
             del table[name]
+            if what == "cell":
+                del LETTER_TO_KIND[KIND_TO_LETTER.pop(name)]
+                _NO_MIXER_DIGIT.discard(name)
             for listener in _LISTENERS[what]:
                 listener(name, None)
 
@@ -186,6 +195,83 @@ def norm_names() -> tuple[str, ...]:
 
 def activation_names() -> tuple[str, ...]:
     return tuple(ACTIVATIONS)
+
+
+# --------------------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True)
+class CellKind:
+    """Everything the library needs to know about a cell kind, in one place.
+
+    `name`: the kind (`local`); `letter`: how block strings write it (`L`, or `C2` for a
+    kind without a mixer digit); `mixer`: whether a mixer digit 0/1 follows the letter;
+    `options`: the cell-level options it reads besides those every cell reads (norm,
+    activation, drop_path, padding, proj_kernel); `geometry(kind=, mixer=, in_channels=,
+    out_channels=, options=, input_size=)`: its geometry (a subclass of
+    `stcnnt_dsl.graph.geometry.CellGeometry`: parameters, FLOPs, saved activations,
+    size rule, the options it reads given their values; `options` is a record with one
+    attribute per option); `module(geometry)`: the torch module (or a
+    `"package.module:Name"` string, imported on first build); `color`: its diagram fill."""
+
+    name: str
+    letter: str
+    help: str
+    geometry: Callable[..., Any]
+    module: Callable[[Any], Any] | str
+    options: tuple[str, ...] = ()
+    mixer: bool = True
+    color: str = "#eeeeee"
+
+
+CELLS: dict[str, CellKind] = {}
+_LETTER = re.compile(r"[A-Z][2-9]?")
+
+
+def register_cell(cell: CellKind) -> None:
+    """Add a cell kind: its letter joins the grammar, its options apply to it, and its
+    geometry and module build it. Built-in kinds cannot be replaced."""
+    where = "register_cell"
+    if not isinstance(cell, CellKind):
+        raise SpecError(f"register_cell takes a stcnnt_dsl.CellKind, got {type(cell).__name__}",
+                        where)  # fmt: skip
+    builtin = cell.name in CELL_KINDS
+    if builtin and cell.name in CELLS:
+        raise SpecError(f"{cell.name!r} is a built-in cell kind; use another name", where)
+    if not _NAME.fullmatch(cell.name):
+        raise SpecError(f"a cell kind is a lower-case identifier, got {cell.name!r}", where)
+    if not _LETTER.fullmatch(cell.letter) or (cell.mixer and len(cell.letter) != 1):
+        raise SpecError(
+            f"a cell letter is one upper-case letter (followed by 0/1 in block strings), or a "
+            f"letter and a digit 2-9 for a kind without a mixer digit (like C2), got "
+            f"{cell.letter!r}",
+            where,
+        )
+    clash = [k for letter, k in LETTER_TO_KIND.items() if letter[0] == cell.letter[0]
+             and k != cell.name and (len(letter) == 1 or len(cell.letter) == 1
+                                     or letter == cell.letter)]  # fmt: skip
+    if clash and not builtin:
+        raise SpecError(f"the letter {cell.letter!r} is taken by {clash[0]} cells", where)
+    CELLS[cell.name] = cell
+    LETTER_TO_KIND[cell.letter] = cell.name
+    KIND_TO_LETTER[cell.name] = cell.letter
+    if not cell.mixer:
+        _NO_MIXER_DIGIT.add(cell.name)
+    for listener in _LISTENERS["cell"]:
+        listener(cell.name, cell)
+
+
+_NO_MIXER_DIGIT = set(CONV_KINDS)
+
+
+def has_mixer_digit(kind: str) -> bool:
+    """Whether block strings write a mixer digit after the kind's letter (`L1`; not `C2`)."""
+    return kind not in _NO_MIXER_DIGIT
+
+
+def cell_kinds() -> tuple[str, ...]:
+    """Every cell kind, built-in and registered."""
+    return tuple(LETTER_TO_KIND.values())
 
 
 # --------------------------------------------------------------------------- topologies
@@ -213,7 +299,9 @@ class Topology:
 
 TOPOLOGIES: dict[str, Topology] = {}
 BUILTIN_TOPOLOGIES = ("unet", "hrnet", "llm")  # registered by stcnnt_dsl.graph.topologies
-_LISTENERS: dict[str, list[Callable[[str, Any], None]]] = {"topology": [], "head": []}
+_LISTENERS: dict[str, list[Callable[[str, Any], None]]] = {
+    "topology": [], "head": [], "cell": [],
+}  # fmt: skip
 
 
 def on_register(what: str, listener: Callable[[str, Any], None]) -> None:
@@ -221,7 +309,8 @@ def on_register(what: str, listener: Callable[[str, Any], None]) -> None:
     and from now on, and `listener(name, None)` when one is removed (the language adds
     and removes a topology's key of `ArchSpec` this way)."""
     _LISTENERS[what].append(listener)
-    for name, descriptor in list((TOPOLOGIES if what == "topology" else HEADS).items()):
+    table = {"topology": TOPOLOGIES, "head": HEADS, "cell": CELLS}[what]
+    for name, descriptor in list(table.items()):
         listener(name, descriptor)
 
 

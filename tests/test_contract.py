@@ -1,9 +1,9 @@
 """One contract for every registered kind, built-in or plugin (as timm's tests iterate
 `list_models()`): each topology runs on its descriptor's `example`, each head decoder
-on a small U-Net with its `example` head. Checked: YAML and expression, `check` and
-`infer_shapes` against a real forward, parameters against `numel`, analytic FLOPs
-against `FlopCounterMode`, `explain`, the diagram, the JSON Schema, save/load; the slow
-ones: `torch.compile` and ONNX export."""
+on a small U-Net with its `example` head, each cell kind as the blocks of a small
+U-Net. Checked: YAML, `check` and `infer_shapes` against a real forward, parameters
+against `numel`, analytic FLOPs against `FlopCounterMode`, `explain`, the diagram, the
+JSON Schema, save/load; the slow ones: `torch.compile` and ONNX export."""
 
 from __future__ import annotations
 
@@ -28,21 +28,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPE = (2, 2, 1, 16, 16)
 BACKBONE = "unet(channels=[8, 16], blocks=T1L1G1, window=4, patch=2)"
-PLUGIN_KINDS = ("cascade", "mlp")
+PLUGIN_KINDS = ("cascade", "mlp", "convnext")
 
 
-def _registered() -> tuple[list[str], list[str]]:
-    """Every registered topology and head decoder, the example plugin's included."""
+def _registered() -> tuple[list[str], list[str], list[str]]:
+    """Every registered topology, head decoder and cell kind, the plugin's included."""
     stcnnt_example_plugin.register()
     try:
-        return list(registry.TOPOLOGIES), list(registry.HEADS)
+        return list(registry.TOPOLOGIES), list(registry.HEADS), list(registry.CELLS)
     finally:
         for name in PLUGIN_KINDS:
             registry.unregister(name)
 
 
-TOPOLOGIES, HEADS = _registered()
-CASES = [("topology", name) for name in TOPOLOGIES] + [("head", name) for name in HEADS]
+TOPOLOGIES, HEADS, CELLS = _registered()
+CASES = [
+    *(("topology", name) for name in TOPOLOGIES),
+    *(("head", name) for name in HEADS),
+    *(("cell", name) for name in CELLS),
+]
 IDS = [f"{what}-{name}" for what, name in CASES]
 
 
@@ -58,6 +62,12 @@ def _spec(what: str, name: str) -> Any:
     """The case's spec: the topology's example expression, or a U-Net with the head."""
     if what == "topology":
         return stcnnt_dsl.load_spec(registry.TOPOLOGIES[name].example)
+    if what == "cell":
+        letter = registry.KIND_TO_LETTER[name]
+        token = f"{letter}1" if registry.has_mixer_digit(name) else letter
+        return stcnnt_dsl.load_spec(
+            {"defaults": {"window": 4, "patch": 2}, "unet": {"channels": [8, 16], "blocks": token}}
+        )
     backbone = stcnnt_dsl.load_spec(BACKBONE).model_dump(mode="json", exclude_none=True)
     return stcnnt_dsl.load_spec({**backbone, "heads": {"out": dict(registry.HEADS[name].example)}})
 
@@ -68,8 +78,9 @@ def _outputs(y: Any) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(("what", "name"), CASES, ids=IDS)
 def test_contract(what, name, tmp_path):
-    descriptor = (registry.TOPOLOGIES if what == "topology" else registry.HEADS)[name]
-    assert descriptor.example, f"{name} has no example"
+    table = {"topology": registry.TOPOLOGIES, "head": registry.HEADS, "cell": registry.CELLS}
+    descriptor = table[what][name]
+    assert what == "cell" or descriptor.example, f"{name} has no example"
     spec = _spec(what, name)
     # YAML (and, for a topology, the expression) round trips
     text = stcnnt_dsl.dump_spec(spec)
@@ -81,7 +92,7 @@ def test_contract(what, name, tmp_path):
     x = torch.randn(SHAPE)
     with torch.no_grad():
         y = _outputs(model.eval()(x))
-    if what == "topology":
+    if what != "head":
         assert tuple(y["output"].shape) == shapes["output"]
     else:
         assert tuple(y["out"].shape) == stcnnt_dsl.build_graph(spec).heads[0].output_shape(SHAPE)
@@ -99,6 +110,9 @@ def test_contract(what, name, tmp_path):
     schema = spec_json_schema()
     if what == "topology":
         assert {"required": [name]} in schema["oneOf"]
+    elif what == "cell":
+        block = schema["$defs"]["StageSpec"]["properties"]["blocks"]
+        assert registry.KIND_TO_LETTER[name] in str(block)
     else:
         heads = schema["$defs"]["HeadSpec"]["properties"]
         choice = "pooling" if "classification" in descriptor.tasks else "decoder"
