@@ -156,3 +156,10 @@ def test_plugin_cell_kind_joins_the_grammar(plugin):
     registry.unregister("convnext")
     with pytest.raises(DSLSyntaxError, match="unknown cell letter 'N'"):
         stcnnt_dsl.parse_block("N1")
+
+
+def test_cli_explains_a_block_of_plugin_cells(plugin, capsys):
+    from stcnnt_dsl import cli
+
+    assert cli.main(["explain", "N1 T1"]) == 0
+    assert "N1 (convnext)" in capsys.readouterr().out
