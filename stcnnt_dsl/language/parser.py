@@ -31,7 +31,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 from lark.parsers.lalr_interactive_parser import InteractiveParser
 
 from ..errors import DSLSyntaxError, SpecError
-from ..registry import has_mixer_digit
+from ..registry import has_mixer_digit, load_plugins
 from .blockspec import BlockSpec, CellSpec
 from .options import LETTER_TO_KIND, OPTIONS, reads, validate_options
 
@@ -79,7 +79,9 @@ def _letters_of(letters: tuple[tuple[str, bool], ...]) -> _Letters:
 
 
 def _letters() -> _Letters:
-    """The current letters (registered cell kinds join the grammar)."""
+    """The current letters (registered cell kinds join the grammar; plugins load on the
+    first parse)."""
+    load_plugins()
     return _letters_of(tuple((letter, has_mixer_digit(kind))
                              for letter, kind in LETTER_TO_KIND.items()))  # fmt: skip
 
