@@ -27,6 +27,7 @@ from .errors import DSLSyntaxError, ShapeError, SpecError, STCNNTError, WeightsE
 from .graph import build_graph, check, describe_rule, guard, infer_shapes, parse_shape
 from .graph.shapes import LAYOUT_AXES, to_btchw
 from .language.spec import list_architectures, load_source, spec_json_schema
+from .registry import list_kinds
 from .studio import server as studio_server
 from .tools.diagram import GraphvizMissingWarning, render_graph, to_dot
 from .tools.explain import explain
@@ -404,7 +405,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _looks_like_block(text: str) -> bool:
     """A one-line text that starts like a block string (stdin may hold either)."""
     stripped = text.strip()
-    return "\n" not in stripped and ":" not in stripped and stripped[:1] in "LGTVC("
+    starts = {"(", *(letter[0] for letter in list_kinds()["cells"])}
+    return "\n" not in stripped and ":" not in stripped and stripped[:1] in starts
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from ..language.options import (
     validate_options,
 )
 from ..language.parser import parse_block
-from ..registry import CELL_KINDS, CONV3D, NORMS, TEMPORAL
+from ..registry import CONV3D, NORMS, TEMPORAL, cell_kinds
 from .geometry import CellGeometry, cell_geometry
 from .rules import SizeRule, check_size
 
@@ -173,6 +173,13 @@ def resolve_block(
             )  # fmt: skip
         except SpecError as err:
             raise _blame(err, f"{where} cell {i} ({cell})", options, block_path) from None
+        unread = [name for name in cell.options if name not in geometry.reads()]
+        if unread:
+            raise SpecError(
+                f"{where} cell {i} ({cell}): inline option {unread[0]!r} is read by nothing: "
+                f"{_why_unread(unread[0])}; remove it",
+                block_path,
+            )
         cells.append(ResolvedCell(i, cell, geometry, options))
     return BlockPlan(
         block,
@@ -189,7 +196,7 @@ def resolve_block(
 
 def _cell_names() -> tuple[str, ...]:
     names: dict[str, None] = {}
-    for kind in CELL_KINDS:
+    for kind in cell_kinds():
         names.update(dict.fromkeys(options_for_kind(kind)))
     return tuple(names)
 
@@ -220,10 +227,23 @@ def check_options_read(blocks: Iterable[BlockPlan]) -> None:
 
 
 def _not_read(name: str, plans: Sequence[BlockPlan], layer: Layer) -> str:
-    option = OPTIONS[name]
     cells = sorted({c.geometry.describe() for p in plans for c in p.cells})
     where = ", ".join(dict.fromkeys(p.where for p in plans))
-    kinds = ", ".join(k for k in CELL_KINDS if k in option.applies_to)
+    fix = (
+        "remove it, or add a cell that reads it"
+        if layer.source == "options"
+        else "remove it, or set it under defaults: if it is meant for some cells only"
+    )
+    return (
+        f"option {name!r} is not read by any cell of {where} ({', '.join(cells)}): "
+        f"{_why_unread(name)}; {fix}"
+    )
+
+
+def _why_unread(name: str) -> str:
+    """Which cells read option `name`, for messages about an option read by nothing."""
+    option = OPTIONS[name]
+    kinds = ", ".join(k for k in cell_kinds() if k in option.applies_to)
     why = f"{name} is read by {kinds} cells"
     if option.mixer_only:
         why += " with a mixer (digit 1)"
@@ -237,12 +257,7 @@ def _not_read(name: str, plans: Sequence[BlockPlan], layer: Layer) -> str:
         why = "padding is read only by cells with convolutions larger than 1x1"
     elif name == "proj_kernel":
         why = "proj_kernel is read only by a cell that changes the channels"
-    fix = (
-        "remove it, or add a cell that reads it"
-        if layer.source == "options"
-        else "remove it, or set it under defaults: if it is meant for some cells only"
-    )
-    return f"option {name!r} is not read by any cell of {where} ({', '.join(cells)}): {why}; {fix}"
+    return why
 
 
 def check_causal(blocks: Iterable[BlockPlan]) -> None:

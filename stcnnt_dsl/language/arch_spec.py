@@ -8,14 +8,17 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from pydantic import (
+    BaseModel,
     BeforeValidator,
     Field,
     PlainSerializer,
     WithJsonSchema,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
-from ..errors import SpecError, caret_excerpt
+from ..errors import SpecError, caret_excerpt, either
+from ..registry import TOPOLOGIES, Topology, on_register, topology_names
 from .fields import (
     PositiveInt,
     _error,
@@ -24,14 +27,7 @@ from .fields import (
 from .head_spec import HeadSpec
 from .options import OPTIONS
 from .stage_spec import DefaultsSpec, PreSpec
-from .topology_specs import (
-    HRNetSpec,
-    LLMSpec,
-    UNetSpec,
-)
 from .yamlio import Positions
-
-TOPOLOGIES = ("unet", "hrnet", "llm")
 
 
 def _input_size(value: Any) -> tuple[int, int] | None:
@@ -44,7 +40,8 @@ def _input_size(value: Any) -> tuple[int, int] | None:
 
 
 class ArchSpec(_Strict):
-    """A whole backbone. Exactly one of `unet`, `hrnet`, `llm` is set."""
+    """A whole backbone. Exactly one topology key is set (`unet`, `hrnet`, `llm` or a
+    registered one: each registered topology adds its key, see `_add_topology`)."""
 
     name: str = ""
     description: str = ""
@@ -57,9 +54,6 @@ class ArchSpec(_Strict):
     ] = None
     defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
     pre: PreSpec | None = None
-    unet: UNetSpec | None = None
-    hrnet: HRNetSpec | None = None
-    llm: LLMSpec | None = None
     heads: dict[str, HeadSpec] | None = Field(
         None,
         description="task heads by name: {kind: segmentation|classification|enhancement, "
@@ -89,10 +83,10 @@ class ArchSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_topology(self) -> ArchSpec:
-        given = [t for t in TOPOLOGIES if getattr(self, t) is not None]
+        given = [t for t in TOPOLOGIES if getattr(self, t, None) is not None]
         if len(given) != 1:
             raise _error(
-                "a spec needs exactly one topology: unet, hrnet or llm"
+                f"a spec needs exactly one topology: {either(topology_names())}"
                 + (f" (got {', '.join(given)})" if given else "")
             )
         if not self.name:
@@ -101,13 +95,32 @@ class ArchSpec(_Strict):
 
     @property
     def topology(self) -> str:
-        """`unet`, `hrnet` or `llm`."""
-        return next(t for t in TOPOLOGIES if getattr(self, t) is not None)
+        """The topology's name: `unet`, `hrnet`, `llm` or a registered one."""
+        return next(t for t in TOPOLOGIES if getattr(self, t, None) is not None)
 
     @property
-    def body(self) -> UNetSpec | HRNetSpec | LLMSpec:
+    def body(self) -> BaseModel:
         """The topology's own spec."""
         return getattr(self, self.topology)
+
+
+def _sync_topology(name: str, topology: Topology | None) -> None:
+    """Give `ArchSpec` the key of a registered topology (optional, its section's model),
+    or take it away when the topology is removed."""
+    fields = ArchSpec.__pydantic_fields__
+    if topology is None:
+        fields.pop(name, None)
+    else:
+        fields[name] = FieldInfo(
+            annotation=topology.spec | None, default=None, description=topology.description
+        )
+    fields["heads"] = fields.pop("heads")  # the topologies before the heads, as in dumps
+    ArchSpec.model_rebuild(force=True)
+
+
+on_register("topology", _sync_topology)
+# a new head decoder changes HeadSpec's fields (language.head_spec): rebuild what holds it
+on_register("head", lambda name, decoder: ArchSpec.model_rebuild(force=True))
 
 
 @dataclass(frozen=True)

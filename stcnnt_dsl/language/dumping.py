@@ -9,7 +9,7 @@ from pydantic import (
     BaseModel,
 )
 
-from .arch_spec import TOPOLOGIES
+from ..registry import TOPOLOGIES
 from .fields import (
     UNSET,
 )
@@ -17,10 +17,7 @@ from .loading import load_spec
 from .options import OPTIONS
 from .yamlio import dump_yaml
 
-_FIELD_ORDER = (
-    "name", "description", "in_channels", "input_size", "defaults", "pre", *TOPOLOGIES,
-    "heads",
-)  # fmt: skip
+_HEAD_FIELDS = ("name", "description", "in_channels", "input_size", "defaults", "pre")
 
 
 def _plain(model: BaseModel) -> dict[str, Any]:
@@ -70,5 +67,6 @@ def dump_spec(spec: Any) -> str:
     """Canonical YAML of a spec (anything `load_spec` accepts); round-trips exactly."""
     spec = load_spec(spec)
     data = _plain(spec)
-    ordered = {k: data[k] for k in _FIELD_ORDER if k in data}
+    order = (*_HEAD_FIELDS, *TOPOLOGIES, "heads")
+    ordered = {k: data[k] for k in order if k in data}
     return dump_yaml(ordered)

@@ -14,8 +14,9 @@ from pydantic import (
     ValidationError,
 )
 
-from ..errors import DSLSyntaxError, SpecError, caret_excerpt, did_you_mean
-from .arch_spec import TOPOLOGIES, ArchSpec, SpecSource
+from ..errors import DSLSyntaxError, SpecError, caret_excerpt, did_you_mean, either
+from ..registry import load_plugins, topology_names
+from .arch_spec import ArchSpec, SpecSource
 from .parser import parse_expression
 from .spec_errors import _from_validation_error
 from .yamlio import MAX_YAML_BYTES, Positions, load_yaml
@@ -34,7 +35,8 @@ def _validate(
         )
     if not isinstance(data, Mapping):
         raise SpecError(
-            f"an architecture is a mapping with a topology key (unet, hrnet or llm), got "
+            "an architecture is a mapping with a topology key "
+            f"({either(topology_names())}), got "
             f"{type(data).__name__}"
             + (
                 f" {data!r}" if isinstance(data, (str, int, float)) and len(repr(data)) < 60 else ""
@@ -54,15 +56,16 @@ _TOP_LEVEL_KEYS = ("name", "description", "in_channels", "input_size", "defaults
 
 def _from_expression(text: str) -> SpecSource:
     name = text.strip().split("(", 1)[0].strip()
-    if name not in TOPOLOGIES:
+    topologies = topology_names()
+    if name not in topologies:
         column = text.index(name) + 1
         case = (
             f"; topology names are lower case: {name.lower()}(...)"
-            if (name.lower() in TOPOLOGIES)
-            else "; use unet(...), hrnet(...) or llm(...)"
+            if (name.lower() in topologies)
+            else "; use " + either(f"{t}(...)" for t in topologies)
         )
         raise DSLSyntaxError(
-            f"unknown topology {name!r}{did_you_mean(name.lower(), TOPOLOGIES)}{case}",
+            f"unknown topology {name!r}{did_you_mean(name.lower(), topologies)}{case}",
             text=text, line=1, column=column,
         )  # fmt: skip
     expr = parse_expression(text)
@@ -194,6 +197,7 @@ def load_source(source: Any, *, read_files: bool = True) -> SpecSource:
     `read_files=False`: `source` is never read as a path (text from a web page, say)."""
     if isinstance(source, SpecSource):
         return source
+    load_plugins()
     if isinstance(source, ArchSpec):
         return SpecSource(source)
     if isinstance(source, Mapping):

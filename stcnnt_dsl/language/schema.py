@@ -7,14 +7,19 @@ from typing import Any
 
 from pydantic.json_schema import PydanticJsonSchemaWarning
 
-from .arch_spec import TOPOLOGIES, ArchSpec
+from ..registry import topology_names
+from .arch_spec import ArchSpec
+from .fields import _BLOCK_SCHEMA, block_schema
 from .options import OPTIONS
 
 
 def _refresh_options(node: Any) -> None:
     """Replace every option's schema by the option's current one (registered norms and
-    activations join the enumerations) and drop pydantic's defaults of option fields."""
+    activations join the enumerations) and drop pydantic's defaults of option fields;
+    block strings start with the current cell letters (registered kinds join)."""
     if isinstance(node, dict):
+        if node.get("pattern") == _BLOCK_SCHEMA["pattern"]:
+            node.update(block_schema())
         props = node.get("properties")
         if isinstance(props, dict):
             for name in list(props):
@@ -36,5 +41,5 @@ def spec_json_schema() -> dict[str, Any]:
     _refresh_options(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "stcnnt-dsl architecture"
-    schema["oneOf"] = [{"required": [t]} for t in TOPOLOGIES]
+    schema["oneOf"] = [{"required": [t]} for t in topology_names()]
     return schema

@@ -17,7 +17,8 @@ This module gathers their public names.
 
 from __future__ import annotations
 
-from .arch_spec import TOPOLOGIES, ArchSpec, SpecSource
+from ..registry import TOPOLOGIES
+from .arch_spec import ArchSpec, SpecSource
 from .dumping import dump_spec
 from .fields import UNSET
 from .head_spec import HeadSpec
