@@ -23,6 +23,7 @@ from .errors import (
     ShapeError,
     SpecError,
     STCNNTError,
+    TrainError,
     WeightsError,
 )
 from .graph import build_graph, check, infer_shapes
@@ -58,6 +59,7 @@ __all__ = [
     "STCNNTError",
     "ShapeError",
     "SpecError",
+    "TrainError",
     "WeightsError",
     "__version__",
     "apply_lora",
@@ -83,4 +85,5 @@ __all__ = [
     "render_graph",
     "save_model",
     "to_dot",
+    "train",
 ]
