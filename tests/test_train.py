@@ -126,7 +126,7 @@ def test_a_run_writes_models_metrics_and_state(data, tmp_path):
 
 def test_a_folder_holding_another_run_is_refused(data):
     stcnnt_dsl.train(recipe(steps=2), out="run")
-    with pytest.raises(TrainError, match="--resume.*--overwrite"):
+    with pytest.raises(TrainError, match=r"--resume.*--overwrite"):
         stcnnt_dsl.train(recipe(steps=2), out="run")
     stcnnt_dsl.train(recipe(steps=2), out="run", overwrite=True)
     with pytest.raises(TrainError, match="optimizer differs"):
@@ -232,7 +232,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch):
         return real(tensors, path, metadata=metadata)
 
     monkeypatch.setattr(state, "save_file", save_file)
-    with pytest.raises(TrainError, match="No space left.*step 2\\) is intact"):
+    with pytest.raises(TrainError, match=r"No space left.*step 2\) is intact"):
         stcnnt_dsl.train(recipe(steps=4), out="run")
     run = tmp_path / "run"
     assert stcnnt_dsl.tools.io.read_metadata(run / "last.safetensors")["step"] == "2"
@@ -344,5 +344,5 @@ def test_init_of_another_architecture_is_refused(data):
     stcnnt_dsl.train(recipe(steps=1), out="first")
     other = recipe(model="unet(channels=[8, 16], blocks=T1L1G1, window=4, patch=2, heads=1)",
                    init="first/last.safetensors")  # fmt: skip
-    with pytest.raises(WeightsError, match="init: last.safetensors cannot start this model"):
+    with pytest.raises(WeightsError, match=r"init: last\.safetensors cannot start this model"):
         stcnnt_dsl.train(other, out="run")
