@@ -470,12 +470,11 @@ class Run:
         better = self.best is None or value > self.best
         if better:
             self.best, self.best_step = value, step
+            model_state: dict = {}
+            if self.procs.on and self.recipe.distributed == "fsdp":
+                model_state, _ = self._state()  # a collective: every rank gathers
             if self.procs.rank == 0:
-                model_state = None
-                if self.procs.on and self.recipe.distributed == "fsdp":
-                    model_state, _ = self._state()
-                self.checkpoint.save_best(self._plain(model_state or {}), step, self.metric,
-                                          value)  # fmt: skip
+                self.checkpoint.save_best(self._plain(model_state), step, self.metric, value)
         if self.writer is not None:
             self.writer.add_scalar(f"val/{self.metric}", value, step)
         loss = row.get("loss")
