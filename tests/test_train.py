@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import stcnnt_dsl
 from stcnnt_dsl.errors import ShapeError, SpecError, TrainError, WeightsError
+from stcnnt_dsl.tools.io import read_metadata
 from stcnnt_dsl.train import load_recipe, recipe_json_schema
 from stcnnt_dsl.train.recipe import dump_plain
 
@@ -235,7 +236,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch):
     with pytest.raises(TrainError, match=r"No space left.*step 2\) is intact"):
         stcnnt_dsl.train(recipe(steps=4), out="run")
     run = tmp_path / "run"
-    assert stcnnt_dsl.tools.io.read_metadata(run / "last.safetensors")["step"] == "2"
+    assert read_metadata(run / "last.safetensors")["step"] == "2"
     assert [p.name for p in run.rglob("*.tmp")] == []
     monkeypatch.setattr(state, "save_file", real)
     assert stcnnt_dsl.train(recipe(steps=4), out="run", resume=True).resumed_from == 2
@@ -291,12 +292,12 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     state = tmp_path / "cut" / "last.safetensors"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if state.exists() and stcnnt_dsl.tools.io.read_metadata(state)["step"] in ("4", "6"):
+        if state.exists() and read_metadata(state)["step"] in ("4", "6"):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    step = int(stcnnt_dsl.tools.io.read_metadata(state)["step"])
+    step = int(read_metadata(state)["step"])
     assert 0 < step < 12
     subprocess.run([*command, "--out", str(tmp_path / "cut"), "--resume"], check=True, env=env)
     a, b = (load_file(str(tmp_path / d / "last.safetensors")) for d in ("whole", "cut"))

@@ -39,6 +39,7 @@ from safetensors.torch import load_file  # noqa: E402
 from synthetic import machine  # noqa: E402
 
 import stcnnt_dsl  # noqa: E402
+from stcnnt_dsl.tools.io import read_metadata  # noqa: E402
 
 DATA = ROOT / "data"
 RUNS = ROOT / "runs"
@@ -98,7 +99,7 @@ def recipe_a() -> None:
     print(f"(a) best {result.best:.4f}; whole run {result.seconds:.0f} s")
 
 
-def overhead(repeats: int = 3, steps: int = 12) -> None:
+def overhead(repeats: int = 2, steps: int = 10) -> None:
     """Median step time of the engine (metrics.csv's clock, first steps dropped) and of a
     bare loop over the same model, batches, loss and optimizer; interleaved runs."""
     from stcnnt_dsl.train.data import TrainData, open_sources
@@ -214,12 +215,12 @@ def resume() -> None:
     proc = subprocess.Popen([*cli, "--out", str(folder / "cut"), "--overwrite"])
     last = folder / "cut" / "last.safetensors"
     while proc.poll() is None:
-        if last.exists() and stcnnt_dsl.tools.io.read_metadata(last)["step"] == "6":
+        if last.exists() and read_metadata(last)["step"] == "6":
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    step = stcnnt_dsl.tools.io.read_metadata(last)["step"]
+    step = read_metadata(last)["step"]
     subprocess.run([*cli, "--out", str(folder / "cut"), "--resume"], check=True)
     a, b = (load_file(str(folder / d / "last.safetensors")) for d in ("whole", "cut"))
     same = all(torch.equal(a[k], b[k]) for k in a)
