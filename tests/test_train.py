@@ -148,7 +148,7 @@ def _interrupt_at(monkeypatch, at: int) -> None:
     monkeypatch.setattr(engine.Run, "_step", step)
 
 
-@pytest.mark.parametrize("adapt", ["full", "lora"])
+@pytest.mark.parametrize("adapt", ["full", pytest.param("lora", marks=pytest.mark.slow)])
 def test_resume_gives_the_weights_of_an_uninterrupted_run(data, tmp_path, monkeypatch, adapt):
     r = recipe(steps=6, adapt={"method": adapt, "rank": 2},
                data={"augment": [{"RandFlip": {"spatial_axis": [1, 2], "prob": 0.5}}]})  # fmt: skip
