@@ -27,8 +27,10 @@ from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema
 from pydantic import model_validator as _model_validator
 
 from ..errors import SpecError, did_you_mean
+from ..language.fields import _error, _Strict
+from ..language.head_spec import HeadSpec
 from ..language.options import Bool, Enum, Float, Int, OptionType, OptionValueError
-from ..language.spec import HeadSpec, _error, _from_validation_error, _Strict
+from ..language.spec_errors import _from_validation_error
 from ..language.yamlio import MAX_YAML_BYTES, Positions, dump_yaml, load_yaml
 
 __all__ = [
