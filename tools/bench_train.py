@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -137,23 +136,32 @@ def overhead(repeats: int = 2, steps: int = 10) -> None:
 
 
 def _peak_child(method: str, checkpoint: bool) -> None:
-    """In a fresh process: memory before the first step and the peak after 3 (KiB)."""
+    """In a fresh process, one training step: the bytes autograd keeps for the backward
+    (saved activations, each storage once), the gradients and the optimizer's state."""
     from stcnnt_dsl.train import engine
     from stcnnt_dsl.train.recipe import load_recipe
 
-    sets = ["steps=3", "eval_every=0", "checkpoint_every=0", f"adapt.method={method}",
-            f"checkpoint={str(checkpoint).lower()}"]  # fmt: skip
+    sets = ["steps=2", "eval_every=0", "checkpoint_every=0", "data.cases=8",
+            f"adapt.method={method}", f"checkpoint={str(checkpoint).lower()}"]  # fmt: skip
     src = load_recipe(RECIPES / "segment_2dt.yaml", overrides=sets)
     folder = RUNS / f"bench_mem_{method}_{checkpoint}"
-    engine._check_folder(folder, False, True, "", True)
     with engine._Processes() as procs:
         run = engine.Run(src, folder, False, True, procs)
-        run.data.batch(0, range(8))  # cases loaded and cached
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        for step in range(3):
-            run._step(step)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"base": base, "peak": peak, "trainable": run.prepared.trainable}))
+        run._step(0)  # the optimizer's state exists from here on
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run._step(1)
+        grads = sum(p.grad.nbytes for p in run.model.parameters() if p.grad is not None)
+        state = sum(v.nbytes for s in run.optimizer.state.values() for v in s.values()
+                    if isinstance(v, torch.Tensor))  # fmt: skip
+    print(json.dumps({"activations": sum(storages.values()), "grads": grads,
+                      "optimizer": state, "trainable": run.prepared.trainable}))  # fmt: skip
 
 
 def lora_memory() -> None:
@@ -162,14 +170,14 @@ def lora_memory() -> None:
         out = subprocess.run([sys.executable, __file__, "--peak-child", method, str(checkpoint)],
                              check=True, capture_output=True, text=True).stdout  # fmt: skip
         doc = json.loads(out.strip().splitlines()[-1])
-        rows[(method, checkpoint)] = doc
-        print(
-            f"{method:4s} recompute={checkpoint!s:5s}: {doc['trainable']:,} trainable, "
-            f"peak {(doc['peak'] - doc['base']) / 1024:.0f} MiB above the loaded model"
-        )
-    full = rows[("full", False)]["peak"] - rows[("full", False)]["base"]
+        total = doc["activations"] + doc["grads"] + doc["optimizer"]
+        rows[(method, checkpoint)] = total
+        print(f"{method:4s} recompute {'on ' if checkpoint else 'off'}: {doc['trainable']:,} "
+              f"trainable; saved activations {doc['activations'] / 2**20:.1f} MiB + gradients "
+              f"{doc['grads'] / 2**20:.2f} + optimizer {doc['optimizer'] / 2**20:.2f} = "
+              f"{total / 2**20:.1f} MiB")  # fmt: skip
     for key in (("lora", False), ("lora", True)):
-        ratio = (rows[key]["peak"] - rows[key]["base"]) / full
+        ratio = rows[key] / rows[("full", False)]
         print(f"LoRA (activation recompute {'on' if key[1] else 'off'}) / full: {ratio:.2f}x")
 
 
