@@ -264,7 +264,7 @@ CATALOGUE: list[Entry] = [
       ("floating-point", "torch.int64", "x.float()"), "x.float()."),
     E("forward-hw", "Inputs", "a tensor whose H does not fit",
       ("forward", "unet-2d-small", (1, 1, 1, 24, 32), torch.float32), ShapeError,
-      "unet.encoder[1]", ("must divide H=12", "nearest valid H: 16 or 24"),
+      "unet.encoder[1]", ("must divide H=12", "nearest valid H: 16 or 32"),
       "use a listed size."),
     E("forward-not-tensor", "Inputs", "something that is not a tensor",
       ("forward", "unet-2d-small", None, None), ShapeError, "", ("expected a torch.Tensor",),
