@@ -248,3 +248,15 @@ def test_no_downloads(monkeypatch):
         assert real(name).is_file(), name
         assert os.access(real(name), os.R_OK)
     assert isinstance(read_image(real("MR_small.dcm")), Image)
+
+
+def test_probabilities_stay_float_in_an_integer_format(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    stack = np.arange(2 * 4 * 4, dtype=np.uint16).reshape(2, 4, 4)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    image = read_image(tmp_path / "s.tif")
+    probs = np.full((2, 3, 4, 4), 1 / 3, np.float32)
+    back = read_image(write_image(image, probs, tmp_path / "p.tif", keep_float=True))
+    np.testing.assert_allclose(back.array, probs)
+    rounded = read_image(write_image(image, probs, tmp_path / "r.tif"))  # an enhanced image
+    assert rounded.meta["dtype"] == "uint16" and rounded.array.max() == 0

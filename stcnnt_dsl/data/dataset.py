@@ -143,8 +143,7 @@ class Dataset:
         return image, self._label(case, image)
 
     def _label(self, case: Case, image: Image) -> np.ndarray:
-        path = case.label
-        assert isinstance(path, Path)
+        path = Path(str(case.label))
         label = read_image(path, t_axis=self.t_axis)
         if _thw(label) != _thw(image) or label.array.shape[1] != 1:
             raise DataError(

@@ -351,10 +351,13 @@ _WRITERS = {"nifti": _write_nifti, "png": _write_png, "tiff": _write_tiff, "npy"
 # --------------------------------------------------------------------------- writing
 
 
-def stored_values(array: np.ndarray, like: Image) -> np.ndarray:
+def stored_values(array: np.ndarray, like: Image, keep_float: bool = False) -> np.ndarray:
     """`array` in a dtype the file can hold: integers (label maps) as the smallest
     integer type that holds them; floats rounded into the input's integer type when it
-    had one (an enhanced uint16 image stays uint16), else float32."""
+    had one (an enhanced uint16 image stays uint16), else (or with `keep_float`: e.g.
+    probabilities) float32."""
+    if keep_float:
+        return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.bool_):
         array = array.astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer):
@@ -371,14 +374,15 @@ def stored_values(array: np.ndarray, like: Image) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def write_image(like: Image, array: Any, path: str | Path) -> Path:
+def write_image(like: Image, array: Any, path: str | Path, *, keep_float: bool = False) -> Path:
     """Write `array` (`[T, C, H, W]`, or `[T, H, W]` for one channel) with the geometry of
     `like`, in the format of `path`'s suffix (for a DICOM series read from a folder,
     `path` is a new folder). The write is atomic: a failure leaves no file behind.
 
     NIfTI keeps `like`'s affine and header; DICOM writes a derived series from `like`'s
     own files (new UIDs, same positions and spacing); PNG holds one 2D image; TIFF and
-    `.npy` keep the array as is.
+    `.npy` keep the array as is. Float arrays are rounded into the input's integer type
+    when it had one (an enhanced image), unless `keep_float` (probabilities).
     """
     path = Path(path)
     array = np.asarray(array.detach().cpu() if hasattr(array, "detach") else array)
@@ -396,7 +400,7 @@ def write_image(like: Image, array: Any, path: str | Path) -> Path:
     fmt = fmt or FORMATS.get(suffix_of(path))
     if fmt is None:
         raise DataError(f"unknown output format; end the name in one of {', '.join(FORMATS)}", path)
-    values = stored_values(array, like)
+    values = stored_values(array, like, keep_float)
     if fmt == "dicom":
         from .dicom import write_dicom
 
