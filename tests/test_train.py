@@ -319,10 +319,8 @@ def test_torchrun_two_processes_match_one_process_on_the_whole_batch(tmp_path, w
                 "--nproc_per_node", "2", "-m", "stcnnt_dsl.cli"]  # fmt: skip
     subprocess.run([*torchrun, *base, "--out", str(tmp_path / "two")], check=True, env=env)
     a, b = (load_file(str(tmp_path / d / "last.safetensors")) for d in ("one", "two"))
-    start = stcnnt_dsl.build(json.loads(path.read_text())["model"])  # never equal: it moved
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
-    assert any(not torch.equal(a[k], v) for k, v in start.state_dict().items() if k in a) or True
 
 
 @pytest.mark.slow
