@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import WeightsError
-from ..graph.nodes import BlockNode, GateNode, Node
+from ..graph.nodes import BlockNode, ConvUnitNode, GateNode, Node
 from ..models.backbone import Backbone
 from ..models.build import build
 from ..models.model import Model
@@ -37,6 +37,15 @@ __all__ = ["import_reference", "read_reference"]
 def _node_prefix(topology: str, node: Node) -> str:
     """The reference module (with `.block.` where it has one) of one of our nodes."""
     m = node.meta
+    if topology == "mixed_unetr":
+        level = m.get("level")
+        if isinstance(node, GateNode):
+            return f"attention_{level}."
+        head, _, _ = node.name.partition(".")
+        name = {"encoder": f"D{level}.block.", "bridge": "bridge.block.",
+                "down": f"down_{level}.block.", "up": f"up_{level}.block.",
+                "skips": f"E{level}.", "decoder": f"U{level}."}[head]  # fmt: skip
+        return name
     if topology == "unet":
         level = m.get("level")
         if isinstance(node, GateNode):
@@ -101,16 +110,32 @@ def _cell_names(cell: nn.Module, key: str) -> list[str] | None:
     return None
 
 
+def _conv_unit_name(unit: nn.Module, key: str) -> str | None:
+    """The reference name (inside `E<i>` / `U<i>`) of a `ConvUnit` key."""
+    head, _, rest = key.partition(".")
+    if head in ("conv1", "conv2"):
+        return f"{head}.conv.{rest}"
+    if head in ("act1", "act2"):
+        return f"nl{head[-1]}.{rest}"
+    if head in ("norm1", "norm2"):
+        return _norm_name(head, getattr(unit, head), rest.partition(".")[2])
+    return None
+
+
 # Our head keys -> the reference's `post.` keys (a rename inside the head).
 _HEAD_KEYS = {"conv.weight": "conv2d.conv.weight", "conv.bias": "conv2d.conv.bias"}
 
 
-def _reference_names(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, Callable]]:
-    """(our state_dict key -> reference keys, optional reference key -> its checker),
-    node by node over the model graph. A whole model's keys are `backbone.*` and
+def _reference_names(
+    model: nn.Module,
+) -> tuple[dict[str, list[str]], dict[str, Callable], set[str]]:
+    """(our state_dict key -> reference keys, optional reference key -> its checker,
+    reference keys of 1x1x1 convolutions loaded into 1x1 ones), node by node over the
+    model graph. A whole model's keys are `backbone.*` and
     `heads.<name>.*`, the reference's `backbone.*` and `post.*`."""
     names: dict[str, list[str]] = {}
     optional: dict[str, Callable] = {}
+    squeeze: set[str] = set()
     graph = model.graph
     whole = isinstance(model, Model)
     backbone = model.backbone if whole else model
@@ -131,6 +156,11 @@ def _reference_names(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, 
                 )
             elif isinstance(node, GateNode):
                 found = [prefix + _GATE[key]] if key in _GATE else None
+                if found and graph.topology == "mixed_unetr" and graph.spec.body.conv == "3d":
+                    squeeze.update(found)  # its gates are 1x1x1 Conv3d: [o, i, 1, 1, 1]
+            elif isinstance(node, ConvUnitNode):
+                local = _conv_unit_name(module, key)
+                found = None if local is None else [prefix + local]
             else:
                 for pattern, template in _RESAMPLE:
                     match = re.fullmatch(pattern, key)
@@ -142,11 +172,26 @@ def _reference_names(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, 
         if isinstance(node, BlockNode):
             for c, cell in enumerate(module.cells):
                 _optional_names(cell, f"{prefix}cell_{c}.", optional)
+    if graph.topology == "mixed_unetr" and graph.spec.body.gate:
+        for name in unused_reference_modules():
+            optional[theirs + name] = lambda t: None
     if whole:
         for name, head in model.heads.items():
             for key in head.state_dict():
                 names[f"heads.{name}.{key}"] = [f"post.{_HEAD_KEYS.get(key, key)}"]
-    return names, optional
+    return names, optional, squeeze
+
+
+def unused_reference_modules() -> tuple[str, ...]:
+    """Weights the reference's gated mixed U-Netr builds but its forward never uses:
+    `attention_0` (level 0's up-sampled input has 2C channels, its skip C, so the gate is
+    skipped) and `attention_w` (for the window partition, off). They are counted in its
+    parameter count and ignored on import."""
+    return tuple(
+        f"attention_{level}.conv_{part}.conv.weight"
+        for level in ("0", "w")
+        for part in ("query", "x", "gate")
+    )
 
 
 def _optional_names(cell: nn.Module, prefix: str, optional: dict[str, Callable]) -> None:
@@ -240,7 +285,8 @@ def _strip_prefix(weights: Mapping[str, Tensor], first: str) -> dict[str, Tensor
 
 
 def _assemble(
-    names: dict[str, list[str]], target: dict[str, Tensor], weights: Mapping[str, Tensor]
+    names: dict[str, list[str]], target: dict[str, Tensor], weights: Mapping[str, Tensor],
+    squeeze: set[str],
 ) -> dict[str, Tensor]:
     state: dict[str, Tensor] = {}
     for key, refs in names.items():
@@ -252,13 +298,19 @@ def _assemble(
             )
         want = tuple(target[key].shape)
         part = (want[0] // len(refs), *want[1:]) if want else want
+        fitted = {
+            r: weights[r].squeeze(-1)
+            if r in squeeze and weights[r].dim() == 5 and weights[r].shape[-1] == 1
+            else weights[r]
+            for r in refs
+        }
         for ref in refs:
-            if tuple(weights[ref].shape) != part:
+            if tuple(fitted[ref].shape) != part:
                 raise WeightsError(
                     f"shape mismatch for reference weight {ref!r}: checkpoint "
                     f"{tuple(weights[ref].shape)}, model built from the configuration {part}"
                 )
-        parts = [weights[r] for r in refs]
+        parts = [fitted[r] for r in refs]
         state[key] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
     return state
 
@@ -289,10 +341,10 @@ def import_reference(
             "safetensors files with a 'config' metadata entry carry their own"
         )
     model = build(reference_spec(config))
-    names, optional = _reference_names(model)
+    names, optional, squeeze = _reference_names(model)
     weights = _strip_prefix(weights, next(iter(names.values()))[0])
     target = model.state_dict()
-    state = _assemble(names, target, weights)
+    state = _assemble(names, target, weights, squeeze)
     used = {r for refs in names.values() for r in refs}
     extra = sorted(k for k in weights if k not in used and k not in optional)
     if extra:

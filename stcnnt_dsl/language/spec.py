@@ -51,6 +51,7 @@ __all__ = [
     "HRNetSpec",
     "HeadSpec",
     "LLMSpec",
+    "MixedUNetrSpec",
     "PreSpec",
     "SpecSource",
     "StageSpec",
@@ -63,7 +64,7 @@ __all__ = [
     "spec_json_schema",
 ]
 
-TOPOLOGIES = ("unet", "hrnet", "llm")
+TOPOLOGIES = ("unet", "hrnet", "llm", "mixed_unetr")
 # Options that only make sense for the whole spec (set at its top level).
 _SPEC_LEVEL = ("input_size",)
 
@@ -596,6 +597,59 @@ class LLMSpec(_OptionFields):  # type: ignore[misc, valid-type]
         return self.depth or 1
 
 
+class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
+    """Mixed U-Netr (the reference's `STCNNT_Mixed_Unetr`): ST-CNNT blocks for the encoder
+    levels and the bridge, convolution units on the skips and for the decoder."""
+
+    channels: Channels
+    levels: PositiveInt | None = None
+    blocks: Blocks = Field(
+        description="one block string for the encoder levels and the bridge, or one per "
+        "level (the bridge uses the last), or one per level plus one for the bridge"
+    )
+    gate: Bool = Field(
+        True,
+        description="attention-gate the skips of levels 1 and deeper (level 0's skip has "
+        "half the channels of its up-sampled input, so the reference never gates it)",
+    )
+    skip_units: Bool = Field(
+        True, description="a residual convolution unit on every skip connection"
+    )
+    conv: Literal["3d", "2d"] = Field(
+        "3d", description="convolution units: 3x3x3 over (T, H, W) or 3x3 per frame"
+    )
+    up: Literal["conv", "interpolate"] = Field(
+        "interpolate", description="up-sampling: bilinear x2, or bilinear x2 then a 3x3 conv"
+    )
+    window_sizing: WindowSizing = Field("fixed", description=_WINDOW_SIZING_HELP)
+    encoder: list[StageSpec] | None = None
+    bridge: StageSpec | None = None
+    overrides: dict[str, StageSpec] | None = _overrides_field()
+
+    @model_validator(mode="after")
+    def _lengths(self) -> MixedUNetrSpec:
+        n = self.num_levels
+        _at_most(n, MAX_LEVELS, "levels", "levels" if self.levels else "channels", _LEVELS_WHY)
+        if n < 2:
+            raise _error(
+                "the mixed U-Netr needs at least 2 levels (the reference's one-level variant "
+                "does not run: its decoder expects 3C channels and gets 2C)",
+                "levels" if self.levels else "channels",
+            )
+        _check_len(
+            self.blocks,
+            (n, n + 1),
+            "blocks",
+            f"one per level, {n} levels, optionally one more for the bridge",
+        )
+        _check_len(self.encoder, (n,), "encoder", f"one entry per level, {n} levels")
+        return self
+
+    @property
+    def num_levels(self) -> int:
+        return _levels(self.channels, self.levels)
+
+
 def _input_size(value: Any) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -622,6 +676,7 @@ class ArchSpec(_Strict):
     unet: UNetSpec | None = None
     hrnet: HRNetSpec | None = None
     llm: LLMSpec | None = None
+    mixed_unetr: MixedUNetrSpec | None = None
     heads: dict[str, HeadSpec] | None = Field(
         None,
         description="task heads by name: {kind: segmentation|classification|enhancement, "
@@ -654,7 +709,7 @@ class ArchSpec(_Strict):
         given = [t for t in TOPOLOGIES if getattr(self, t) is not None]
         if len(given) != 1:
             raise _error(
-                "a spec needs exactly one topology: unet, hrnet or llm"
+                "a spec needs exactly one topology: unet, hrnet, llm or mixed_unetr"
                 + (f" (got {', '.join(given)})" if given else "")
             )
         if not self.name:
@@ -667,7 +722,7 @@ class ArchSpec(_Strict):
         return next(t for t in TOPOLOGIES if getattr(self, t) is not None)
 
     @property
-    def body(self) -> UNetSpec | HRNetSpec | LLMSpec:
+    def body(self) -> UNetSpec | HRNetSpec | LLMSpec | MixedUNetrSpec:
         """The topology's own spec."""
         return getattr(self, self.topology)
 

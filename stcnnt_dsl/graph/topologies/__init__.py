@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ...language.spec import HRNetSpec, LLMSpec, SpecSource, UNetSpec
+from ...language.spec import HRNetSpec, LLMSpec, MixedUNetrSpec, SpecSource, UNetSpec
 from ..model import ModelGraph
 from .common import Entry
 from .hrnet import build_hrnet
 from .llm import build_llm
+from .mixed_unetr import build_mixed_unetr
 from .unet import build_unet
 
 __all__ = ["TOPOLOGIES", "Entry", "Topology", "register_topology"]
@@ -39,5 +40,9 @@ for _topology in (
     Topology("unet", UNetSpec, build_unet, "encoder levels, a bridge, gated decoder levels"),
     Topology("hrnet", HRNetSpec, build_hrnet, "parallel resolution levels with exchanges"),
     Topology("llm", LLMSpec, build_llm, "a stack of blocks with dense skips"),
+    Topology(
+        "mixed_unetr", MixedUNetrSpec, build_mixed_unetr,
+        "ST-CNNT encoder levels and bridge, convolutional skips and decoder",
+    ),  # fmt: skip
 ):
     register_topology(_topology)
