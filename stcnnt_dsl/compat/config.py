@@ -539,11 +539,12 @@ POST_MODELS = {
     ),
     "NormPoolLinear": ("classification", {"kind": "classification", "pooling": "norm_avg"}),
 }
+# The reference's UperNet heads: our upernet decoder with its behaviours switched on.
+_UPERNET = {
+    "kind": "segmentation", "decoder": "upernet", "reads": "output", "bins": [1, 2, 4, 6],
+    "dropout": 0.1, "bottleneck_padding": 1, "shared_smooth": True, "top_down": "pairwise",
+}  # fmt: skip
 _NOT_IMPORTABLE = {
-    "UperNet2D": "its 2D variant uses the first frame only and its pyramid pooling pads a "
-    "1x1 convolution, which this library's upernet decoder does not reproduce",
-    "UperNet3D": "its pyramid pooling pads a 1x1 convolution and its FPN shares one "
-    "smoothing convolution, which this library's upernet decoder does not reproduce",
     "SimpleMultidepthConv": "it needs 4 backbone features and the reference's ST-CNNT "
     "backbones give one",
     "UNETR2D": "it needs the omnivore backbone's 5 features (the reference cannot run it "
@@ -566,10 +567,10 @@ def _heads(cfg: _Config, flat: Mapping[str, Any], topology: str) -> dict[str, An
             "model a new head under heads:",
             "post_model",
         )
-    if post not in POST_MODELS:
+    if post not in POST_MODELS and post not in ("UperNet2D", "UperNet3D"):
         raise SpecError(
             f"post_model={post!r} is not a reference head this library knows; known: "
-            + ", ".join([*POST_MODELS, *_NOT_IMPORTABLE]),
+            + ", ".join([*POST_MODELS, "UperNet2D", "UperNet3D", *_NOT_IMPORTABLE]),
             "post_model",
         )
     if topology == "hrnet":
@@ -579,6 +580,32 @@ def _heads(cfg: _Config, flat: Mapping[str, Any], topology: str) -> dict[str, An
             "the backbone and add a head under heads:",
             "post_model",
         )
+    levels_key = "backbone_mixed_unetr.num_resolution_levels"
+    if topology == "mixed_unetr" and (levels := cfg.integer(levels_key, 1)) != 2:
+        c = cfg.integer("backbone_mixed_unetr.C", 1)
+        raise SpecError(
+            f"the reference's whole models with a {levels}-level mixed U-Netr do not run: its "
+            f"factory tells the head C*(levels+1) = {c * (levels + 1)} channels, but the "
+            f"backbone gives 3C = {3 * c} (only 2 levels agree); import the backbone "
+            "(post_model: Identity, or load_weights(model, path, part='backbone')) and add a "
+            "head under heads:",
+            "post_model",
+        )
+    if post in ("UperNet2D", "UperNet3D"):
+        return {"segmentation": _upernet(cfg, post)}
     name, head = POST_MODELS[post]
     size = "classes" if head["kind"] != "enhancement" else "out_channels"
     return {name: {**head, size: cfg.integer("no_out_channel", 1)}}
+
+
+def _upernet(cfg: _Config, post: str) -> dict[str, Any]:
+    """UperNet2D reads frame 0 and resizes to (height, width); UperNet3D resizes to
+    (time, height, width); both to the patch size when `use_patches` is set."""
+    patches = cfg.flag("use_patches")
+    keys = ["height", "width"] if post == "UperNet2D" else ["time", "height", "width"]
+    size = [cfg.integer(f"patch_{k}" if patches else k, 1) for k in keys]
+    head: dict[str, Any] = {**_UPERNET, "classes": cfg.integer("no_out_channel", 1)}
+    head.update(mode="2d" if post == "UperNet2D" else "3d", size=size)
+    if post == "UperNet2D":
+        head["frames"] = "first"
+    return head

@@ -29,6 +29,7 @@ from ..models.model import Model
 from ..nn.attention import SpatialAttention, TemporalAttention
 from ..nn.cells import AttentionCell, ConvCell
 from ..nn.functional import relative_position_index
+from ..nn.heads import UperNetHead
 from .config import reference_spec
 
 __all__ = ["import_reference", "read_reference"]
@@ -124,6 +125,29 @@ def _conv_unit_name(unit: nn.Module, key: str) -> str | None:
 
 # Our head keys -> the reference's `post.` keys (a rename inside the head).
 _HEAD_KEYS = {"conv.weight": "conv2d.conv.weight", "conv.bias": "conv2d.conv.bias"}
+_UPERNET_KEYS = [
+    (r"psp\.stages\.(\d+)\.conv\.(.*)", "PPN.stages.{0}.1.{1}"),
+    (r"psp\.stages\.(\d+)\.norm\.(.*)", "PPN.stages.{0}.2.{1}"),
+    (r"psp\.bottleneck\.conv\.(.*)", "PPN.bottleneck.0.{0}"),
+    (r"psp\.bottleneck\.norm\.(.*)", "PPN.bottleneck.1.{0}"),
+    (r"fpn\.smooth\.(\d+)\.(.*)", "FPN.smooth_conv.{0}.{1}"),
+    (r"fpn\.fuse\.conv\.(.*)", "FPN.conv_fusion.0.{0}"),
+    (r"fpn\.fuse\.norm\.(.*)", "FPN.conv_fusion.1.{0}"),
+    (r"(head\..*)", "{0}"),
+]
+
+
+def _head_key(head: nn.Module, key: str) -> str:
+    """The reference's name (inside `post.`) of a head's state_dict key."""
+    if isinstance(head, UperNetHead):
+        lateral = re.fullmatch(r"fpn\.lateral\.(\d+)\.(.*)", key)
+        if lateral:  # the reference has no lateral conv for the finest feature
+            return f"FPN.conv1x1.{int(lateral[1]) - 1}.{lateral[2]}"
+        for pattern, template in _UPERNET_KEYS:
+            match = re.fullmatch(pattern, key)
+            if match:
+                return template.format(*match.groups())
+    return _HEAD_KEYS.get(key, key)
 
 
 def _reference_names(
@@ -178,7 +202,7 @@ def _reference_names(
     if whole:
         for name, head in model.heads.items():
             for key in head.state_dict():
-                names[f"heads.{name}.{key}"] = [f"post.{_HEAD_KEYS.get(key, key)}"]
+                names[f"heads.{name}.{key}"] = [f"post.{_head_key(head, key)}"]
     return names, optional, squeeze
 
 
@@ -285,7 +309,9 @@ def _strip_prefix(weights: Mapping[str, Tensor], first: str) -> dict[str, Tensor
 
 
 def _assemble(
-    names: dict[str, list[str]], target: dict[str, Tensor], weights: Mapping[str, Tensor],
+    names: dict[str, list[str]],
+    target: dict[str, Tensor],
+    weights: Mapping[str, Tensor],
     squeeze: set[str],
 ) -> dict[str, Tensor]:
     state: dict[str, Tensor] = {}

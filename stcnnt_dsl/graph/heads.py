@@ -71,9 +71,12 @@ class HeadNode(Node):
                 reductions=reductions, **geometry,
             )  # fmt: skip
         if self.module == "UperNetHead":
+            if a.get("frames") == "first":
+                geometry["frames"] = 1
             return head_costs.upernet_head_cost(
                 a["feature_channels"], a["classes"], hidden=a["hidden"], bins=a["bins"],
-                mode=a["mode"], reductions=reductions, **geometry,
+                mode=a["mode"], reductions=reductions,
+                shared_smooth=a.get("shared_smooth", False), **geometry,
             )  # fmt: skip
         return head_costs.unetr_head_cost(
             a["feature_channels"], a["out_channels"], reductions=a["reductions"],
@@ -106,6 +109,11 @@ class HeadNode(Node):
             classes = self.args["classes"]
             return (b, t, classes) if self.args["per_frame"] else (b, classes)
         size = self.args.get("classes", self.args.get("out_channels"))
+        fixed = self.args.get("size")
+        if fixed is not None:
+            t, h, w = (t, *fixed) if len(fixed) == 2 else fixed
+        if self.args.get("frames") == "first":
+            t = 1
         return (b, t, size, h, w)
 
     def check_batch(self, b: int, t: int) -> None:
@@ -178,6 +186,21 @@ def head_node(
                 "depth": v["depth"], "residual": v["residual"]}  # fmt: skip
     elif module == "UperNetHead":
         reads = "features"
+        if v["reads"] == "output":  # the output alone, as the one feature
+            features = [Feature(output, out_channels, 1)]
+            channels = [out_channels]
+        if v["frames"] == "first" and v["mode"] == "3d":
+            raise SpecError(
+                f"{here}: frames: first (frame 0 only) is a mode 2d option; drop it or use mode 2d",
+                f"{here}.frames",
+            )
+        size_given = v["size"]
+        if size_given is not None and len(size_given) != (2 if v["mode"] == "2d" else 3):
+            raise SpecError(
+                f"{here}: size must be [H, W] in mode 2d and [T, H, W] in mode 3d, got "
+                f"{list(size_given)} with mode {v['mode']}",
+                f"{here}.size",
+            )
         if len(v["bins"]) > channels[-1]:
             raise SpecError(
                 f"{here}: the deepest feature's {channels[-1]} channels cannot be split among "
@@ -186,7 +209,10 @@ def head_node(
             )
         args = {"feature_channels": channels, "classes": v["classes"],
                 "hidden": v["hidden"] or channels[0], "bins": tuple(v["bins"]),
-                "mode": v["mode"], "dropout": v["dropout"]}  # fmt: skip
+                "mode": v["mode"], "dropout": v["dropout"],
+                "bottleneck_padding": v["bottleneck_padding"],
+                "shared_smooth": v["shared_smooth"], "top_down": v["top_down"],
+                "frames": v["frames"], "size": size_given, "reads": v["reads"]}  # fmt: skip
     else:  # UNETRHead
         reads = "features"
         for i in range(len(reductions) - 1):

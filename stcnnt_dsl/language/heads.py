@@ -57,6 +57,41 @@ HEAD_KINDS: dict[str, HeadKind] = {
             "bins": HeadKey((1, 2, 4, 6), "pyramid pooling sizes", ("upernet",)),
             "mode": HeadKey("2d", "2d: per frame; 3d: over (T, H, W)", ("upernet",)),
             "dropout": HeadKey(0.1, "channel dropout after the pyramid pooling", ("upernet",)),
+            "reads": HeadKey(
+                "features",
+                "features: the backbone's per-level features; output: its output only (what "
+                "the reference's heads get)",
+                ("upernet",),
+            ),
+            "bottleneck_padding": HeadKey(
+                0,
+                "zero padding of the pyramid pooling's 1x1 convolution (the reference pads "
+                "it by 1: one pixel more on every side)",
+                ("upernet",),
+            ),
+            "shared_smooth": HeadKey(
+                False,
+                "one FPN smoothing convolution for every level (the reference's)",
+                ("upernet",),
+            ),
+            "top_down": HeadKey(
+                "pairwise",
+                "pairwise: level i = smooth(up(lateral i+1) + lateral i) (the reference's); "
+                "cumulative: the sum carries down (the FPN paper's)",
+                ("upernet",),
+            ),
+            "frames": HeadKey(
+                "all",
+                "all; first: frame 0 only, output [B, 1, classes, H, W] (the reference's "
+                "UperNet2D); mode 2d",
+                ("upernet",),
+            ),
+            "size": HeadKey(
+                None,
+                "resize the output to [H, W] (mode 2d) or [T, H, W] (mode 3d) instead of the "
+                "input's size (the reference resizes to its configured size)",
+                ("upernet",),
+            ),
         },
         help="per-pixel classes",
     ),

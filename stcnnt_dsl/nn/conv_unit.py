@@ -42,7 +42,9 @@ class ConvUnit(nn.Module):
         self.conv1 = conv(in_channels, out_channels, 3, padding=1, padding_mode=padding, bias=False)
         self.norm1 = Norm5d(norm, out_channels, input_size)
         self.act1 = make_activation(activation)
-        self.conv2 = conv(out_channels, out_channels, 3, padding=1, padding_mode=padding, bias=False)
+        self.conv2 = conv(
+            out_channels, out_channels, 3, padding=1, padding_mode=padding, bias=False
+        )
         self.norm2 = Norm5d(norm, out_channels, input_size)
         self.act2 = make_activation(activation)
 

@@ -421,7 +421,8 @@ class UperNetHead(nn.Module):
     (one smoothing conv for every FPN level), `top_down="pairwise"` (no sum carried down;
     "cumulative" carries it), `frames="first"` (its UperNet2D reads frame 0 only and
     returns [B, 1, classes, H, W]), `size` (resize to a fixed (H, W) in 2d or (T, H, W)
-    in 3d, its configured size, instead of the output's)."""
+    in 3d, its configured size, instead of the output's), `reads="output"` (the
+    backbone's output as the only feature, which is what its heads get)."""
 
     def __init__(
         self,
@@ -437,6 +438,7 @@ class UperNetHead(nn.Module):
         top_down: str = "pairwise",
         frames: str = "all",
         size: Sequence[int] | None = None,
+        reads: str = "features",
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -473,11 +475,16 @@ class UperNetHead(nn.Module):
                 "frames",
             )
         self.frames = frames
+        if reads not in ("features", "output"):
+            raise SpecError(f"must be 'features' or 'output', got {reads!r} ({name})", "reads")
+        self.reads = reads
         dims = 2 if self.mode == "2d" else 3
         if size is not None:
-            if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(
-                size
-            ) != dims:
+            if (
+                isinstance(size, (str, bytes))
+                or not isinstance(size, Sequence)
+                or len(size) != dims
+            ):
                 raise SpecError(
                     f"must be {'[H, W]' if dims == 2 else '[T, H, W]'} in mode {self.mode}, "
                     f"got {size!r} ({name})",
@@ -492,6 +499,8 @@ class UperNetHead(nn.Module):
         self.head = self.layout.conv(self.hidden, classes, 3, bias=True)
 
     def forward(self, x: Tensor, output: Tensor, features: list[Tensor]) -> Tensor:
+        if self.reads == "output":
+            features = [output]
         _check_features(self, features)
         batch = output.shape[0]
         if self.layout.dims == 2 and any(f.shape[1] != output.shape[1] for f in features):

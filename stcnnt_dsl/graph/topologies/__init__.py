@@ -41,7 +41,9 @@ for _topology in (
     Topology("hrnet", HRNetSpec, build_hrnet, "parallel resolution levels with exchanges"),
     Topology("llm", LLMSpec, build_llm, "a stack of blocks with dense skips"),
     Topology(
-        "mixed_unetr", MixedUNetrSpec, build_mixed_unetr,
+        "mixed_unetr",
+        MixedUNetrSpec,
+        build_mixed_unetr,
         "ST-CNNT encoder levels and bridge, convolutional skips and decoder",
     ),  # fmt: skip
 ):
