@@ -39,7 +39,8 @@ class ConvUnit(nn.Module):
         self.temporal = temporal
         self.residual = residual and in_channels == out_channels
         conv = nn.Conv3d if temporal else nn.Conv2d
-        self.conv1 = conv(in_channels, out_channels, 3, padding=1, padding_mode=padding, bias=False)
+        options = {"padding": 1, "padding_mode": padding, "bias": False}
+        self.conv1 = conv(in_channels, out_channels, 3, **options)
         self.norm1 = Norm5d(norm, out_channels, input_size)
         self.act1 = make_activation(activation)
         self.conv2 = conv(

@@ -45,6 +45,6 @@ for _topology in (
         MixedUNetrSpec,
         build_mixed_unetr,
         "ST-CNNT encoder levels and bridge, convolutional skips and decoder",
-    ),  # fmt: skip
+    ),
 ):
     register_topology(_topology)
