@@ -517,7 +517,7 @@ def reference_spec(config: Any) -> ArchSpec:
             body["overrides"] = overrides
         body.update(resample="conv", branches=branches)
     spec: dict[str, Any] = {
-        "name": f"reference-{topology}",
+        "name": f"reference-{topology.replace('_', '-')}",
         "description": "translated from a reference implementation configuration",
         "in_channels": in_channels,
         "input_size": [sizer.h, sizer.w],

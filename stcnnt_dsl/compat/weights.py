@@ -30,7 +30,7 @@ from ..nn.attention import SpatialAttention, TemporalAttention
 from ..nn.cells import AttentionCell, ConvCell
 from ..nn.functional import relative_position_index
 from ..nn.heads import UperNetHead
-from .config import reference_spec
+from .config import _flatten, reference_spec
 
 __all__ = ["import_reference", "read_reference"]
 
@@ -150,16 +150,12 @@ def _head_key(head: nn.Module, key: str) -> str:
     return _HEAD_KEYS.get(key, key)
 
 
-def _reference_names(
-    model: nn.Module,
-) -> tuple[dict[str, list[str]], dict[str, Callable], set[str]]:
-    """(our state_dict key -> reference keys, optional reference key -> its checker,
-    reference keys of 1x1x1 convolutions loaded into 1x1 ones), node by node over the
-    model graph. A whole model's keys are `backbone.*` and
+def _reference_names(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, Callable]]:
+    """(our state_dict key -> reference keys, optional reference key -> its checker),
+    node by node over the model graph. A whole model's keys are `backbone.*` and
     `heads.<name>.*`, the reference's `backbone.*` and `post.*`."""
     names: dict[str, list[str]] = {}
     optional: dict[str, Callable] = {}
-    squeeze: set[str] = set()
     graph = model.graph
     whole = isinstance(model, Model)
     backbone = model.backbone if whole else model
@@ -180,8 +176,6 @@ def _reference_names(
                 )
             elif isinstance(node, GateNode):
                 found = [prefix + _GATE[key]] if key in _GATE else None
-                if found and graph.topology == "mixed_unetr" and graph.spec.body.conv == "3d":
-                    squeeze.update(found)  # its gates are 1x1x1 Conv3d: [o, i, 1, 1, 1]
             elif isinstance(node, ConvUnitNode):
                 local = _conv_unit_name(module, key)
                 found = None if local is None else [prefix + local]
@@ -203,7 +197,7 @@ def _reference_names(
         for name, head in model.heads.items():
             for key in head.state_dict():
                 names[f"heads.{name}.{key}"] = [f"post.{_head_key(head, key)}"]
-    return names, optional, squeeze
+    return names, optional
 
 
 def unused_reference_modules() -> tuple[str, ...]:
@@ -308,11 +302,20 @@ def _strip_prefix(weights: Mapping[str, Tensor], first: str) -> dict[str, Tensor
     return {k[len(prefix) :]: v for k, v in weights.items()}
 
 
+_GATE_3D = re.compile(r"(.*\.)?attention_\w+\.conv_(query|x|gate)\.conv\.weight")
+
+
+def reference_tensor(weights: Mapping[str, Tensor], key: str) -> Tensor:
+    """`weights[key]` in the shape our module takes: the mixed U-Netr's gates are 1x1x1
+    `Conv3d`s ([o, i, 1, 1, 1]), ours 1x1 `Conv2d`s (the same map per frame)."""
+    tensor = weights[key]
+    if tensor.dim() == 5 and tensor.shape[-3:] == (1, 1, 1) and _GATE_3D.fullmatch(key):
+        return tensor.squeeze(-1)
+    return tensor
+
+
 def _assemble(
-    names: dict[str, list[str]],
-    target: dict[str, Tensor],
-    weights: Mapping[str, Tensor],
-    squeeze: set[str],
+    names: dict[str, list[str]], target: dict[str, Tensor], weights: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
     state: dict[str, Tensor] = {}
     for key, refs in names.items():
@@ -324,12 +327,7 @@ def _assemble(
             )
         want = tuple(target[key].shape)
         part = (want[0] // len(refs), *want[1:]) if want else want
-        fitted = {
-            r: weights[r].squeeze(-1)
-            if r in squeeze and weights[r].dim() == 5 and weights[r].shape[-1] == 1
-            else weights[r]
-            for r in refs
-        }
+        fitted = {r: reference_tensor(weights, r) for r in refs}
         for ref in refs:
             if tuple(fitted[ref].shape) != part:
                 raise WeightsError(
@@ -342,7 +340,10 @@ def _assemble(
 
 
 def import_reference(
-    weights: str | os.PathLike | Mapping[str, Tensor], config: Any = None
+    weights: str | os.PathLike | Mapping[str, Tensor],
+    config: Any = None,
+    *,
+    part: str | None = None,
 ) -> Backbone | Model:
     """A `Backbone` carrying a reference checkpoint's weights, with the same outputs; a
     `Model` with one head (named by its task) for a whole-model checkpoint (keys
@@ -353,7 +354,14 @@ def import_reference(
     `reference_spec`). The model takes our layout [B, T, C, H, W] (the reference backbone
     takes [B, C, T, H, W]: use `x.transpose(1, 2)`), and is returned in training mode like
     any new module: call `.eval()` for inference.
+
+    `part="backbone"`: the `Backbone` only, whatever head the configuration names (a
+    backbone checkpoint, or the backbone of a whole one). A checkpoint without `post.*`
+    weights whose configuration names a head (the reference's parser fills in
+    `post_model: NormPoolLinear`) is refused with a message that says to use it.
     """
+    if part not in (None, "backbone"):
+        raise WeightsError(f"part must be None (all) or 'backbone', got {part!r}")
     if isinstance(weights, (str, os.PathLike)):
         weights, stored = read_reference(weights)
         config = stored if config is None else config
@@ -366,11 +374,25 @@ def import_reference(
             "no configuration: pass config= (the reference configuration dict); only "
             "safetensors files with a 'config' metadata entry carry their own"
         )
-    model = build(reference_spec(config))
-    names, optional, squeeze = _reference_names(model)
+    if part == "backbone":
+        config = {**_flatten(config), "post_model": "Identity"}
+        if any(k.startswith("backbone.") for k in weights):  # a whole model's backbone
+            weights = {k[9:]: v for k, v in weights.items() if k.startswith("backbone.")}
+    spec = reference_spec(config)
+    if spec.heads and not any(k.startswith("post.") or ".post." in k for k in weights):
+        post = _flatten(config).get("post_model")
+        raise WeightsError(
+            f"the checkpoint holds a backbone only (no post.* weights), but its configuration "
+            f"names the head post_model={post!r} (the reference's parser fills in "
+            "NormPoolLinear when none is given); import the backbone with "
+            "import_reference(path, part='backbone') (stcnnt import-reference --part "
+            "backbone), or set post_model: Identity in the configuration"
+        )
+    model = build(spec)
+    names, optional = _reference_names(model)
     weights = _strip_prefix(weights, next(iter(names.values()))[0])
     target = model.state_dict()
-    state = _assemble(names, target, weights, squeeze)
+    state = _assemble(names, target, weights)
     used = {r for refs in names.values() for r in refs}
     extra = sorted(k for k in weights if k not in used and k not in optional)
     if extra:

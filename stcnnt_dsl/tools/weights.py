@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..compat.weights import _reference_names, _strip_prefix, read_reference
+from ..compat.weights import _reference_names, _strip_prefix, read_reference, reference_tensor
 from ..errors import WeightsError
 from ..models.model import Model
 from .io import FORMAT, _migrate, refuse_adapted, unwrap
@@ -76,7 +76,7 @@ def _from_reference(path: Path, model: nn.Module) -> dict[str, Tensor]:
     out = {}
     for key, refs in names.items():
         if all(r in weights for r in refs):
-            parts = [weights[r] for r in refs]
+            parts = [reference_tensor(weights, r) for r in refs]
             out[key] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
     return out
 
