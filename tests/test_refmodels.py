@@ -208,7 +208,7 @@ def test_whole_mixed_unetr_models_need_two_levels_and_omnivore_is_out_of_scope()
     with pytest.raises(SpecError, match=r"C\*\(levels\+1\) = 16.*3C = 12") as err:
         reference_spec(config)
     assert err.value.path == "post_model"
-    with pytest.raises(SpecError, match="omnivore.*out of scope.*SwinUNETR"):
+    with pytest.raises(SpecError, match=r"omnivore.*out of scope.*SwinUNETR"):
         reference_spec({**_mixed(), "backbone_model": "omnivore"})
 
 
