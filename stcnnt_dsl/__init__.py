@@ -34,7 +34,13 @@ from .language import (
     load_spec,
     parse_block,
 )
-from .registry import register_activation, register_norm
+from .registry import (
+    Topology,
+    list_kinds,
+    register_activation,
+    register_norm,
+    register_topology,
+)
 from .tools.diagram import render_graph, to_dot
 from .tools.explain import explain
 
@@ -58,6 +64,7 @@ __all__ = [
     "STCNNTError",
     "ShapeError",
     "SpecError",
+    "Topology",
     "WeightsError",
     "__version__",
     "apply_lora",
@@ -71,6 +78,7 @@ __all__ = [
     "freeze",
     "infer_shapes",
     "list_architectures",
+    "list_kinds",
     "load_model",
     "load_spec",
     "load_weights",
@@ -80,6 +88,7 @@ __all__ = [
     "profile",
     "register_activation",
     "register_norm",
+    "register_topology",
     "render_graph",
     "save_model",
     "to_dot",

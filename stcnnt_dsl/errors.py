@@ -158,3 +158,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean "x"?)' for the closest choice, or '' when none is close."""
     matches = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f' (did you mean "{matches[0]}"?)' if matches else ""
+
+
+def either(words: Iterable[str]) -> str:
+    """`a, b or c`: the choices a message offers."""
+    words = list(words)
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"

@@ -243,7 +243,7 @@ def test_internal_errors_exit_1_with_a_traceback(capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(stcnnt_dsl.language.spec, "list_architectures", broken)
+    monkeypatch.setattr(stcnnt_dsl.language.loading, "list_architectures", broken)
     assert cli.main(["list"]) == 1
     err = capsys.readouterr().err
     assert "internal error" in err and "Traceback" in err and "boom" in err

@@ -421,6 +421,12 @@ CATALOGUE: list[Entry] = [
       ("weights", "mismatch"), WeightsError, None,
       ("model.safetensors", "do not match the spec", "shape mismatches"),
       "save the model again with save_model."),
+    # ------------------------------------------------------------------ issue 20
+    E("option-not-read-inline-value", "Options no cell reads", "an inline option the cell "
+      "does not read with the values it has", ("Block", "L1[qkv=linear, qkv_kernel=5]", 4, 4,
+      {"window": 4, "patch": 1}), SpecError, "Block",
+      ("inline option 'qkv_kernel' is read by nothing", "read only with qkv=conv"),
+      "drop qkv_kernel, or use qkv=conv."),
 ]  # fmt: skip
 
 

@@ -173,6 +173,13 @@ def resolve_block(
             )  # fmt: skip
         except SpecError as err:
             raise _blame(err, f"{where} cell {i} ({cell})", options, block_path) from None
+        unread = [name for name in cell.options if name not in geometry.reads()]
+        if unread:
+            raise SpecError(
+                f"{where} cell {i} ({cell}): inline option {unread[0]!r} is read by nothing: "
+                f"{_why_unread(unread[0])}; remove it",
+                block_path,
+            )
         cells.append(ResolvedCell(i, cell, geometry, options))
     return BlockPlan(
         block,
@@ -220,9 +227,22 @@ def check_options_read(blocks: Iterable[BlockPlan]) -> None:
 
 
 def _not_read(name: str, plans: Sequence[BlockPlan], layer: Layer) -> str:
-    option = OPTIONS[name]
     cells = sorted({c.geometry.describe() for p in plans for c in p.cells})
     where = ", ".join(dict.fromkeys(p.where for p in plans))
+    fix = (
+        "remove it, or add a cell that reads it"
+        if layer.source == "options"
+        else "remove it, or set it under defaults: if it is meant for some cells only"
+    )
+    return (
+        f"option {name!r} is not read by any cell of {where} ({', '.join(cells)}): "
+        f"{_why_unread(name)}; {fix}"
+    )
+
+
+def _why_unread(name: str) -> str:
+    """Which cells read option `name`, for messages about an option read by nothing."""
+    option = OPTIONS[name]
     kinds = ", ".join(k for k in CELL_KINDS if k in option.applies_to)
     why = f"{name} is read by {kinds} cells"
     if option.mixer_only:
@@ -237,12 +257,7 @@ def _not_read(name: str, plans: Sequence[BlockPlan], layer: Layer) -> str:
         why = "padding is read only by cells with convolutions larger than 1x1"
     elif name == "proj_kernel":
         why = "proj_kernel is read only by a cell that changes the channels"
-    fix = (
-        "remove it, or add a cell that reads it"
-        if layer.source == "options"
-        else "remove it, or set it under defaults: if it is meant for some cells only"
-    )
-    return f"option {name!r} is not read by any cell of {where} ({', '.join(cells)}): {why}; {fix}"
+    return why
 
 
 def check_causal(blocks: Iterable[BlockPlan]) -> None:

@@ -22,6 +22,7 @@ from ..graph.build import build_graph
 from ..graph.nodes import Node
 from ..graph.resolve import BlockPlan, Layer, resolve_block
 from ..language.blockspec import BlockSpec
+from ..language.loading import _is_file, list_architectures
 from ..language.options import (
     BLOCK_OPTION_NAMES,
     OPTIONS,
@@ -32,7 +33,6 @@ from ..language.options import (
     validate_options,
 )
 from ..language.parser import parse_block
-from ..language.spec import _is_file, list_architectures
 from ..registry import KIND_TO_LETTER
 
 __all__ = [

@@ -1,16 +1,12 @@
-"""The topology registry: a topology is a spec section (`unet:`, `hrnet:`, `llm:`,
-validated by its pydantic model in `stcnnt_dsl.language.spec`) and a builder from a
-spec to a `ModelGraph`. Everything downstream (modules, checks, costs, diagrams) works
-from the graph, so a new topology is one builder module plus its entry here (and its
-spec model)."""
+"""The built-in topologies, registered through `register_topology` like a user's: each
+is a spec section (`unet:`, `hrnet:`, `llm:`, validated by its pydantic model in
+`stcnnt_dsl.language.topology_specs`) and a builder from a spec to a `ModelGraph`.
+Everything downstream (modules, checks, costs, diagrams) works from the graph."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from ...language.spec import HRNetSpec, LLMSpec, MixedUNetrSpec, SpecSource, UNetSpec
-from ..model import ModelGraph
+from ...language.spec import HRNetSpec, LLMSpec, MixedUNetrSpec, UNetSpec
+from ...registry import TOPOLOGIES, Topology, register_topology
 from .common import Entry
 from .hrnet import build_hrnet
 from .llm import build_llm
@@ -19,32 +15,25 @@ from .unet import build_unet
 
 __all__ = ["TOPOLOGIES", "Entry", "Topology", "register_topology"]
 
-
-@dataclass(frozen=True)
-class Topology:
-    name: str
-    spec: type
-    build: Callable[[SpecSource, Entry], ModelGraph]
-    description: str
-
-
-TOPOLOGIES: dict[str, Topology] = {}
-
-
-def register_topology(topology: Topology) -> None:
-    """Add (or replace) a topology builder."""
-    TOPOLOGIES[topology.name] = topology
-
-
-for _topology in (
-    Topology("unet", UNetSpec, build_unet, "encoder levels, a bridge, gated decoder levels"),
-    Topology("hrnet", HRNetSpec, build_hrnet, "parallel resolution levels with exchanges"),
-    Topology("llm", LLMSpec, build_llm, "a stack of blocks with dense skips"),
+register_topology(
     Topology(
-        "mixed_unetr",
-        MixedUNetrSpec,
-        build_mixed_unetr,
-        "ST-CNNT encoder levels and bridge, convolutional skips and decoder",
-    ),
-):
-    register_topology(_topology)
+        "unet", UNetSpec, build_unet, "encoder levels, a bridge, gated decoder levels",
+        ("encoder.{i}", "bridge", "decoder.{i}"),
+    )
+)  # fmt: skip
+register_topology(
+    Topology(
+        "hrnet", HRNetSpec, build_hrnet, "parallel resolution levels with exchanges",
+        ("level{i}.stage{j}", "level{i}.output"),
+    )
+)  # fmt: skip
+register_topology(
+    Topology("llm", LLMSpec, build_llm, "a stack of blocks with dense skips", ("blocks.{k}",))
+)
+register_topology(
+    Topology(
+        "mixed_unetr", MixedUNetrSpec, build_mixed_unetr,
+        "ST-CNNT encoder levels and bridge, convolutional skip units and decoder",
+        ("encoder.{i}", "bridge"),
+    )
+)  # fmt: skip

@@ -7,6 +7,8 @@ has channels[0] channels at full resolution; the features are the decoder output
 finest first.
 
 Names: `encoder.i`, `down.i`, `bridge`, `up.i`, `gates.i`, `cat:decoder.i`, `decoder.i`.
+A topology whose spec model extends `UNetSpec` may build its U-Net with `build_unet`:
+spec paths start with its own key.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = ["build_unet"]
 
 
 def _stages(source: SpecSource, body: UNetSpec, entry: Entry) -> list[Stage]:
+    key = source.spec.topology
     n = body.num_levels
     ch = broadcast(body.channels, n)
     blocks = broadcast(body.blocks, n + 1)
@@ -33,20 +36,20 @@ def _stages(source: SpecSource, body: UNetSpec, entry: Entry) -> list[Stage]:
         block = entry.blocks if entry is not None and entry.blocks is not None else blocks[index]
         return Stage(
             name=name, label=label, path=path, block=block,
-            block_path=block_path("unet", body.blocks, index, entry, path),
+            block_path=block_path(key, body.blocks, index, entry, path),
             in_channels=cin, out_channels=cout, scale=scale,
             layers=stage_layers(source, entry, path, scale), meta={"level": level},
         )  # fmt: skip
 
     stages = [
-        stage(f"encoder.{i}", f"encoder level {i}", enc[i], f"unet.encoder[{i}]", i,
+        stage(f"encoder.{i}", f"encoder level {i}", enc[i], f"{key}.encoder[{i}]", i,
               entry.channels if i == 0 else ch[i - 1], ch[i], 2**i, i)
         for i in range(n)
     ]  # fmt: skip
-    stages.append(stage("bridge", "bridge", body.bridge, "unet.bridge", n, ch[-1], ch[-1],
+    stages.append(stage("bridge", "bridge", body.bridge, f"{key}.bridge", n, ch[-1], ch[-1],
                         2**n, n))  # fmt: skip
     stages += [
-        stage(f"decoder.{i}", f"decoder level {i}", dec[i], f"unet.{dec_key}[{i}]", i,
+        stage(f"decoder.{i}", f"decoder level {i}", dec[i], f"{key}.{dec_key}[{i}]", i,
               2 * ch[i], ch[i - 1] if i > 0 else ch[0], 2**i, i)
         for i in reversed(range(n))
     ]  # fmt: skip
@@ -54,7 +57,8 @@ def _stages(source: SpecSource, body: UNetSpec, entry: Entry) -> list[Stage]:
 
 
 def build_unet(source: SpecSource, entry: Entry) -> ModelGraph:
-    body: UNetSpec = source.spec.unet
+    body: UNetSpec = source.spec.body
+    key = source.spec.topology
     n = body.num_levels
     ch = broadcast(body.channels, n)
     stages = {s.name: s for s in _stages(source, body, entry)}
@@ -66,7 +70,7 @@ def build_unet(source: SpecSource, entry: Entry) -> ModelGraph:
         op = "merge" if body.down == "merge" else "pool"
         nodes.append(ResampleNode(
             name=f"down.{i}", inputs=(enc.name,), out_channels=ch[i], scale=2 ** (i + 1),
-            label="patch merge" if op == "merge" else "2x2 mean", path="unet.down",
+            label="patch merge" if op == "merge" else "2x2 mean", path=f"{key}.down",
             meta={"level": i}, op=op, steps=1, in_channels=ch[i], in_scale=2**i,
         ))  # fmt: skip
         previous = f"down.{i}"
@@ -77,7 +81,7 @@ def build_unet(source: SpecSource, entry: Entry) -> ModelGraph:
         op = "upconv" if body.up == "conv" else "upsample"
         nodes.append(ResampleNode(
             name=f"up.{i}", inputs=(previous,), out_channels=ch[i], scale=2**i,
-            label="bilinear + 3x3 conv" if op == "upconv" else "bilinear", path="unet.up",
+            label="bilinear + 3x3 conv" if op == "upconv" else "bilinear", path=f"{key}.up",
             meta={"level": i}, op=op, steps=1, in_channels=ch[i], in_scale=2 ** (i + 1),
             padding=dec.option(source, "padding"),
         ))  # fmt: skip
@@ -85,7 +89,7 @@ def build_unet(source: SpecSource, entry: Entry) -> ModelGraph:
         if body.gate:
             nodes.append(GateNode(
                 name=f"gates.{i}", inputs=(f"up.{i}", skip), out_channels=ch[i],
-                scale=2**i, label="attention gate", path="unet.gate", meta={"level": i},
+                scale=2**i, label="attention gate", path=f"{key}.gate", meta={"level": i},
                 gate_channels=ch[i],
             ))  # fmt: skip
             skip = f"gates.{i}"

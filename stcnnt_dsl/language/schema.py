@@ -1,0 +1,41 @@
+"""The JSON Schema of the YAML architecture format (`stcnnt schema`)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from pydantic.json_schema import PydanticJsonSchemaWarning
+
+from ..registry import topology_names
+from .arch_spec import ArchSpec
+from .options import OPTIONS
+
+
+def _refresh_options(node: Any) -> None:
+    """Replace every option's schema by the option's current one (registered norms and
+    activations join the enumerations) and drop pydantic's defaults of option fields."""
+    if isinstance(node, dict):
+        props = node.get("properties")
+        if isinstance(props, dict):
+            for name in list(props):
+                if name in OPTIONS:
+                    props[name] = OPTIONS[name].schema
+        for value in node.values():
+            _refresh_options(value)
+    elif isinstance(node, list):
+        for value in node:
+            _refresh_options(value)
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """JSON Schema of the YAML architecture format (for editors: `stcnnt schema`),
+    generated from the same types that validate specs."""
+    with warnings.catch_warnings():  # option fields default to UNSET, which has no JSON
+        warnings.simplefilter("ignore", PydanticJsonSchemaWarning)  # form; refreshed below
+        schema = ArchSpec.model_json_schema(mode="validation")
+    _refresh_options(schema)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "stcnnt-dsl architecture"
+    schema["oneOf"] = [{"required": [t]} for t in topology_names()]
+    return schema
