@@ -365,3 +365,14 @@ def test_round_trip_of_a_whole_mixed_unetr_with_upernet():
     x = torch.randn(2, 2, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(ours(x)["segmentation"], again(x)["segmentation"])
+
+
+def test_a_model_with_a_shared_smoothing_conv_saves_and_loads(tmp_path):
+    heads = {"seg": {"kind": "segmentation", "classes": 2, "decoder": "upernet",
+                     "shared_smooth": True}}  # fmt: skip
+    model = stcnnt_dsl.build({"unet": {"channels": [4, 8, 16], "blocks": "C2"}, "heads": heads},
+                             seed=0)  # fmt: skip
+    again = stcnnt_dsl.load_model(stcnnt_dsl.save_model(model, tmp_path / "m.safetensors"))
+    smooth = again.heads["seg"].fpn.smooth
+    assert smooth[0] is smooth[1]
+    assert torch.equal(smooth[1].weight, model.heads["seg"].fpn.smooth[0].weight)
