@@ -35,9 +35,15 @@ from .language import (
     parse_block,
 )
 from .registry import (
+    CellKind,
+    HeadContext,
+    HeadDecoder,
+    HeadKey,
     Topology,
     list_kinds,
     register_activation,
+    register_cell,
+    register_head,
     register_norm,
     register_topology,
 )
@@ -56,8 +62,12 @@ def __dir__() -> list[str]:
 __all__ = [
     "ArchSpec",
     "Backbone",
+    "CellKind",
     "DSLSyntaxError",
     "ExportResult",
+    "HeadContext",
+    "HeadDecoder",
+    "HeadKey",
     "Model",
     "ProfileReport",
     "ResourceError",
@@ -87,6 +97,8 @@ __all__ = [
     "parse_block",
     "profile",
     "register_activation",
+    "register_cell",
+    "register_head",
     "register_norm",
     "register_topology",
     "render_graph",

@@ -163,4 +163,6 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def either(words: Iterable[str]) -> str:
     """`a, b or c`: the choices a message offers."""
     words = list(words)
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+    if len(words) < 2:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} or {words[-1]}"

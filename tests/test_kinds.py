@@ -44,7 +44,8 @@ def plugin(tmp_path, monkeypatch):
         "[stcnnt_dsl.plugins]\nexample = stcnnt_example_plugin:register\n",
     )  # fmt: skip
     yield
-    registry.unregister("cascade")
+    for name in ("cascade", "mlp", "convnext"):
+        registry.unregister(name)
 
 
 def test_builtins_are_registered_through_the_public_call():
@@ -103,3 +104,55 @@ def test_removing_a_topology_removes_its_key(plugin):
     with pytest.raises(SpecError, match="unknown key 'cascade'"):
         stcnnt_dsl.load_spec(CASCADE)
     assert "cascade" not in spec_json_schema()["properties"]
+
+
+HEADED = PLUGIN / "cascade_mlp_head.yaml"
+
+
+def test_plugin_head_decoder_works_everywhere(plugin):
+    shape = (2, 2, 1, 16, 16)
+    model = stcnnt_dsl.build(HEADED, seed=0)
+    out = model(torch.randn(shape))
+    assert tuple(out["seg"].shape) == (2, 2, 3, 16, 16)
+    graph = stcnnt_dsl.build_graph(HEADED)
+    head = graph.heads[0]
+    assert head.decoder == "mlp" and head.module == "MLPHead"
+    assert head.params()[""] == sum(p.numel() for p in model.heads["seg"].parameters())
+    assert estimate(HEADED).params == sum(p.numel() for p in model.parameters())
+    # its key is checked by its type and described in the schema
+    with pytest.raises(SpecError, match="width") as err:
+        stcnnt_dsl.load_spec(HEADED.read_text().replace("width: 16", "width: -1"))
+    assert err.value.path == "heads.seg.width"
+    with pytest.raises(SpecError, match="width is not a key of classification heads"):
+        stcnnt_dsl.load_spec(
+            HEADED.read_text().replace(
+                "segmentation, classes: 3, decoder: mlp", "classification, classes: 3"
+            )
+        )
+    props = spec_json_schema()["$defs"]["HeadSpec"]["properties"]
+    assert props["width"]["type"] == "integer" and "mlp" in props["decoder"]["enum"]
+    assert "mlp" in stcnnt_dsl.list_kinds()["heads"]
+    assert "MLPHead" in str(stcnnt_dsl.explain(HEADED))
+
+
+def test_plugin_cell_kind_joins_the_grammar(plugin):
+    with pytest.raises(DSLSyntaxError, match="unknown cell letter 'N'"):
+        stcnnt_dsl.parse_block("N1")  # plugins load on first use of a registry:
+    stcnnt_dsl.list_kinds()  # the parser's letters come from the registry
+    block = stcnnt_dsl.parse_block("N1[mixer_ratio=2] N0 T1")
+    assert [c.kind for c in block.cells] == ["convnext", "convnext", "temporal"]
+    assert stcnnt_dsl.format_block(block) == "N1[mixer_ratio=2.0] N0 T1"
+    with pytest.raises(DSLSyntaxError, match="N0 does not read option 'mixer_ratio'"):
+        stcnnt_dsl.parse_block("N0[mixer_ratio=2]")
+    with pytest.raises(DSLSyntaxError, match="does not apply to convnext cells"):
+        stcnnt_dsl.parse_block("N1[window=4]")
+    spec = PLUGIN / "convnext_unet.yaml"
+    model = stcnnt_dsl.build(spec, seed=0)
+    assert estimate(spec).params == sum(p.numel() for p in model.parameters())
+    assert model(torch.randn(1, 2, 1, 16, 16)).shape == (1, 2, 8, 16, 16)
+    taken = registry.CellKind("mine", "L", "x", print, print)
+    with pytest.raises(SpecError, match="letter 'L' is taken by local"):
+        stcnnt_dsl.register_cell(taken)
+    registry.unregister("convnext")
+    with pytest.raises(DSLSyntaxError, match="unknown cell letter 'N'"):
+        stcnnt_dsl.parse_block("N1")

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, make_dataclass
 from typing import Any, ClassVar
 
 from ..errors import SpecError
-from ..language.options import as_pair
+from ..language.options import as_pair, options_for_kind
 from ..registry import (
     ACTIVATIONS,
+    CELLS,
     CONV2D,
     CONV3D,
     GLOBAL,
@@ -36,6 +37,9 @@ from ..registry import (
     NORMS,
     TEMPORAL,
     VIT,
+    CellKind,
+    has_mixer_digit,
+    register_cell,
 )
 from .rules import SizeRule
 
@@ -159,9 +163,15 @@ RECORDS: dict[str, type] = {
 
 def option_record(kind: str, values: Mapping[str, Any]) -> Any:
     """The typed option record of a `kind` cell from resolved values (extra keys are
-    ignored: a cascade resolves more options than one kind reads)."""
-    record = RECORDS[kind]
+    ignored: a cascade resolves more options than one kind reads). A registered kind
+    gets a record with one attribute per option it reads."""
+    record = RECORDS.get(kind) or _record_of(kind, options_for_kind(kind))
     return record(**{f.name: values[f.name] for f in fields(record)})
+
+
+@functools.cache
+def _record_of(kind: str, names: tuple[str, ...]) -> type:
+    return make_dataclass(f"{kind}_options", [(n, Any) for n in names], frozen=True)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -326,7 +336,7 @@ class CellGeometry:
     def describe(self) -> str:
         """`L1 (local)`."""
         letter = KIND_TO_LETTER[self.kind]
-        token = letter if self.kind in (CONV2D, CONV3D) else f"{letter}{int(self.mixer)}"
+        token = f"{letter}{int(self.mixer)}" if has_mixer_digit(self.kind) else letter
         return f"{token} ({self.kind})"
 
 
@@ -695,26 +705,25 @@ def cell_geometry(
 ) -> CellGeometry:
     """The geometry of a cell from resolved option values (a mapping with at least the
     options its kind reads), validated: a `SpecError` whose path is the option at fault."""
-    options = option_record(kind, values)
-    common = dict(
-        kind=kind, mixer=mixer if kind not in (CONV2D, CONV3D) else False,
-        in_channels=in_channels, out_channels=out_channels, options=options,
+    geom = CELLS[kind].geometry(
+        kind=kind, mixer=mixer and has_mixer_digit(kind), in_channels=in_channels,
+        out_channels=out_channels, options=option_record(kind, values),
         input_size=None if input_size is None else as_pair(input_size),
     )  # fmt: skip
-    if kind in (CONV2D, CONV3D):
-        geom: CellGeometry = ConvGeometry(**common)
-    elif kind == TEMPORAL:
-        heads = options.heads
-        geom = TemporalGeometry(
-            **common, heads=auto_heads(out_channels) if heads == "auto" else int(heads)
-        )
-    else:
-        geom = _spatial(kind, common, options)
     geom.validate()
     return geom
 
 
-def _spatial(kind: str, common: dict, o: Any) -> SpatialGeometry:
+def _temporal(**common: Any) -> TemporalGeometry:
+    heads = common["options"].heads
+    auto = heads == "auto"
+    return TemporalGeometry(
+        **common, heads=auto_heads(common["out_channels"]) if auto else int(heads)
+    )
+
+
+def _spatial(**common: Any) -> SpatialGeometry:
+    kind, o = common["kind"], common["options"]
     grid = _pair(getattr(o, "grid", None)) if kind != LOCAL else None
     window = None if grid else as_pair(o.window)
     patch = None if kind == VIT else as_pair(o.patch)
@@ -739,3 +748,51 @@ def _spatial(kind: str, common: dict, o: Any) -> SpatialGeometry:
     return SpatialGeometry(
         **common, heads=heads, window=window, patch=patch, grid=grid, bias_extent=extent
     )
+
+
+# --------------------------------------------------------------------------- built-in kinds
+
+_MODULE = "stcnnt_dsl.nn.cells:builtin_cell"
+for _cell in (
+    CellKind(
+        LOCAL, "L", "attention within windows (Swin-style)", _spatial, _MODULE, color="#d6efd6"
+    ),
+    CellKind(
+        GLOBAL,
+        "G",
+        "attention across windows on a grid (MaxViT grid)",
+        _spatial,
+        _MODULE,
+        color="#e4dcf3",
+    ),
+    CellKind(
+        TEMPORAL, "T", "attention over frames, per pixel", _temporal, _MODULE, color="#fde2cf"
+    ),
+    CellKind(
+        VIT,
+        "V",
+        "attention between whole windows as tokens (ViT)",
+        _spatial,
+        _MODULE,
+        color="#f3d9e6",
+    ),
+    CellKind(
+        CONV2D,
+        "C2",
+        "3x3 convolution over H, W",
+        ConvGeometry,
+        _MODULE,
+        mixer=False,
+        color="#e8e8e8",
+    ),
+    CellKind(
+        CONV3D,
+        "C3",
+        "3x3x3 convolution over T, H, W",
+        ConvGeometry,
+        _MODULE,
+        mixer=False,
+        color="#e0e0e0",
+    ),
+):
+    register_cell(_cell)

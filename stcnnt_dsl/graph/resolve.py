@@ -24,7 +24,7 @@ from ..language.options import (
     validate_options,
 )
 from ..language.parser import parse_block
-from ..registry import CELL_KINDS, CONV3D, NORMS, TEMPORAL
+from ..registry import CONV3D, NORMS, TEMPORAL, cell_kinds
 from .geometry import CellGeometry, cell_geometry
 from .rules import SizeRule, check_size
 
@@ -196,7 +196,7 @@ def resolve_block(
 
 def _cell_names() -> tuple[str, ...]:
     names: dict[str, None] = {}
-    for kind in CELL_KINDS:
+    for kind in cell_kinds():
         names.update(dict.fromkeys(options_for_kind(kind)))
     return tuple(names)
 
@@ -243,7 +243,7 @@ def _not_read(name: str, plans: Sequence[BlockPlan], layer: Layer) -> str:
 def _why_unread(name: str) -> str:
     """Which cells read option `name`, for messages about an option read by nothing."""
     option = OPTIONS[name]
-    kinds = ", ".join(k for k in CELL_KINDS if k in option.applies_to)
+    kinds = ", ".join(k for k in cell_kinds() if k in option.applies_to)
     why = f"{name} is read by {kinds} cells"
     if option.mixer_only:
         why += " with a mixer (digit 1)"

@@ -119,6 +119,8 @@ def _sync_topology(name: str, topology: Topology | None) -> None:
 
 
 on_register("topology", _sync_topology)
+# a new head decoder changes HeadSpec's fields (language.head_spec): rebuild what holds it
+on_register("head", lambda name, decoder: ArchSpec.model_rebuild(force=True))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..registry import has_mixer_digit
 from .options import KIND_TO_LETTER, OPTIONS, format_value, options_for_kind
 
 __all__ = ["BlockSpec", "CellSpec"]
@@ -32,7 +33,7 @@ class CellSpec:
 
     def __post_init__(self) -> None:
         # C2/C3 have no mixer digit: one canonical value keeps text round trips exact.
-        if self.kind in ("conv2d", "conv3d") and self.mixer:
+        if not has_mixer_digit(self.kind) and self.mixer:
             object.__setattr__(self, "mixer", False)
 
     @property
@@ -43,7 +44,7 @@ class CellSpec:
     @property
     def token(self) -> str:
         """The cell as written in a block string, without options (`L1`, `C2`)."""
-        if self.kind in ("conv2d", "conv3d"):
+        if not has_mixer_digit(self.kind):
             return self.letter
         return f"{self.letter}{int(self.mixer)}"
 

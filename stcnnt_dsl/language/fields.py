@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 from ..errors import DSLSyntaxError, SpecError, did_you_mean
 from .blockspec import BlockSpec
 from .options import OPTIONS, Int, OptionValueError, format_value
-from .parser import format_block, parse_block
+from .parser import _letters, format_block, parse_block
 
 # Options that only make sense for the whole spec (set at its top level).
 _SPEC_LEVEL = ("input_size",)
@@ -75,6 +75,20 @@ _BLOCK_SCHEMA = {
     "pattern": r"^[\s(]*([LGTV][01]|C[23])",
     "description": "a block string, e.g. T1L1G1 (cells: L, G, T, V followed by 0/1; C2, C3)",
 }
+
+
+def block_schema() -> dict[str, Any]:
+    """`_BLOCK_SCHEMA` with the cell letters registered now."""
+    letters = _letters()
+    cell = "|".join([f"[{letters.mixer}][01]", *letters.fixed])
+    return {
+        "type": "string",
+        "pattern": rf"^[\s(]*({cell})",
+        "description": f"a block string, e.g. T1L1G1 (cells: {', '.join(letters.mixer)} "
+        f"followed by 0/1; {', '.join(letters.fixed)})",
+    }
+
+
 Block = Annotated[
     Any,
     BeforeValidator(_to_block),

@@ -10,11 +10,12 @@ from pydantic import (
     Field,
     PlainSerializer,
     WithJsonSchema,
-    create_model,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from ..errors import did_you_mean
+from ..registry import HeadDecoder, on_register
 from .fields import (
     _COUNT,
     UNSET,
@@ -23,7 +24,18 @@ from .fields import (
     _Strict,
     _strict_bool,
 )
-from .heads import HEAD_KEYS, HEAD_KINDS
+from .heads import HEAD_KINDS, head_keys
+from .options import OptionValueError
+
+
+def _key_type(name: str) -> Any:
+    """The option type of a key a plugin's decoder declares (None for built-in keys)."""
+    for kind in HEAD_KINDS.values():
+        key = kind.keys.get(name)
+        if key is not None and key.type is not None:
+            return key.type
+    return None
+
 
 _HEAD_WORDS = {
     "top_down": ("pairwise", "cumulative"),
@@ -34,6 +46,12 @@ _HEAD_WORDS = {
 
 def _head_value(name: str, value: Any) -> Any:
     """A head key's value, checked by what it is (the kind decides which keys apply)."""
+    typed = _key_type(name)
+    if typed is not None:
+        try:
+            return typed.check(value)
+        except OptionValueError as err:
+            raise _error(f"{name} {err}") from None
     if name in ("classes", "out_channels", "hidden", "depth"):
         return _positive(name, value)
     if name in ("per_frame", "residual", "shared_smooth"):
@@ -64,6 +82,9 @@ def _head_value(name: str, value: Any) -> Any:
 
 
 def _head_schema(name: str) -> dict[str, Any]:
+    typed = _key_type(name)
+    if typed is not None:
+        return typed.schema()
     if name in ("classes", "out_channels", "hidden", "depth"):
         return _COUNT.schema()
     if name in ("per_frame", "residual", "shared_smooth"):
@@ -86,6 +107,8 @@ def _head_schema(name: str) -> dict[str, Any]:
         "pooling": sorted(HEAD_KINDS["classification"].choices),
         "mode": ["2d", "3d"],
     }  # fmt: skip
+    if name not in words:
+        return {"type": "string"}
     return {"enum": words[name]}
 
 
@@ -146,18 +169,25 @@ class HeadSpec(_Strict):
         }
 
 
-def _head_field(name: str) -> Any:
+def _head_field(name: str) -> FieldInfo:
     annotated = Annotated[
         Any,
         BeforeValidator(lambda v, n=name: _head_value(n, v)),
         PlainSerializer(lambda v: None if v is UNSET else list(v) if isinstance(v, tuple) else v),
         WithJsonSchema(_head_schema(name)),
     ]
-    return (annotated, Field(default=UNSET))
+    return FieldInfo.from_annotated_attribute(annotated, Field(default=UNSET))
 
 
-HeadSpec = create_model(  # type: ignore[misc]  # one field per head key
-    "HeadSpec",
-    __base__=HeadSpec,
-    **{name: _head_field(name) for name in HEAD_KEYS if name != "kind"},
-)
+def _sync_keys(name: str, decoder: HeadDecoder | None) -> None:
+    """One field per head key of the registered decoders (their schemas and the enums
+    of decoder names made anew), in `head_keys()` order."""
+    fields = HeadSpec.__pydantic_fields__
+    kind = fields["kind"]
+    fields.clear()
+    fields["kind"] = kind
+    fields.update((key, _head_field(key)) for key in head_keys() if key != "kind")
+    HeadSpec.model_rebuild(force=True)
+
+
+on_register("head", _sync_keys)

@@ -1,5 +1,6 @@
-"""What a task head can be: the kinds, their decoders, and every head key with its one
-default (the spec validates against this table; the model graph resolves from it).
+"""What a task head can be: the kinds (tasks) with their own keys; the decoders and
+their keys come from the registry (`register_head`, `stcnnt_dsl.registry.HEADS`). The
+spec validates against these; the model graph resolves from them.
 
     heads:
       seg: {kind: segmentation, classes: 3}                      # decoder: conv
@@ -11,128 +12,75 @@ default (the spec validates against this table; the model graph resolves from it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-__all__ = ["HEAD_KEYS", "HEAD_KINDS", "HeadKey", "HeadKind"]
+from ..errors import either
+from ..registry import HEADS, HeadDecoder, HeadKey
 
-
-@dataclass(frozen=True)
-class HeadKey:
-    """A key of a head: its default (None: required or derived), what it means, and the
-    decoders (or poolings) that read it (empty: every one of the kind)."""
-
-    default: Any
-    help: str
-    used_by: tuple[str, ...] = ()
+__all__ = ["HEAD_KINDS", "HeadKey", "HeadKind", "head_keys"]
 
 
 @dataclass(frozen=True)
 class HeadKind:
-    """`choice`: the key that picks the module (`decoder` or `pooling`) and its values;
-    `size`: the required key that sets the output size (`classes` or `out_channels`)."""
+    """A task. `choice`: the key that picks the decoder (`decoder` or `pooling`), with
+    its default; `size`: the required key that sets the output size (`classes` or
+    `out_channels`); `common`: the keys every decoder of the task reads."""
 
+    name: str
     size: str
     choice: str
-    choices: dict[str, str]
-    keys: dict[str, HeadKey]
+    default: str
+    common: dict[str, HeadKey]
     help: str
+
+    @property
+    def decoders(self) -> dict[str, HeadDecoder]:
+        return {name: d for name, d in HEADS.items() if self.name in d.tasks}
+
+    @property
+    def choices(self) -> dict[str, str]:
+        """The decoders of this task with what they are."""
+        return {name: d.help for name, d in self.decoders.items()}
+
+    @property
+    def keys(self) -> dict[str, HeadKey]:
+        """Every key of this task: the size, the choice, the common keys, then the keys
+        of its decoders (`used_by` naming the decoders that read them)."""
+        keys = {self.size: self.common[self.size],
+                self.choice: HeadKey(self.default, either(self.choices))}  # fmt: skip
+        keys.update((k, v) for k, v in self.common.items() if k != self.size)
+        for name, decoder in self.decoders.items():
+            for key, info in decoder.keys.items():
+                used_by = (*keys[key].used_by, name) if key in keys else (name,)
+                first = keys.get(key, info)
+                keys[key] = HeadKey(first.default, first.help, used_by, first.type)
+        return keys
 
 
 HEAD_KINDS: dict[str, HeadKind] = {
-    "segmentation": HeadKind(
-        size="classes",
-        choice="decoder",
-        choices={
-            "conv": "a 1x1 convolution per frame on the backbone's output (the reference's "
-            "SimpleConv)",
-            "upernet": "pyramid pooling on the deepest feature and an FPN over all features "
-            "(UperNet), per frame (mode 2d) or over T, H, W (mode 3d)",
-        },
-        keys={
-            "classes": HeadKey(None, "number of classes: output [B, T, classes, H, W]"),
-            "decoder": HeadKey("conv", "conv or upernet"),
-            "hidden": HeadKey(
-                None, "FPN width (default: the finest feature's channels)", ("upernet",)
-            ),
-            "bins": HeadKey((1, 2, 4, 6), "pyramid pooling sizes", ("upernet",)),
-            "mode": HeadKey("2d", "2d: per frame; 3d: over (T, H, W)", ("upernet",)),
-            "dropout": HeadKey(0.1, "channel dropout after the pyramid pooling", ("upernet",)),
-            "reads": HeadKey(
-                "features",
-                "features: the backbone's per-level features; output: its output only (what "
-                "the reference's heads get)",
-                ("upernet",),
-            ),
-            "bottleneck_padding": HeadKey(
-                0,
-                "zero padding of the pyramid pooling's 1x1 convolution (the reference pads "
-                "it by 1: one pixel more on every side)",
-                ("upernet",),
-            ),
-            "shared_smooth": HeadKey(
-                False,
-                "one FPN smoothing convolution for every level (the reference's)",
-                ("upernet",),
-            ),
-            "top_down": HeadKey(
-                "pairwise",
-                "pairwise: level i = smooth(up(lateral i+1) + lateral i) (the reference's); "
-                "cumulative: the sum carries down (the FPN paper's)",
-                ("upernet",),
-            ),
-            "frames": HeadKey(
-                "all",
-                "all; first: frame 0 only, output [B, 1, classes, H, W] (the reference's "
-                "UperNet2D); mode 2d",
-                ("upernet",),
-            ),
-            "size": HeadKey(
-                None,
-                "resize the output to [H, W] (mode 2d) or [T, H, W] (mode 3d) instead of the "
-                "input's size (the reference resizes to its configured size)",
-                ("upernet",),
-            ),
-        },
-        help="per-pixel classes",
-    ),
-    "classification": HeadKind(
-        size="classes",
-        choice="pooling",
-        choices={
-            "norm_avg": "layer norm over channels, mean, linear (the reference's NormPoolLinear)",
-            "conv_avg": "1x1 convolution to `hidden` channels, mean, linear (the "
-            "reference's ConvPoolLinear)",
-        },
-        keys={
-            "classes": HeadKey(None, "number of classes: output [B, classes]"),
-            "pooling": HeadKey("norm_avg", "norm_avg or conv_avg"),
-            "hidden": HeadKey(2048, "channels of the 1x1 convolution", ("conv_avg",)),
-            "per_frame": HeadKey(False, "one prediction per frame: [B, T, classes]"),
-        },
-        help="one label per sample (or per frame)",
-    ),
-    "enhancement": HeadKind(
-        size="out_channels",
-        choice="decoder",
-        choices={
-            "conv": "a 1x1 convolution per frame on the backbone's output (the reference's "
-            "SimpleConv)",
-            "multidepth": "1x1 convolutions on the deepest features, resized and summed "
-            "(the reference's SimpleMultidepthConv)",
-            "unetr": "a UNETR-style decoder over the features, coarsest first",
-        },
-        keys={
-            "out_channels": HeadKey(None, "output channels: [B, T, out_channels, H, W]"),
-            "decoder": HeadKey("conv", "conv, multidepth or unetr"),
-            "residual": HeadKey(
-                False, "add the input to the output (out_channels must equal the input channels)"
-            ),
-            "depth": HeadKey(4, "how many of the deepest features", ("multidepth",)),
-            "mode": HeadKey("2d", "2d: per frame; 3d: over (T, H, W)", ("unetr",)),
-        },
-        help="an image out (denoising, super-resolution, reconstruction)",
-    ),
-}
+    kind.name: kind
+    for kind in (
+        HeadKind(
+            "segmentation", "classes", "decoder", "conv",
+            {"classes": HeadKey(None, "number of classes: output [B, T, classes, H, W]")},
+            "per-pixel classes",
+        ),
+        HeadKind(
+            "classification", "classes", "pooling", "norm_avg",
+            {"classes": HeadKey(None, "number of classes: output [B, classes]"),
+             "per_frame": HeadKey(False, "one prediction per frame: [B, T, classes]")},
+            "one label per sample (or per frame)",
+        ),
+        HeadKind(
+            "enhancement", "out_channels", "decoder", "conv",
+            {"out_channels": HeadKey(None, "output channels: [B, T, out_channels, H, W]"),
+             "residual": HeadKey(False, "add the input to the output (out_channels must "
+                                 "equal the input channels)")},
+            "an image out (denoising, super-resolution, reconstruction)",
+        ),
+    )
+}  # fmt: skip
 
-HEAD_KEYS = ("kind", *sorted({k for kind in HEAD_KINDS.values() for k in kind.keys}))
-"""Every key a head may have (each kind accepts a subset)."""
+
+def head_keys() -> tuple[str, ...]:
+    """Every key a head may have (each kind accepts a subset): kind, then sorted."""
+    return ("kind", *sorted({k for kind in HEAD_KINDS.values() for k in kind.keys}))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import SpecError, did_you_mean
@@ -35,6 +35,8 @@ from ..registry import (
     SPATIAL_KINDS,
     TEMPORAL,
     VIT,
+    cell_kinds,
+    on_register,
 )
 
 __all__ = [
@@ -391,7 +393,7 @@ def validate_options(
         here = f"{path}.{name}" if path else str(name)
         opt = option(name, here)
         if kind is not None and kind not in opt.applies_to:
-            users = ", ".join(k for k in CELL_KINDS if k in opt.applies_to)
+            users = ", ".join(k for k in cell_kinds() if k in opt.applies_to)
             raise SpecError(
                 f"option {name!r} does not apply to {kind} cells (it applies to: {users})",
                 here,
@@ -417,7 +419,22 @@ def reads(option: Option, kind: str, mixer: bool | None) -> bool:
 
 def options_for_kind(kind: str, mixer: bool | None = None) -> tuple[str, ...]:
     """Names of the cell-level options that a cell of `kind` (and mixer digit) may read."""
-    return tuple(o.name for o in _TABLE if reads(o, kind, mixer))
+    return tuple(o.name for o in OPTIONS.values() if reads(o, kind, mixer))
+
+
+def _sync_cell(kind: str, cell: Any) -> None:
+    """A registered cell kind reads the options every cell reads and those it names;
+    a removed one reads none. (The table above names the built-in kinds' options.)"""
+    if kind in CELL_KINDS:
+        return
+    for name, opt in list(OPTIONS.items()):
+        kinds = opt.applies_to - {kind}
+        if cell is not None and (name in cell.options or ALL_KINDS <= opt.applies_to):
+            kinds |= {kind}
+        OPTIONS[name] = replace(opt, applies_to=frozenset(kinds))
+
+
+on_register("cell", _sync_cell)
 
 
 @dataclass(frozen=True)

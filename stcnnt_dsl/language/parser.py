@@ -31,6 +31,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 from lark.parsers.lalr_interactive_parser import InteractiveParser
 
 from ..errors import DSLSyntaxError, SpecError
+from ..registry import has_mixer_digit
 from .blockspec import BlockSpec, CellSpec
 from .options import LETTER_TO_KIND, OPTIONS, reads, validate_options
 
@@ -53,9 +54,36 @@ MAX_CELLS = 1024
 MAX_DEPTH = 32
 """Most levels of nested brackets: (), [] and {} together."""
 
-_CELLS = "L, G, T, V (each followed by 0 or 1: 1 = with mixer, 0 = without), C2 and C3"
-_RUN_OK = re.compile(r"(?:[LGTV][01]|C[23])+")
-_CELL = re.compile(r"[LGTV][01]|C[23]")
+
+@dataclass(frozen=True)
+class _Letters:
+    """The cell letters of the registry as the lexer needs them: `mixer` letters take a
+    digit 0/1 (L1), `fixed` ones are whole (C2)."""
+
+    mixer: str
+    fixed: tuple[str, ...]
+    run: re.Pattern[str]
+    cell: re.Pattern[str]
+    help: str
+
+
+@cache
+def _letters_of(letters: tuple[tuple[str, bool], ...]) -> _Letters:
+    mixer = "".join(letter for letter, digit in letters if digit)
+    fixed = tuple(letter for letter, digit in letters if not digit)
+    cell = "|".join([f"[{mixer}][01]", *(re.escape(f) for f in fixed)])
+    names = ", ".join(mixer)
+    whole = f"{', '.join(fixed[:-1])} and {fixed[-1]}" if len(fixed) > 1 else "".join(fixed)
+    help = f"{names} (each followed by 0 or 1: 1 = with mixer, 0 = without), {whole}"
+    return _Letters(mixer, fixed, re.compile(f"(?:{cell})+"), re.compile(cell), help)
+
+
+def _letters() -> _Letters:
+    """The current letters (registered cell kinds join the grammar)."""
+    return _letters_of(tuple((letter, has_mixer_digit(kind))
+                             for letter, kind in LETTER_TO_KIND.items()))  # fmt: skip
+
+
 _NAME = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z0-9_]+)*")
 _KEYWORDS = {"true": True, "false": False, "null": None}
 _UNESCAPE = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
@@ -269,17 +297,18 @@ def _parse(
 def _split_run(tok: Token, fail) -> list[CellSpec]:
     """The cells of a run like `L1G1T1`, or an error at the first bad character."""
     run = str(tok)
-    if _RUN_OK.fullmatch(run):
-        return [_cell(m) for m in _CELL.findall(run)]
+    letters = _letters()
+    if letters.run.fullmatch(run):
+        return [_cell(m) for m in letters.cell.findall(run)]
     if len(run) >= 3 and run[1:].isalpha() and not run[1:].isupper():  # True, Linear
         raise fail(
             f"{run!r}: words are written in lower case here, write {run.lower()!r} "
-            f"(an upper-case letter starts a block string: cells are {_CELLS})",
+            f"(an upper-case letter starts a block string: cells are {letters.help})",
             tok.line,
             tok.column,
         )
     pos = 0
-    while (m := _CELL.match(run, pos)) is not None:
+    while (m := letters.cell.match(run, pos)) is not None:
         pos = m.end()
     message, offset = _bad_cell(run, pos)
     raise fail(message, tok.line, tok.column + offset)
@@ -289,7 +318,8 @@ def _bad_cell(run: str, pos: int) -> tuple[str, int]:
     """Why no cell starts at `run[pos]`, and the offset of the bad character."""
     ch = run[pos]
     nxt = run[pos + 1] if pos + 1 < len(run) else ""
-    if ch in "LGTV":
+    letters = _letters()
+    if ch in letters.mixer:
         how = f"({ch}1 = with mixer, {ch}0 = without)"
         if nxt.isdigit():
             return f"the mixer digit after {ch} must be 0 or 1 {how}, got {nxt}", pos + 1
@@ -297,22 +327,26 @@ def _bad_cell(run: str, pos: int) -> tuple[str, int]:
     if ch == "C":
         how = "C must be followed by 2 or 3 (C2 = 2D convolution cell, C3 = 3D convolution cell)"
         return (f"{how}, got C{nxt}" if nxt.isdigit() else how), pos + 1
+    whole = [f for f in letters.fixed if f[0] == ch]
+    if whole:
+        how = f"{ch} must be followed by {' or '.join(f[1:] for f in whole)} ({', '.join(whole)})"
+        return (f"{how}, got {ch}{nxt}" if nxt.isdigit() else how), pos + 1
     if ch.isdigit():
         return (
             f"stray digit {ch!r}: a cell is one letter and one digit (L1, G0, T1, V1) "
             "or C2/C3; remove the extra digit",
             pos,
         )
-    if ch in "lgtvc":
+    if ch in {f[0].lower() for f in (*letters.mixer, *letters.fixed)}:
         return f"cell letters are upper case: write {ch.upper()!r} instead of {ch!r}", pos
     if ch.isalpha():
-        return f"unknown cell letter {ch!r}; valid cells are {_CELLS}", pos
-    return f"unexpected {ch!r}; expected a cell: {_CELLS}", pos
+        return f"unknown cell letter {ch!r}; valid cells are {letters.help}", pos
+    return f"unexpected {ch!r}; expected a cell: {letters.help}", pos
 
 
 def _cell(token: str) -> CellSpec:
-    if token[0] == "C":
-        return CellSpec(LETTER_TO_KIND[token], mixer=False)  # conv cells have no mixer
+    if token in LETTER_TO_KIND:  # a kind without a mixer digit (C2)
+        return CellSpec(LETTER_TO_KIND[token], mixer=False)
     return CellSpec(LETTER_TO_KIND[token[0]], mixer=token[1] == "1")
 
 

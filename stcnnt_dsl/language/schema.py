@@ -9,13 +9,17 @@ from pydantic.json_schema import PydanticJsonSchemaWarning
 
 from ..registry import topology_names
 from .arch_spec import ArchSpec
+from .fields import _BLOCK_SCHEMA, block_schema
 from .options import OPTIONS
 
 
 def _refresh_options(node: Any) -> None:
     """Replace every option's schema by the option's current one (registered norms and
-    activations join the enumerations) and drop pydantic's defaults of option fields."""
+    activations join the enumerations) and drop pydantic's defaults of option fields;
+    block strings start with the current cell letters (registered kinds join)."""
     if isinstance(node, dict):
+        if node.get("pattern") == _BLOCK_SCHEMA["pattern"]:
+            node.update(block_schema())
         props = node.get("properties")
         if isinstance(props, dict):
             for name in list(props):

@@ -16,27 +16,15 @@ from ..graph.heads import HeadNode
 from ..graph.model import ModelGraph
 from ..language.spec import ArchSpec
 from ..nn.axes import from_btchw
-from ..nn.heads import (
-    ConvAvgHead,
-    ConvHead,
-    MultiDepthHead,
-    NormAvgHead,
-    UNETRHead,
-    UperNetHead,
-)
+from ..registry import resolve_ref
 from .backbone import Backbone
 
 __all__ = ["Model", "head_module", "model_of"]
 
-_HEADS = {
-    cls.__name__: cls
-    for cls in (ConvHead, NormAvgHead, ConvAvgHead, MultiDepthHead, UperNetHead, UNETRHead)
-}
-
 
 def head_module(node: HeadNode) -> nn.Module:
     """The torch module of a head node."""
-    return _HEADS[node.module](**node.args)
+    return resolve_ref(node.descriptor.module)(**node.args)
 
 
 class Model(nn.Module):

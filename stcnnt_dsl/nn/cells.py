@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import SpecError
-from ..registry import ACTIVATIONS, CONV3D, TEMPORAL
+from ..registry import ACTIVATIONS, CELLS, CONV3D, TEMPORAL, resolve_ref
 from . import lean
 from .attention import SpatialAttention, TemporalAttention
 from .functional import ONEDNN_UNARY, can_fuse, fused_conv2d
@@ -229,7 +229,13 @@ class ConvCell(_Residual):
 
 
 def make_cell(geom: Any) -> nn.Module:
-    """The cell module of a cell geometry (`stcnnt_dsl.graph.geometry.cell_geometry`)."""
+    """The cell module of a cell geometry (`stcnnt_dsl.graph.geometry.cell_geometry`),
+    by its kind's registered module."""
+    return resolve_ref(CELLS[geom.kind].module)(geom)
+
+
+def builtin_cell(geom: Any) -> nn.Module:
+    """The module of a built-in cell kind (L, G, T, V, C2, C3)."""
     if geom.family == "conv":
         return ConvCell(geom)
     return AttentionCell(geom)

@@ -25,6 +25,7 @@ from ..graph.model import ModelGraph
 from ..graph.nodes import INPUT, BlockNode, ConvUnitNode, GateNode, MergeNode, Node, ResampleNode
 from ..graph.shapes import checked
 from ..language.options import as_pair
+from ..registry import CELLS
 
 __all__ = ["GRAPH_FORMATS", "GraphvizMissingWarning", "render_graph", "to_dot"]
 
@@ -36,14 +37,6 @@ INSTALL_HINT = (
 
 _STAGE_STYLE = {"shape": "box", "style": "rounded,filled", "fillcolor": "#dbe9f6"}
 _DEEPEST_COLOR = "#f6e3c6"
-_CELL_COLORS = {
-    "local": "#d6efd6",
-    "global": "#e4dcf3",
-    "temporal": "#fde2cf",
-    "vit": "#f3d9e6",
-    "conv2d": "#e8e8e8",
-    "conv3d": "#e0e0e0",
-}
 _OP_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#f2f2f2", "fontsize": "10"}
 _UNIT_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#e3ecfa", "fontsize": "10"}
 _GATE_STYLE = {"shape": "diamond", "style": "filled", "fillcolor": "#fff3b0", "fontsize": "9"}
@@ -89,7 +82,7 @@ def _cell_label(cell: Any, cin: int, cout: int) -> str:
             extra.append("causal")
         if extra:
             lines.append(", ".join(extra))
-    if geom.family != "conv":
+    if geom.family in ("spatial", "temporal"):
         lines.append(
             f"heads {geom.heads}, qkv {opts['qkv']}" + (f", {opts['cell']}" if geom.mixer else "")
         )
@@ -142,7 +135,7 @@ class _Dot:
             cin = plan.in_channels if cell.index == 0 else plan.out_channels
             attrs = {"label": _cell_label(cell, cin, plan.out_channels), "shape": "box",
                      "style": "filled", "fontsize": "10",
-                     "fillcolor": _CELL_COLORS.get(cell.spec.kind, "#eeeeee")}  # fmt: skip
+                     "fillcolor": CELLS[cell.spec.kind].color}  # fmt: skip
             self.lines.append(f"    {_quote(name)}{_attrs(attrs)};")
             names.append(name)
         for a, b in itertools.pairwise(names):
