@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         "--reference-src", required=True, help="a checkout of github.com/Imaging-and-AI/FMImaging"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--case", action="append", choices=list(cases()), help="only this case (repeatable)"
+    )
     args = parser.parse_args(argv)
     try:
         classes = load_reference(args.reference_src)
@@ -199,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     worst = 0.0
     for name, config in cases().items():
+        if args.case and name not in args.case:
+            continue
         r = compare(classes, config, args.seed)
         worst = max(worst, r["max_diff"])
         print(
