@@ -18,6 +18,7 @@ from typing import Any
 from ._lazy import load
 from ._version import __version__
 from .errors import (
+    DataError,
     DSLSyntaxError,
     ResourceError,
     ShapeError,
@@ -25,7 +26,7 @@ from .errors import (
     STCNNTError,
     WeightsError,
 )
-from .graph import build_graph, check, infer_shapes
+from .graph import Accepts, accepts, build_graph, check, infer_shapes
 from .language import (
     ArchSpec,
     dump_spec,
@@ -60,10 +61,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Accepts",
     "ArchSpec",
     "Backbone",
     "CellKind",
     "DSLSyntaxError",
+    "DataError",
     "ExportResult",
     "HeadContext",
     "HeadDecoder",
@@ -77,6 +80,7 @@ __all__ = [
     "Topology",
     "WeightsError",
     "__version__",
+    "accepts",
     "apply_lora",
     "build",
     "build_graph",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -14,6 +15,11 @@ torch.set_num_threads(int(os.environ.get("STCNNT_TEST_THREADS", "2")))
 # Tests run on the rules of stcnnt_dsl.nn.tuning (deterministic; nothing measured or
 # written to the user's cache); tests/test_tuning.py covers the calibration.
 os.environ.setdefault("STCNNT_CALIBRATE", "0")
+# ... and on the same choices on every CPU (the rules differ between AVX2 and AVX-512
+# machines), so that the suite's result does not depend on the CPU. A test whose result
+# depends on a choice forces each choice itself (`forced`, `forcing`); STCNNT_TUNING set
+# by hand runs the rest of the suite on other choices.
+os.environ.setdefault("STCNNT_TUNING", "layout=channels_last,qkv=fused,attention=32")
 
 # The default is reproducible: the README's test command and CI run the same examples.
 # HYPOTHESIS_PROFILE=explore draws new examples each run (to hunt for bugs locally).
@@ -41,6 +47,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def forcing(**values):
+    """The per-machine choices (`nn.tuning`) set to `values` (the rest: `Choices()`'s
+    defaults) inside the block; for module-scoped fixtures (tests use `forced`)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tuning, "_active", tuning.Choices(**values, source="forced"))
+        yield
+    tuning.reset()
 
 
 @pytest.fixture

@@ -232,6 +232,13 @@ def test_check_json_gives_the_smallest_valid_size(capsys):
     assert json.loads(capsys.readouterr().out)["valid_inputs"]["minimum"] == [32, 32]
 
 
+def test_check_reads_the_input_in_a_layout(capsys):
+    assert cli.main(["check", "unet-3d-small", "--input", "1,1,64,64,16", "--layout", "bchwd"]) == 0
+    assert "accepts: H and W multiples of 16, any D" in capsys.readouterr().out
+    assert cli.main(["check", "unet-3d-small", "--input", "1,1,60,64,16", "--layout", "BCHWD"]) == 2
+    assert "input D=16, H=60, W=64 cannot run" in capsys.readouterr().err
+
+
 def test_profile_without_input_says_which_size_it_chose(capsys):
     assert cli.main(["profile", "unet-2d-small", "--runs", "0"]) == 0
     captured = capsys.readouterr()

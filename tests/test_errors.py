@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import stcnnt_dsl
 from stcnnt_dsl import (
+    DataError,
     DSLSyntaxError,
     ResourceError,
     ShapeError,
@@ -72,6 +74,11 @@ class Entry:
 
 
 E = Entry
+# the model the weights and adaptation entries start from (issue 23)
+_SEG = (
+    'model = stcnnt_dsl.build("unet(channels=[8], blocks=L1, window=4, '
+    'heads={seg={kind=segmentation, classes=2}})")\n'
+)
 CATALOGUE: list[Entry] = [
     # ------------------------------------------------------------------ block strings
     E("block-mixer-digit", "Block strings", "a mixer digit other than 0 or 1 (the reference "
@@ -463,6 +470,112 @@ CATALOGUE: list[Entry] = [
       "import_reference(path, part='backbone').",
       shown="import_reference(backbone_state_dict, {**config, 'post_model': "
       "'NormPoolLinear'})"),
+    # ------------------------------------------------------------------ issue 22: data
+    E("data-truncated-dicom", "Imaging data", "a truncated DICOM file (pydicom's own "
+      "MR_truncated.dcm)", ("data", "truncated-dicom"), DataError, None,
+      ("scan.dcm", "cannot read it as DICOM", "truncated"), "export the file again.",
+      shown='read_image("scan.dcm")  # pydicom\'s MR_truncated.dcm'),
+    E("data-truncated-nifti", "Imaging data", "a NIfTI file cut short (an interrupted copy)",
+      ("data", "truncated-nifti"), DataError, None, ("scan.nii.gz", "cannot read it as NIfTI"),
+      "copy or export the file again.", shown='read_image("scan.nii.gz")  # its second half lost'),
+    E("data-unknown-format", "Imaging data", "a file whose name says no image format",
+      ("data", "unknown-format"), DataError, None, ("notes.txt", "cannot tell the image format"),
+      "give a .nii.gz, .dcm, .png, .tif or .npy file (or a DICOM folder).",
+      shown='read_image("notes.txt")'),
+    E("data-4d-time", "Imaging data", "a 4D NIfTI with several slices read with T as time",
+      ("data", "4d-time"), DataError, None, ("3 slices and 5 time points", "t_axis='slices'"),
+      "read it with t_axis='slices' (time points as channels) or split it per slice.",
+      shown='read_image("fmri.nii.gz", t_axis="time")  # shape (16, 16, 3, 5)'),
+    E("data-two-series", "Imaging data", "a DICOM folder holding two series",
+      ("data", "two-series"), DataError, None, ("dicom", "2 DICOM series", "own folder"),
+      "one folder per series.",
+      shown='read_image("dicom")  # CT_small.dcm and MR_small.dcm side by side'),
+    E("data-missing-extra", "Imaging data", "the data extra not installed",
+      ("data", "missing-extra"), DataError, None,
+      ("needs nibabel", 'pip install "stcnnt-dsl[data]"'),
+      "install the extra.", shown='read_image("scan.nii.gz")  # without nibabel installed'),
+    E("data-empty-folder", "Data sets", "an empty data set folder", ("data", "empty"),
+      DataError, None, ("empty", "holds no images"), "point at the data set's folder.",
+      shown='open_dataset("empty")'),
+    E("data-label-shape", "Data sets", "an image and its label of different shapes",
+      ("data", "label-shape"), DataError, None,
+      ("labelsTr/case_000.nii.gz", "(3, 1, 8, 10)", "(3, 1, 8, 8)", "resample the label"),
+      "resample the label onto the image's grid (nearest neighbour).",
+      shown='open_dataset("ds").load(0)  # label 8x10, image 8x8'),
+    E("data-label-values", "Data sets", "label values that dataset.json does not list",
+      ("data", "label-values"), DataError, None, ("label values [3]", "0 (background), 1 (organ)"),
+      "add the value to dataset.json's labels, or fix the label map.",
+      shown='open_dataset("ds").load(0)  # labels: {background: 0, organ: 1}; the map holds 3'),
+    E("data-nan", "Data sets", "an image holding NaN values", ("data", "nan"), DataError, None,
+      ("imagesTr/case_000_0000.nii.gz", "NaN or infinite"), "fix or mask them in the file.",
+      shown='open_dataset("ds").load(0)  # the image holds NaN'),
+    E("data-constant", "Data sets", "a constant image", ("data", "constant"), DataError, None,
+      ("imagesTr/case_000_0000.nii.gz", "constant"), "remove the case or export it again.",
+      shown='open_dataset("ds").load(0)  # every voxel 100'),
+    E("data-channel-count", "Data sets", "cases with different channel counts",
+      ("data", "channel-count"), DataError, None, ("case_001 has channel files 0000", "asks for 2"),
+      "give every case one file per channel.",
+      shown='open_dataset("ds")  # channel_names {0: T1, 1: T2}; case_001 has only _0000'),
+    E("data-2d-to-3d-model", "Prediction", "a 2D PNG given to a model that mixes along T",
+      ("data", "2d-to-3d"), DataError, None, ("slice.png", "2D (T=1)", "mixes along T"),
+      "give a 2D+T clip or a 3D volume, or use a 2D model.",
+      shown='predict_image(model, read_image("slice.png"))  # model: unet(..., blocks=T1L1)'),
+    E("data-output-exists", "Prediction", "an output folder that already holds predictions",
+      ("data", "output-exists"), DataError, None, ("pred", "already holds predictions",
+                                                  "--overwrite"),
+      "choose another --out, or pass --overwrite.",
+      shown="stcnnt predict model.safetensors scan.nii.gz --out pred  # run twice"),
+    # ------------------------------------------------------------------ issue 23: weights,
+    # adaptation, layouts and sources, as a new user gets them wrong
+    E("load-weights-onnx", "Weights and adaptation", "an ONNX file given to load_weights",
+      ("code", _SEG + 'open("x.onnx", "wb").write(b"onnx")\n'
+       'stcnnt_dsl.load_weights(model, "x.onnx")'), WeightsError, None,
+      ("reads .safetensors files", "ONNX"), "load the .safetensors file the model was saved to."),
+    E("load-weights-whole-into-backbone", "Weights and adaptation", "a whole model's file "
+      "loaded into a backbone", ("code", _SEG + 'stcnnt_dsl.save_model(model, "seg.safetensors")'
+      '\nbackbone = stcnnt_dsl.build("unet(channels=[8], blocks=L1, window=4)")\n'
+      'stcnnt_dsl.load_weights(backbone, "seg.safetensors")'), WeightsError, None,
+      ("holds a whole model", "part='backbone'"), "name the part: part='backbone'."),
+    E("load-weights-nothing-fits", "Weights and adaptation", "a file whose tensors fit nothing "
+      "of the model, with strict=False", ("code", _SEG + 'stcnnt_dsl.save_model('
+      'stcnnt_dsl.build("llm(channels=8, blocks=[L1])"), "llm.safetensors")\n'
+      'stcnnt_dsl.load_weights(model, "llm.safetensors", strict=False)'), WeightsError, None,
+      ("no tensor that fits",), "load weights of the same architecture."),
+    E("lora-modules-to-save", "Weights and adaptation", "modules_to_save naming a head the "
+      "model does not have", ("code", _SEG + "import peft\nconfig = peft.LoraConfig(r=8, "
+      'target_modules=stcnnt_dsl.lora_targets(model), modules_to_save=["heads.cls"])\n'
+      "stcnnt_dsl.apply_lora(model, config)"), STCNNTError, None,
+      ("'heads.cls' names no module", "heads.seg"), "name a head the model has."),
+    E("lora-target-modules", "Weights and adaptation", "LoRA target modules of another "
+      "library's naming", ("code", _SEG + "import peft\nconfig = peft.LoraConfig(r=8, "
+      'target_modules=["q_proj", "v_proj"])\nstcnnt_dsl.apply_lora(model, config)'),
+      STCNNTError, None, ("'q_proj' names no layer", "lora_targets(model)"),
+      "target_modules=stcnnt_dsl.lora_targets(model)."),
+    E("lora-config-dict", "Weights and adaptation", "a dict where a LoraConfig is expected",
+      ("code", _SEG + 'stcnnt_dsl.apply_lora(model, {"r": 8})'), STCNNTError, None,
+      ("takes a peft.LoraConfig",), "peft.LoraConfig(r=8, ...)."),
+    E("lora-twice", "Weights and adaptation", "apply_lora on a model that already has adapters",
+      ("code", _SEG + "import peft\nconfig = peft.LoraConfig(r=8, target_modules="
+       "stcnnt_dsl.lora_targets(model))\nadapted = stcnnt_dsl.apply_lora(model, config)\n"
+       "stcnnt_dsl.apply_lora(adapted, config)"), STCNNTError, None,
+      ("already carries LoRA adapters", "merge_and_unload"),
+      "train the adapted model, or merge first."),
+    E("freeze-list", "Weights and adaptation", "freeze given a list of patterns",
+      ("code", _SEG + 'stcnnt_dsl.freeze(model, ["encoder.*"])'), STCNNTError, None,
+      ("separate strings", "*patterns"), "freeze(model, *patterns)."),
+    E("freeze-nothing", "Weights and adaptation", "freeze without a pattern",
+      ("code", _SEG + "stcnnt_dsl.freeze(model)"), STCNNTError, None,
+      ("at least one stage pattern",), "name the stages, or 'backbone'."),
+    E("param-groups-lr", "Weights and adaptation", "a negative learning rate",
+      ("code", _SEG + "stcnnt_dsl.param_groups(model, lr=-1e-3)"), STCNNTError, None,
+      ("lr must be",), "a positive lr."),
+    E("layout-2d-temporal", "Layouts", "temporal cells in a 2D (BCHW) model",
+      ("build", "unet(channels=[8], blocks=T1L1, window=4)", {"layout": "BCHW"}), SpecError,
+      "layout", ("takes 2D images (one frame)", "is T"), "drop the T cells or use frames."),
+    E("spec-onnx-file", "Sources and YAML", "an exported ONNX file given as the architecture "
+      "(`stcnnt export seg.onnx`)", ("code", 'open("seg.onnx", "wb").write(bytes(2_000_000))\n'
+      'stcnnt_dsl.export("seg.onnx", "x.onnx")'), SpecError, None,
+      ("an ONNX file", "not an architecture"), "give the spec or the .safetensors model."),
 ]  # fmt: skip
 
 
@@ -514,7 +627,108 @@ def _run(call: tuple) -> Any:
                   "block_str": ["C2"]}}  # fmt: skip
         state = {k: torch.zeros(1) for k in ("D0.block.cell_0.attn.conv.conv.weight",)}
         return import_reference(state, {**config, "post_model": "NormPoolLinear"})
+    if kind == "data":
+        return _data_mistake(args[0])
+    if kind == "code":  # as written in the docs
+        return exec(args[0], {"stcnnt_dsl": stcnnt_dsl})
     raise ValueError(kind)
+
+
+def _nifti(path: str, data: Any) -> None:
+    import nibabel
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), path)
+
+
+def _nnunet(image: Any, label: Any, channels: int = 1) -> str:
+    """ds/: an nnU-Net data set of one case (case_000) holding `image` and `label`."""
+    import json
+
+    _nifti("ds/imagesTr/case_000_0000.nii.gz", image)
+    _nifti("ds/labelsTr/case_000.nii.gz", label)
+    Path("ds/dataset.json").write_text(json.dumps({
+        "channel_names": {str(c): f"T{c + 1}" for c in range(channels)},
+        "labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz",
+    }))  # fmt: skip
+    return "ds"
+
+
+def _data_mistake(name: str) -> Any:
+    """The data layer's mistakes (issue 22), made in the current folder."""
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from stcnnt_dsl.data import open_dataset, read_image
+    from stcnnt_dsl.data.files import predict_files
+    from stcnnt_dsl.data.predict import predict_image
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(100, 4000, (8, 8, 3)).astype(np.uint16)
+    label = (image > 2000).astype(np.uint8)
+    if name == "truncated-dicom":
+        shutil.copy(get_testdata_file("MR_truncated.dcm", download=False), "scan.dcm")
+        return read_image("scan.dcm")
+    if name == "truncated-nifti":
+        _nifti("scan.nii.gz", image)
+        data = Path("scan.nii.gz").read_bytes()
+        Path("scan.nii.gz").write_bytes(data[: len(data) // 2])
+        return read_image("scan.nii.gz")
+    if name == "unknown-format":
+        Path("notes.txt").write_text("not an image")
+        return read_image("notes.txt")
+    if name == "4d-time":
+        _nifti("fmri.nii.gz", rng.integers(0, 100, (16, 16, 3, 5)).astype(np.int16))
+        return read_image("fmri.nii.gz", t_axis="time")
+    if name == "two-series":
+        Path("dicom").mkdir()
+        for file in ("CT_small.dcm", "MR_small.dcm"):
+            shutil.copy(get_testdata_file(file, download=False), Path("dicom") / file)
+        return read_image("dicom")
+    if name == "missing-extra":
+        _nifti("scan.nii.gz", image)
+        saved = sys.modules.get("nibabel")
+        sys.modules["nibabel"] = None  # what Python does for a module that is not there
+        try:
+            return read_image("scan.nii.gz")
+        finally:
+            sys.modules["nibabel"] = saved
+    if name == "empty":
+        Path("empty").mkdir()
+        return open_dataset("empty")
+    if name == "label-shape":
+        return open_dataset(_nnunet(image, np.zeros((8, 10, 3), np.uint8))).load(0)
+    if name == "label-values":
+        return open_dataset(_nnunet(image, label * 3)).load(0)
+    if name == "nan":
+        nan = np.where(label > 0, np.nan, image).astype(np.float32)
+        return open_dataset(_nnunet(nan, label)).load(0)
+    if name == "constant":
+        return open_dataset(_nnunet(np.full((8, 8, 3), 100, np.uint16), label)).load(0)
+    if name == "channel-count":
+        _nnunet(image, label, channels=2)
+        _nifti("ds/imagesTr/case_000_0001.nii.gz", image)
+        _nifti("ds/imagesTr/case_001_0000.nii.gz", image)
+        _nifti("ds/labelsTr/case_001.nii.gz", label)
+        return open_dataset("ds")
+    if name == "2d-to-3d":
+        from PIL import Image as PILImage
+
+        PILImage.fromarray(image[..., 0]).save("slice.png")
+        return predict_image(_model(_T_MODEL), read_image("slice.png"))
+    if name == "output-exists":
+        stcnnt_dsl.save_model(_model(_T_MODEL), "model.safetensors")
+        _nifti("scan.nii.gz", image)
+        Path("pred").mkdir()
+        _nifti("pred/scan.nii.gz", label)
+        return predict_files("model.safetensors", ["scan.nii.gz"], "pred")
+    assert pydicom  # the DICOM entries need pydicom (the data extra)
+    raise ValueError(name)
+
+
+_T_MODEL = "unet(channels=[4], blocks=T1L1, window=4, heads={s={kind=segmentation, classes=2}})"
 
 
 def _weights_file(variant: str) -> Path:
@@ -553,6 +767,8 @@ def _raise(entry: Entry) -> STCNNTError:
 @pytest.mark.parametrize("entry", CATALOGUE, ids=lambda e: e.id)
 def test_catalogue_entry(entry: Entry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
+    if "peft" in str(entry.call):
+        import peft  # noqa: F401  (its import takes seconds: not the error's time)
     start = time.perf_counter()
     err = _raise(entry)
     elapsed = time.perf_counter() - start
@@ -673,6 +889,10 @@ def _show(entry: Entry) -> str:
         text, cin, cout, options = args
         extra = "".join(f", {k}={v!r}" for k, v in options.items())
         return f"Block({text!r}, {cin}, {cout}{extra})"
+    if kind == "data":
+        return entry.shown or ""
+    if kind == "code":
+        return args[0]
     if kind == "weights":
         return {
             "pickle": 'torch.save(state_dict, "model.safetensors")',

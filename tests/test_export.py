@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from conftest import forcing
 from torch import nn
 
 import stcnnt_dsl
@@ -20,6 +21,7 @@ from stcnnt_dsl import cli
 from stcnnt_dsl.errors import ShapeError, STCNNTError
 from stcnnt_dsl.nn.attention import SpatialAttention, TemporalAttention
 from stcnnt_dsl.nn.functional import plain_ops
+from stcnnt_dsl.nn.tuning import LAYOUTS
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (stcnnt-dsl[export])")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (stcnnt-dsl[export])")
@@ -47,15 +49,31 @@ def _dims(value) -> list:
     return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
+TINY_UNET_LAYOUT = "nchw"  # the machine layout `tiny_unet` is built and exported on
+
+
+def _export_tiny_unet(folder, layout: str):
+    """TINY_UNET exported on a machine whose feature-map layout is `layout`."""
+    with forcing(layout_infer=layout, layout_train=layout):
+        model = stcnnt_dsl.build(TINY_UNET, seed=0).eval()
+        x = torch.randn(1, 1, 1, 16, 16)
+        with torch.no_grad():
+            before = model(x)  # eager inference: the fused oneDNN path
+        result = stcnnt_dsl.export(model, folder / f"tiny-{layout}.onnx", (1, 2, 1, 16, 16))
+    return model, result, (x, before)
+
+
 @pytest.fixture(scope="module")
 def tiny_unet(tmp_path_factory):
-    model = stcnnt_dsl.build(TINY_UNET, seed=0).eval()
-    x = torch.randn(1, 1, 1, 16, 16)
-    with torch.no_grad():
-        before = model(x)  # eager inference: the fused oneDNN path
-    path = tmp_path_factory.mktemp("export") / "tiny.onnx"
-    result = stcnnt_dsl.export(model, path, (1, 2, 1, 16, 16))
-    return model, result, (x, before)
+    return _export_tiny_unet(tmp_path_factory.mktemp("export"), TINY_UNET_LAYOUT)
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def tiny_unet_on(request, tiny_unet, tmp_path_factory):
+    """TINY_UNET exported on a machine of each layout (the graph must not depend on it)."""
+    if request.param == TINY_UNET_LAYOUT:
+        return tiny_unet
+    return _export_tiny_unet(tmp_path_factory.mktemp("export"), request.param)
 
 
 def test_the_file_has_one_named_input_and_output_with_dynamic_sizes(tiny_unet):
@@ -69,6 +87,18 @@ def test_the_file_has_one_named_input_and_output_with_dynamic_sizes(tiny_unet):
     assert result.inputs == {"input": ("batch", "frames", 1, "height", "width")}
     assert result.valid_sizes == "any B, H and W multiples of 8, any T"
     assert result.relative_error <= TOLERANCE
+
+
+def test_the_file_says_which_sizes_it_accepts(tiny_unet):
+    """In its metadata_props, for any ONNX tool (an input outside fails inside ONNX
+    Runtime with a reshape error that names no rule)."""
+    _, result, _ = tiny_unet
+    session = _session(result.path)
+    props = session.get_modelmeta().custom_metadata_map
+    accepts = stcnnt_dsl.accepts(TINY_UNET)
+    assert props["stcnnt.accepts"] == result.valid_sizes == f"any B, {accepts.text}"
+    assert props["stcnnt.multiples"] == "8,8" and props["stcnnt.layout"] == "BTCHW"
+    assert props["stcnnt.min_frames"] == "1" and props["stcnnt.minimum"] == "1"
 
 
 @pytest.mark.parametrize(
@@ -104,20 +134,22 @@ def test_the_file_refuses_sizes_the_architecture_cannot_run(tiny_unet, size):
         _session(result.path).run(None, {"input": torch.randn(1, 1, 1, *size).numpy()})
 
 
-def test_eager_inference_is_unchanged_after_an_export(tiny_unet):
+def test_eager_inference_is_unchanged_after_an_export(tiny_unet, forced):
     model, _, (x, before) = tiny_unet
     assert not plain_ops()  # plain ops only while exporting
+    forced(layout_infer=TINY_UNET_LAYOUT, layout_train=TINY_UNET_LAYOUT)
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
 
 
-def test_the_graph_copies_no_more_than_the_partitions_need(tiny_unet):
+def test_the_graph_copies_no_more_than_the_partitions_need(tiny_unet_on):
     """What made ONNX Runtime slower than eager (docs/export.md, benchmark): slicing
     the one Q/K/V output into three (copies), copying Slices of unit axes, and
     Transposes that move only axes of size 1. Q, K and V come from three convolutions
     instead, each going channels-last by the [N, C, H, W] -> [N, H, W, C] transpose
-    that ONNX Runtime folds into the convolution's output reorder."""
-    result = tiny_unet[1]
+    that ONNX Runtime folds into the convolution's output reorder. On every machine:
+    the graph is shaped for ONNX Runtime, whatever layout the machine's layers use."""
+    result = tiny_unet_on[1]
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(result.path))).graph
     shapes = {v.name: _dims(v) for v in [*graph.value_info, *graph.input]}
     for node in graph.node:
@@ -133,7 +165,7 @@ def test_the_graph_copies_no_more_than_the_partitions_need(tiny_unet):
         if node.op_type == "Conv":
             by_input[node.input[0], weight_dims.get(node.input[1])].append(node.output[0])
     thirds = [out for outs in by_input.values() if len(outs) == 3 for out in outs]
-    model = tiny_unet[0]
+    model = tiny_unet_on[0]
     layers = [m for m in model.modules() if isinstance(m, SpatialAttention | TemporalAttention)]
     assert len(thirds) == 3 * len(layers) > 0
     nhwc = {

@@ -366,3 +366,70 @@ def test_lora_without_peft_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_peft)
     with pytest.raises(STCNNTError, match=r"stcnnt-dsl\[adapt\]"):
         apply_lora(stcnnt_dsl.build(SPEC), object())
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+def test_a_whole_models_file_fills_a_backbone_when_the_part_is_named(tmp_path):
+    """part='backbone' takes the file's backbone and nothing else (its heads are not the
+    part's: no error); without a part, strict loading says to name it; strict=False
+    loads the backbone and reports the heads' tensors as without a place."""
+    donor = stcnnt_dsl.build(SPEC, seed=3)
+    path = stcnnt_dsl.save_model(donor, tmp_path / "whole.safetensors")
+    backbone = stcnnt_dsl.build({k: v for k, v in SPEC.items() if k != "heads"}, seed=0)
+    report = load_weights(backbone, path, part="backbone")
+    assert len(report.loaded) == len(backbone.state_dict()) and not report.unexpected
+    for name, value in donor.backbone.state_dict().items():
+        assert torch.equal(backbone.state_dict()[name], value), name
+    with pytest.raises(WeightsError, match=r"holds a whole model.*part='backbone'"):
+        load_weights(backbone, path)
+    report = load_weights(backbone, path, strict=False)
+    assert len(report.loaded) == len(backbone.state_dict())
+    assert report.unexpected and all(k.startswith("heads.") for k in report.unexpected)
+
+
+def test_reference_keys_without_a_place_are_reported(tmp_path):
+    """A reference checkpoint whose head this model does not have (e.g. UperNet's `post.*`
+    tensors): strict=False reports them as unexpected, strict refuses the file."""
+    from safetensors.torch import save_file
+
+    from stcnnt_dsl.compat.weights import _reference_names
+
+    backbone = stcnnt_dsl.build({k: v for k, v in SPEC.items() if k != "heads"}, seed=2)
+    names, _ = _reference_names(backbone)
+    state = backbone.state_dict()
+    weights = {}
+    for key, refs in names.items():
+        for ref, part in zip(refs, state[key].chunk(len(refs)), strict=True):
+            weights["backbone." + ref] = part.contiguous()
+    weights["post.fpn.0.weight"] = torch.zeros(2, 2)
+    path = tmp_path / "reference-whole.safetensors"
+    save_file(weights, str(path))
+    fresh = stcnnt_dsl.build({k: v for k, v in SPEC.items() if k != "heads"}, seed=0)
+    report = load_weights(fresh, path, strict=False)
+    assert report.unexpected == ["post.fpn.0.weight"]
+    assert len(report.loaded) == len(state)
+    for name, value in state.items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+    with pytest.raises(WeightsError, match=r"'post\.fpn\.0\.weight' has no place"):
+        load_weights(fresh, path)
+    assert not load_weights(fresh, path, part="backbone").unexpected  # a part was named
+
+
+def test_a_load_report_prints_as_a_summary(tmp_path):
+    backbone = stcnnt_dsl.build({k: v for k, v in SPEC.items() if k != "heads"}, seed=1)
+    path = stcnnt_dsl.save_model(backbone, tmp_path / "backbone.safetensors")
+    report = load_weights(stcnnt_dsl.build(SPEC, seed=0), path, strict=False)
+    text = str(report)
+    assert text.startswith(f"loaded {len(report.loaded)} tensors")
+    assert f"missing from the file: {len(report.missing)}" in text
+    assert len(text) < 400 and text.count("heads.") <= 3  # not every key
+
+
+def test_lora_targets_of_an_adapted_model_are_the_adapted_layers():
+    peft = pytest.importorskip("peft")
+    model = stcnnt_dsl.build(SPEC, seed=0)
+    targets = lora_targets(model)
+    adapted = apply_lora(model, peft.LoraConfig(r=2, target_modules=targets))
+    assert lora_targets(adapted) == targets

@@ -156,6 +156,7 @@ def test_profile_report_numbers(report):
     assert set(report.flop_counts) == {"torch", "analytic"}  # cross-checked when built
     assert len(set(report.flop_counts.values())) == 1
     assert report.activation_method.startswith("measured")
+    assert "(saved for backward in training; measured on the meta device)" in str(report)
     assert report.output_shape == (1, 1, 16, 32, 32)
     assert report.latency_ms is not None and report.latency_ms > 0
     assert len(report.latency_runs_ms) == 2
@@ -211,6 +212,8 @@ def test_profile_without_timing_is_graph_only_and_fast():
     assert set(report.flop_counts) == {"analytic"}
     assert report.activation_method.startswith("estimate")
     assert report.params == 14_774_648
+    # the graph's estimate is not the meta-device measure: the text names which it is
+    assert "(saved for backward in training; estimated from the model graph)" in str(report)
 
 
 def test_profile_without_timing_and_with_autocast():

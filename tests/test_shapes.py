@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import stcnnt_dsl
 from stcnnt_dsl import ShapeError, SpecError, build, check, infer_shapes
 from stcnnt_dsl.graph import parse_shape
 
@@ -140,3 +143,45 @@ def test_static_errors_surface_in_check():
 def test_parse_shape_rejects_bad_shapes(bad):
     with pytest.raises(ShapeError):
         parse_shape(bad)
+
+
+# --------------------------------------------------------------------------- layouts (issue 23)
+
+
+def test_check_and_infer_shapes_read_the_shape_in_a_layout():
+    """A MONAI volume [B, C, H, W, D] is checked as such, and its errors say D."""
+    stcnnt_dsl.check("unet-3d-small", (1, 1, 64, 64, 16), layout="BCHWD")
+    shapes = stcnnt_dsl.infer_shapes("unet-3d-small", (2, 1, 64, 32, 16), layout="bchwd")
+    assert shapes["output"] == (2, 16, 16, 64, 32)  # [B, T, C, H, W] inside
+    with pytest.raises(ShapeError, match=r"input D=16, H=60, W=64 .* any D") as err:
+        stcnnt_dsl.check("unet-3d-small", (1, 1, 60, 64, 16), layout="BCHWD")
+    assert not re.search(r"\bT\b", str(err.value))
+    with pytest.raises(ShapeError, match=r"C=64 \(for a shape in \[B, C, H, W, D\] order pass "):
+        stcnnt_dsl.check("unet-3d-small", (1, 1, 64, 64, 16))
+    with pytest.raises(ShapeError, match=r"input H=60, W=64 cannot run: .* multiples of 16;"):
+        stcnnt_dsl.check("unet-2d-small", (1, 1, 60, 64), layout="BCHW")
+    with pytest.raises(ShapeError, match=r"4 integers B,C,H,W \(layout BCHW\)"):
+        stcnnt_dsl.check("unet-2d-small", (1, 1, 1, 60, 64), layout="BCHW")
+    with pytest.raises(SpecError, match=r"unknown layout 'BHWC'.*BCHWD"):
+        stcnnt_dsl.check("unet-2d-small", (1, 1, 64, 64), layout="BHWC")
+
+
+def test_accepts_says_which_sizes_run():
+    got = stcnnt_dsl.accepts("unet")
+    assert (got.multiples, got.minimum, got.min_frames, got.exact) == ((32, 32), 1, 1, None)
+    assert str(got) == got.text == "H and W multiples of 32, any T"
+    assert stcnnt_dsl.accepts("unet-3d-small", layout="BCHWD").text.endswith("any D")
+    assert not re.search(r"\bT\b", stcnnt_dsl.accepts("unet-2d-small", layout="BCHW").text)
+    fixed = stcnnt_dsl.accepts(
+        "llm(channels=4, blocks=[L1], window=4, patch=2, norm=layer, input_size=[16, 16])"
+    )
+    assert fixed.exact == (16, 16) and fixed.to_dict()["exact"] == [16, 16]
+    # what it says is what check does: the sizes it names run, the others do not
+    for h in range(32, 129, 16):
+        runs = h % got.multiples[0] == 0
+        try:
+            stcnnt_dsl.check("unet", (1, 1, 1, h, 64))
+        except ShapeError:
+            assert not runs, h
+        else:
+            assert runs, h

@@ -353,3 +353,10 @@ def test_overrides_address_single_stages_by_name():
         build_graph({"unet": {"channels": [8], "blocks": "L1", "overrides": {"decoder.1": {}}}})
     assert info.value.path == "unet.overrides.decoder.1"
     assert 'did you mean "decoder.0"' in str(info.value)
+
+
+def test_a_file_name_with_parentheses_is_read_as_a_file(tmp_path, monkeypatch):
+    """`unet (1).yaml` (a browser's second download) is a file name, not an expression."""
+    monkeypatch.chdir(tmp_path)
+    Path("unet (1).yaml").write_text(stcnnt_dsl.dump_spec("unet-2d-small"))
+    assert stcnnt_dsl.load_spec("unet (1).yaml") == stcnnt_dsl.load_spec("unet-2d-small")

@@ -29,6 +29,7 @@ Usage:
     python tools/bench_export.py                             # unet, 1x8x1x64x64 and 1x16x1x128x128
     python tools/bench_export.py --pairs 9 --json export-bench.json
     python tools/bench_export.py --arch hrnet --input 1,4,1,128,128 --profile
+    python tools/bench_export.py --export-only --arch unet-2d-small,unet   # export time
 """
 
 from __future__ import annotations
@@ -175,6 +176,53 @@ def machine() -> dict[str, Any]:
     }
 
 
+def export_times(args: argparse.Namespace) -> int:
+    """Seconds per export phase, old (full optimiser) and new (lean) side by side: the
+    two alternate per architecture, so other load on the machine hits both alike."""
+    from stcnnt_dsl.tools import export as exporter
+
+    torch.set_num_threads(args.threads)
+    phases = ("_trace", "_to_onnx", "_optimize", "_verify")
+    spent: dict[str, float] = {}
+    for name in phases:
+        inner = getattr(exporter, name)
+
+        def timed(*a, _inner=inner, _name=name, **k):
+            start = time.perf_counter()
+            try:
+                return _inner(*a, **k)
+            finally:
+                spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - start
+
+        setattr(exporter, name, timed)
+    rows = []
+    archs = args.arch.split(",")
+    with tempfile.TemporaryDirectory() as folder:
+        for arch in archs:
+            for mode in ("full", "lean") if len(rows) % 4 == 0 else ("lean", "full"):
+                exporter.OPTIMIZE = mode
+                spent.clear()
+                start = time.perf_counter()
+                stcnnt_dsl.export(arch, Path(folder) / f"{arch}-{mode}.onnx")
+                total = time.perf_counter() - start
+                optimize = spent.get("_optimize", 0.0)
+                rows.append({
+                    "arch": arch, "optimiser": mode, "total_s": round(total, 1),
+                    "trace_s": round(spent["_trace"], 1),
+                    "translate_s": round(spent["_to_onnx"] - optimize, 1)
+                    if mode == "lean" else None,
+                    "onnx_s": round(spent["_to_onnx"], 1),
+                    "ort_check_s": round(spent["_verify"], 1),
+                })  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
+    out = {"commit": commit(), "threads": args.threads, "machine": machine(), "exports": rows}
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="unet", help="architecture (default: unet)")
@@ -206,7 +254,16 @@ def main(argv: list[str] | None = None) -> int:
         default="tuned",
         help="glibc malloc settings (see the module docstring)",
     )
+    parser.add_argument(
+        "--export-only",
+        action="store_true",
+        help="time the export itself (trace, translation, optimisation, ORT check) of each "
+        "--arch with onnxscript's full optimiser (the old path) and the lean one, "
+        "interleaved; no inference timing",
+    )
     args = parser.parse_args(argv)
+    if args.export_only:
+        return export_times(args)
 
     if args.allocator == "tuned" and os.environ.get("GLIBC_TUNABLES") != TUNED_GLIBC:
         env = dict(os.environ, GLIBC_TUNABLES=TUNED_GLIBC)

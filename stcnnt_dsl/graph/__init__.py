@@ -14,12 +14,13 @@ from .guard import ResourceEstimate, estimate, guard, limits
 from .model import Feature, Layout, ModelGraph, describe_rule, parse_shape
 from .nodes import INPUT, BlockNode, GateNode, MergeNode, Node, ResampleNode
 from .resolve import BlockPlan, Layer
-from .shapes import check, infer_shapes
+from .shapes import Accepts, accepts, check, infer_shapes
 from .topologies import TOPOLOGIES, Topology, register_topology
 
 __all__ = [
     "INPUT",
     "TOPOLOGIES",
+    "Accepts",
     "BlockNode",
     "BlockPlan",
     "Feature",
@@ -32,6 +33,7 @@ __all__ = [
     "ResampleNode",
     "ResourceEstimate",
     "Topology",
+    "accepts",
     "build_graph",
     "check",
     "describe_rule",

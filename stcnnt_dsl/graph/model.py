@@ -128,12 +128,15 @@ class ModelGraph:
             for where, rule, scale in node.rules():
                 yield where, rule, scale, node
 
-    def check(self, t: int, h: int, w: int, *, batch: int | None = None) -> None:
+    def check(
+        self, t: int, h: int, w: int, *, batch: int | None = None, frames: str | None = "T"
+    ) -> None:
         """Raise a `ShapeError` naming the first node and rule that an input of T
         frames and H x W pixels breaks; the message states the valid inputs of the
         whole model first (the multiple that really works) and the nearest valid sizes.
         With `batch`, also the rule of batch norms in training: more than one value
-        per channel."""
+        per channel. `frames` names the frame axis as the caller's layout does (D for
+        volumes, None for 2D images)."""
         if t < 1 or h < 1 or w < 1:
             raise ShapeError(
                 f"T, H and W must be >= 1, got T={t}, H={h}, W={w}", rule="positive size"
@@ -149,8 +152,9 @@ class ModelGraph:
                 check_size(rule, sh, sw, where=where, path=node.path, t=t)
             except ShapeError as err:
                 at = f" (the input's {h}x{w} is {sh}x{sw} at 1/{scale} scale)" if scale > 1 else ""
-                reason = f"input T={t}, H={h}, W={w} cannot run: valid inputs are "
-                reason += describe_rule(whole)
+                sizes = f"H={h}, W={w}" if frames is None else f"{frames}={t}, H={h}, W={w}"
+                reason = f"input {sizes} cannot run: valid inputs are "
+                reason += describe_rule(whole, frames)
                 if nearest:
                     reason += f"; {hint}"
                 reason += f". The first rule it breaks: {where}: {err.rule}{at}"

@@ -144,11 +144,28 @@ def _check_json(text: str, file: str) -> None:
         ) from None
 
 
+# Files people give where a spec is expected, by suffix.
+_NOT_SPECS = {
+    ".onnx": "an ONNX file (what export writes)",
+    ".safetensors": "a weights file",
+    ".pt": "a PyTorch checkpoint",
+    ".pth": "a PyTorch checkpoint",
+}
+
+
 def _load_file(path: Path) -> SpecSource:
     if not _is_file(path):
         if path.is_dir():
             raise SpecError(f"{path} is a folder; give an architecture file", file=str(path))
         raise SpecError(f"file not found: {path}", file=str(path))
+    kind = _NOT_SPECS.get(path.suffix.lower())
+    if kind:
+        raise SpecError(
+            f"this is {kind}, not an architecture: give a .yaml/.json spec, an "
+            "expression or a bundled name (a model saved by save_model: "
+            "stcnnt_dsl.load_model, or `stcnnt export model.safetensors`)",
+            file=str(path),
+        )
     too_big = (
         f"architecture files are limited to {MAX_YAML_BYTES // 1000} kB (a spec is a few "
         "hundred bytes)"
@@ -197,9 +214,11 @@ def load_source(source: Any, *, read_files: bool = True) -> SpecSource:
     text = source.strip()
     if text in list_architectures():
         return _load_text(bundled_text(text), f"<bundled {text}.yaml>")
+    one_line = "\n" not in text
+    if one_line and read_files and text.endswith((".yaml", ".yml", ".json")):
+        return _load_file(Path(text))  # "unet (1).yaml" is a file name, not an expression
     if _EXPRESSION.match(text):
         return _from_expression(text)
-    one_line = "\n" not in text
     if one_line and text.endswith((".yaml", ".yml", ".json")) and not read_files:
         raise SpecError(
             f"{text!r} looks like a file name; here an architecture is given as text "

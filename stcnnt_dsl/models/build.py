@@ -58,6 +58,23 @@ def _check_arguments(device: Any, dtype: Any, seed: Any) -> None:
         raise SpecError(f"seed must be an integer in [0, 2**64), got {seed!r}", "seed")
 
 
+def _refuse_frame_cells(graph: Any) -> None:
+    """2D images (layout BCHW) have one frame: a T cell would attend over that frame alone
+    and a C3 cell convolve over it; both are a mistake, not a no-op."""
+    for node in graph.nodes:
+        plan = getattr(node, "plan", None)
+        for cell in plan.cells if plan is not None else ():
+            if cell.spec.kind in ("temporal", "conv3d"):
+                letter = "T" if cell.spec.kind == "temporal" else "C3"
+                raise SpecError(
+                    f"layout='BCHW' takes 2D images (one frame), but {node.name} cell "
+                    f"{cell.index} is {letter}, which works across frames: drop the {letter} "
+                    "cells (or use C2), or build with layout='BTCHW' / 'BCHWD' for frames "
+                    "or slices",
+                    "layout",
+                )
+
+
 def build(
     source: Any,
     *,
@@ -89,6 +106,8 @@ def build(
     ):
         located = _with_in_channels(located, in_channels)
     graph = build_graph(located)
+    if layout == "BCHW":
+        _refuse_frame_cells(graph)
     guard(graph, max_params=max_params, max_memory=max_memory, dtype=dtype)
     if seed is None:
         model = model_of(graph, layout)

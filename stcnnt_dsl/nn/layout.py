@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .functional import is_exporting
 from .tuning import choices
 
 __all__ = ["channels_last_frames", "frames_channels_last", "frames_in_layout"]
@@ -19,7 +20,11 @@ __all__ = ["channels_last_frames", "frames_channels_last", "frames_in_layout"]
 
 def frames_channels_last(x: Tensor) -> bool:
     """Whether feature maps like `x` are kept channels-last here (else NCHW): the
-    machine's choice for training where autograd records, for inference elsewhere."""
+    machine's choice for training where autograd records, for inference elsewhere. An
+    export is not run here: its graph is shaped for ONNX Runtime's CPU kernels, which
+    want channels-last maps before the partitions on every machine (docs/export.md)."""
+    if is_exporting():
+        return True
     return choices(x.device).channels_last(training=torch.is_grad_enabled())
 
 

@@ -43,8 +43,9 @@ def lora_targets(model: nn.Module, *stages: str) -> list[str]:
     names = [
         name
         for name, module in model.named_modules()
-        if _TARGET.search(name) and isinstance(module, (nn.Conv2d, nn.Linear))
-    ]
+        if _TARGET.search(name)
+        and isinstance(getattr(module, "base_layer", module), (nn.Conv2d, nn.Linear))
+    ]  # (a PEFT LoRA layer wraps the layer it adapts as `base_layer`)
     if not names:
         raise STCNNTError(
             "this model has no attention or mixer layers for LoRA to adapt (conv cells only?)"
@@ -85,12 +86,28 @@ def _stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
+def _check_patterns(action: str, patterns: tuple) -> None:
+    if not patterns:
+        raise STCNNTError(
+            f"{action} needs at least one stage pattern, e.g. {action}(model, 'encoder.*', "
+            "'bridge'), or 'backbone' for all of the backbone"
+        )
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise STCNNTError(
+                f"{action} takes stage patterns as separate strings: {action}(model, "
+                f"'encoder.*', 'bridge'), not a {type(pattern).__name__} ({pattern!r}); "
+                f"unpack a list with {action}(model, *patterns)"
+            )
+
+
 def freeze(model: nn.Module, *patterns: str, trainable: bool = False) -> list[str]:
     """Stop training the stages whose names match a pattern (`fnmatch`: "encoder.*",
     "bridge", "level0.*", "heads.seg", or "backbone" for all of it); `trainable=True`
     undoes it. Returns the names it changed; a pattern that matches nothing is an error
     (a typo should not silently train everything)."""
     model = _built(model)
+    _check_patterns("freeze", patterns)
     stages = _stages(model)
     if isinstance(model, Model):
         stages.append(("backbone", model.backbone))
@@ -119,6 +136,11 @@ def param_groups(
     order the model runs them) learns at lr * layer_decay ** (n - k), the heads at lr:
     the layer-wise decay of fine-tuning. Frozen parameters are left out."""
     model = _built(model)
+    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise STCNNTError(f"param_groups: {name} must be a number >= 0, got {value!r}")
+    if not lr > 0:
+        raise STCNNTError(f"param_groups: lr must be > 0, got {lr!r}")
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise STCNNTError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
     no_decay = model.no_weight_decay()
@@ -156,6 +178,34 @@ def apply_lora(model: nn.Module, config: Any) -> nn.Module:
         raise STCNNTError(
             'LoRA needs PEFT: pip install "stcnnt-dsl[adapt]" (or pip install peft)'
         ) from None
+    if not isinstance(config, peft.PeftConfig):
+        raise STCNNTError(
+            f"apply_lora takes a peft.LoraConfig, got a {type(config).__name__}: "
+            "peft.LoraConfig(r=8, lora_alpha=16, target_modules=lora_targets(model))"
+        )
+    if hasattr(model, "peft_config"):
+        raise STCNNTError(
+            "apply_lora: this model already carries LoRA adapters (apply_lora's result); "
+            "train it as it is, or fold them in first: model = model.merge_and_unload()"
+        )
+    built = _built(model)
+    names = [name for name, _ in built.named_modules() if name]
+    targets = getattr(config, "target_modules", None)
+    if isinstance(targets, list | set | tuple):
+        lost = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if lost:
+            raise STCNNTError(
+                f"LoraConfig(target_modules=...): {sorted(lost)[0]!r} names no layer of this "
+                "model (PEFT matches whole names or their last parts); use "
+                "target_modules=stcnnt_dsl.lora_targets(model), the Q/K/V and mixer layers"
+            )
+    heads = [n for n, _ in _stages(built) if n.startswith("heads.")]
+    for wanted in getattr(config, "modules_to_save", None) or []:
+        if not any(n == wanted or n.endswith("." + wanted) for n in names):
+            raise STCNNTError(
+                f"LoraConfig(modules_to_save=...): {wanted!r} names no module of this model, "
+                f"so nothing of it would train; its heads: {', '.join(heads) or 'none'}"
+            )
     adapted = peft.get_peft_model(model, config)
     for module in adapted.modules():
         base = getattr(module, "base_layer", None)

@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._version import __version__
 from ..errors import ShapeError, STCNNTError
 from ..graph.model import ModelGraph, describe_rule, parse_shape
-from ..graph.shapes import check
+from ..graph.shapes import LAYOUT_AXES, check, frames_word
 from ..models.build import build
 from .io import unwrap
 
@@ -46,8 +47,7 @@ FORMATS = ("onnx",)
 INSTALL_HINT = 'pip install "stcnnt-dsl[export]"'
 INPUT_NAME = "input"
 _BLOCKS_INPUT = "input_blocks"  # the traced graph's input, internal to the file
-# The axes of each layout (`build(layout=...)`); MONAI's slices D are our T.
-_AXES = {"BTCHW": "BTCHW", "BCTHW": "BCTHW", "BCHW": "BCHW", "BCHWD": "BCHWT"}
+_AXES = LAYOUT_AXES  # the axes of each layout (`build(layout=...)`)
 _DIM_NAMES = {"B": "batch", "T": "frames", "H": "height", "W": "width"}
 # Weights beyond this go to a side file (`FILE.data`): protobuf cannot hold 2 GiB.
 _EXTERNAL_DATA_BYTES = 1 << 30
@@ -102,14 +102,14 @@ def export(
     if not hasattr(torch.compiler, "is_exporting"):  # the layers read it (nn.functional)
         raise STCNNTError(f"export needs torch >= 2.7, this is torch {torch.__version__}")
     target = _writable(path)
+    model = _resolve(source_or_model)  # the user's mistakes first: before the slow imports
     onnx, ort = _onnx_packages()
-    model = _resolve(source_or_model)
     graph: ModelGraph = model.graph
     axes = _AXES[getattr(model, "layout", "BTCHW")]
     if input_shape is None:
         input_shape = _default_input(model)
     shape = _shape_in_layout(input_shape, axes)
-    check(graph, _to_btchw(shape, axes))
+    check(graph, shape, layout=getattr(model, "layout", "BTCHW"))
     rule = graph.rule()
     with _eval_mode(model):
         device, dtype = _placement(model)
@@ -124,6 +124,8 @@ def export(
         _accept_full_sizes(proto, onnx, axes, rule.multiple)
     else:
         _name_input(proto, onnx, axes)
+    layout = getattr(model, "layout", "BTCHW")
+    _describe(proto, onnx, graph.name, layout, rule, _valid_sizes(rule, axes))
     _save(proto, onnx, target)
     error = _verify(ort, target, x, expected)
     return ExportResult(
@@ -217,8 +219,7 @@ def _shape_in_layout(input_shape: Sequence[int] | str, axes: str) -> tuple[int, 
 
 def _valid_sizes(rule: Any, axes: str) -> str:
     """The rule in the words of the model's layout: no T for 2D, D for volumes."""
-    frames = None if "T" not in axes else "D" if axes == _AXES["BCHWD"] else "T"
-    return f"any B, {describe_rule(rule, frames)}"
+    return f"any B, {describe_rule(rule, frames_word(axes))}"
 
 
 def _default_input(model: nn.Module) -> tuple[int, ...]:
@@ -347,6 +348,12 @@ def _violated(err: Exception) -> str:
     return "it fixes " + " and ".join(names) if names else str(err).splitlines()[0]
 
 
+# "full": onnxscript's optimizer as torch's exporter runs it (every rewrite rule tried at
+# every node); "lean": the same passes with the rewrite rules that fire on our graphs.
+# tools/bench_export.py --export-only times both side by side.
+OPTIMIZE = "lean"
+
+
 def _to_onnx(program: torch.export.ExportedProgram, names: tuple[str, ...]) -> Any:
     """The ONNX ModelProto of an exported program (torch's dynamo-based exporter)."""
     onnx_program = torch.onnx.export(
@@ -354,10 +361,50 @@ def _to_onnx(program: torch.export.ExportedProgram, names: tuple[str, ...]) -> A
         dynamo=True,
         input_names=[_BLOCKS_INPUT],
         output_names=list(names),
-        optimize=True,
+        optimize=OPTIMIZE == "full",
         verbose=False,
     )
+    if OPTIMIZE != "full":
+        _optimize(onnx_program.model)
     return onnx_program.model_proto
+
+
+def _optimize(model: Any) -> None:
+    """onnxscript's optimizer (`optimize_ir`: inline, constant folding, rewrite rules,
+    clean-up), with the rewrite rules that change this library's graphs (measured: on
+    TINY and bundled U-Nets only these fired). The default set tries some forty rules
+    at every node, which took half of an export's time (1020 of 2048 s for
+    unet-2d-small on a loaded 2-core machine)."""
+    import onnx_ir.passes.common as common
+    import onnxscript
+    from onnxscript.rewriter import RewritePass
+    from onnxscript.rewriter.rules import common as rules
+
+    chosen = [
+        rules.squeeze_reshape_1d_rule,
+        rules.reshape_reshape_rule,
+        rules.materialize_reshape_shape_rule,
+        rules.remove_optional_bias_from_conv_rule,
+        rules.no_op_transpose_rule,
+        rules.transpose_transpose_rule,
+        rules.no_op_expand_rule,
+        rules.no_op_cast_rule,
+    ]
+    common.InlinePass()(model)
+    for _ in range(2):  # as optimize_ir: fold, rewrite, drop what is unused; twice
+        onnxscript.optimizer.fold_constants(model)
+        RewritePass(chosen)(model)
+        onnxscript.optimizer.remove_unused_nodes(model)
+    for cleanup in (
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.LiftSubgraphInitializersToMainGraphPass(),
+        common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.OutputFixPass(),
+        common.NameFixPass(),
+    ):
+        cleanup(model)
 
 
 @contextlib.contextmanager
@@ -464,6 +511,25 @@ def _rename_dims(graph: Any, exact: dict[str, str], symbols: dict[str, str]) -> 
                 dim.dim_param = exact[dim.dim_param]
             elif pattern is not None:
                 dim.dim_param = pattern.sub(lambda m: symbols[m.group(0)], dim.dim_param)
+
+
+def _describe(proto: Any, onnx: Any, name: str, layout: str, rule: Any, sizes: str) -> None:
+    """What the file accepts, in its `metadata_props` (read by any ONNX tool, e.g.
+    `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`): an input
+    outside these sizes fails inside ONNX Runtime with a reshape error."""
+    props = {
+        "stcnnt.architecture": name,
+        "stcnnt.layout": layout,
+        "stcnnt.accepts": sizes,
+        "stcnnt.min_frames": str(rule.min_frames),
+        "stcnnt.version": __version__,
+    }
+    if rule.exact is None:
+        props["stcnnt.multiples"] = f"{rule.multiple[0]},{rule.multiple[1]}"
+        props["stcnnt.minimum"] = str(rule.minimum)
+    else:
+        props["stcnnt.exact"] = f"{rule.exact[0]},{rule.exact[1]}"
+    onnx.helper.set_model_props(proto, props)
 
 
 def _save(proto: Any, onnx: Any, target: Path) -> None:

@@ -192,6 +192,13 @@ def _module_names(model: nn.Module) -> dict[int, str]:
     return {id(m): name for name, m in model.named_modules()}
 
 
+def _short_method(method: str) -> str:
+    """The activation-memory method in a few words: the meta-device measure (what a
+    profile with runs reports) and the graph's estimate (runs=0: no model is built) are
+    different numbers and are named so."""
+    return method.split(" (")[0]
+
+
 def _activation_bytes(meta: nn.Module, x: torch.Tensor) -> tuple[dict[str, int], list[str]]:
     """Bytes autograd saves for backward, per innermost running module (training-mode
     forward on meta tensors), and the modules in the order they first ran."""
@@ -543,7 +550,7 @@ def profile(
     meta = None
     activations: dict[str, int] | None = None
     order: list[str] = []
-    method = "estimate from the model graph"
+    method = "estimated from the model graph"
     if torch_count or layers or graph is None or runs != 0:
         say("counting FLOPs and memory on the meta device")
         meta = _meta_model(model, graph)
@@ -714,7 +721,7 @@ def _format(report: ProfileReport, detail: str) -> str:
     if report.activation_bytes is not None:
         lines.append(
             f"  activation memory  {human(report.activation_bytes, 'B', 1024)} "
-            "(saved for backward, training estimate)"
+            f"(saved for backward in training; {_short_method(report.activation_method)})"
         )
     if report.latency_ms is not None:
         n = len(report.latency_runs_ms)
