@@ -476,7 +476,7 @@ def _cmd_import_reference(args: argparse.Namespace) -> int:
     say = _progress(args)
     say(f"importing {args.file}")
     try:
-        model = compat.import_reference(args.file, config)
+        model = compat.import_reference(args.file, config, part=args.part)
     except WeightsError as err:
         if config is None and "no configuration" in str(err):
             raise WeightsError(
@@ -829,6 +829,8 @@ def _parser() -> argparse.ArgumentParser:
                    "file or inline JSON (when the weights file does not carry one in its "
                    "metadata)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    p.add_argument("--part", choices=["backbone"], help="import the backbone only, whatever "
+                   "head the configuration names")  # fmt: skip
     _add_json(p)
 
     p = command(

@@ -39,6 +39,7 @@ from stcnnt_dsl import (
     load_spec,
     parse_block,
 )
+from stcnnt_dsl.compat import import_reference, reference_spec
 from stcnnt_dsl.nn import Block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -479,6 +480,47 @@ CATALOGUE: list[Entry] = [
       ("the loss is nan at step", "last good checkpoint is run/last.safetensors"),
       "lower the learning rate or add warm-up.",
       shown="stcnnt_dsl.train({..., 'optimizer': {'lr': 1e30}, 'checkpoint_every': 1})"),
+    # ------------------------------------------------------------------ issue 20
+    E("option-not-read-inline-value", "Options no cell reads", "an inline option the cell "
+      "does not read with the values it has", ("Block", "L1[qkv=linear, qkv_kernel=5]", 4, 4,
+      {"window": 4, "patch": 1}), SpecError, "Block",
+      ("inline option 'qkv_kernel' is read by nothing", "read only with qkv=conv"),
+      "drop qkv_kernel, or use qkv=conv."),
+    # ------------------------------------------------------------------ issue 25
+    E("mixed-unetr-one-level", "Reference models", "a one-level mixed U-Netr",
+      ("load", {"mixed_unetr": {"channels": [8], "blocks": "L1"}}), SpecError,
+      "mixed_unetr.channels", ("at least 2 levels", "does not run"), "give two or more levels."),
+    E("upernet-first-frame-3d", "Reference models", "the upernet decoder's frame 0 only "
+      "(the reference's UperNet2D) in mode 3d", ("build", {"mixed_unetr": {
+          "channels": [4, 8], "blocks": "C2"}, "heads": {"seg": {
+          "kind": "segmentation", "classes": 2, "decoder": "upernet", "mode": "3d",
+          "frames": "first"}}}), SpecError, "heads.seg.frames", ("mode 2d option",),
+      "drop frames, or use mode 2d."),
+    E("reference-window-partition", "Reference models", "a reference mixed U-Netr with its "
+      "window-partition input stage", ("reference_spec", {"backbone_model": "STCNNT_mUNET",
+      "backbone_mixed_unetr": {"use_window_partition": 1}}), SpecError,
+      "backbone_mixed_unetr.use_window_partition", ("not supported", "use 0"),
+      "train it with use_window_partition 0."),
+    E("reference-mixed-unetr-halves-t", "Reference models", "a reference mixed U-Netr whose "
+      "T is long enough to be halved (time // 2 >= min_T)", ("reference_spec", {
+          "backbone_model": "STCNNT_mUNET", "time": 32, "backbone_mixed_unetr": {}}),
+      SpecError, "backbone_mixed_unetr.min_T", ("time // 2 >= min_T",),
+      "import models with time // 2 < min_T."),
+    E("reference-mixed-unetr-whole-levels", "Reference models", "a whole reference model "
+      "with a 3-level mixed U-Netr (the reference's own factory gives its head the wrong "
+      "channels)", ("reference_spec", {"backbone_model": "STCNNT_mUNET", "post_model":
+      "UperNet3D", "backbone_mixed_unetr": {"num_resolution_levels": 3}}), SpecError,
+      "post_model", ("do not run", "part='backbone'"), "import the backbone and add a head."),
+    E("reference-omnivore", "Reference models", "the reference's omnivore backbone",
+      ("reference_spec", {"backbone_model": "omnivore"}), SpecError, "backbone_model",
+      ("not an ST-CNNT backbone", "SwinUNETR"), "use MONAI's SwinUNETR."),
+    E("reference-backbone-only", "Reference models", "a backbone checkpoint whose "
+      "configuration names a head (the reference parser's default NormPoolLinear)",
+      ("import_backbone_only",), WeightsError, None,
+      ("holds a backbone only", "part='backbone'", "post_model: Identity"),
+      "import_reference(path, part='backbone').",
+      shown="import_reference(backbone_state_dict, {**config, 'post_model': "
+      "'NormPoolLinear'})"),
     # ------------------------------------------------------------------ issue 22: data
     E("data-truncated-dicom", "Imaging data", "a truncated DICOM file (pydicom's own "
       "MR_truncated.dcm)", ("data", "truncated-dicom"), DataError, None,
@@ -648,6 +690,14 @@ def _run(call: tuple) -> Any:
         return Block(text, cin, cout, **options)
     if kind == "weights":
         return stcnnt_dsl.load_model(_weights_file(args[0]))
+    if kind == "reference_spec":
+        return reference_spec(args[0])
+    if kind == "import_backbone_only":
+        config = {"backbone_model": "STCNNT_UNET", "height": 16, "width": 16, "n_head": 2,
+                  "window_size": [8, 8], "backbone_unet": {"C": 2, "num_resolution_levels": 1,
+                  "block_str": ["C2"]}}  # fmt: skip
+        state = {k: torch.zeros(1) for k in ("D0.block.cell_0.attn.conv.conv.weight",)}
+        return import_reference(state, {**config, "post_model": "NormPoolLinear"})
     if kind == "data":
         return _data_mistake(args[0])
     if kind == "code":  # as written in the docs
@@ -989,6 +1039,8 @@ def _show(entry: Entry) -> str:
             "foreign": 'safetensors.torch.save_file(state_dict, "model.safetensors")',
             "mismatch": "# model.safetensors saved by save_model, then its spec edited",
         }[args[0]] + '\nstcnnt_dsl.load_model("model.safetensors")'
+    if kind == "reference_spec":
+        return f"stcnnt_dsl.compat.reference_spec({args[0]!r})"
     raise ValueError(kind)
 
 
