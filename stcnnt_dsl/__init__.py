@@ -18,11 +18,13 @@ from typing import Any
 from ._lazy import load
 from ._version import __version__
 from .errors import (
+    DataError,
     DSLSyntaxError,
     ResourceError,
     ShapeError,
     SpecError,
     STCNNTError,
+    TrainError,
     WeightsError,
 )
 from .graph import build_graph, check, infer_shapes
@@ -51,6 +53,7 @@ __all__ = [
     "ArchSpec",
     "Backbone",
     "DSLSyntaxError",
+    "DataError",
     "ExportResult",
     "Model",
     "ProfileReport",
@@ -58,6 +61,7 @@ __all__ = [
     "STCNNTError",
     "ShapeError",
     "SpecError",
+    "TrainError",
     "WeightsError",
     "__version__",
     "apply_lora",
@@ -83,4 +87,5 @@ __all__ = [
     "render_graph",
     "save_model",
     "to_dot",
+    "train",
 ]
