@@ -16,14 +16,10 @@ shared. Also times `plan()` without search and `--search 200` without proxy.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
-import platform
 import re
 import subprocess
 import sys
-import time
 
 WORKER = "--worker"
 
