@@ -16,10 +16,14 @@ shared. Also times `plan()` without search and `--search 200` without proxy.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
+import json
+import platform
 import re
 import subprocess
 import sys
+import time
 
 WORKER = "--worker"
 
@@ -69,3 +73,87 @@ def _fresh(arch: str, shape: tuple[int, ...]) -> int:
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == WORKER:
     print(measure(sys.argv[2], tuple(int(v) for v in sys.argv[3].split(","))))
     sys.exit(0)
+
+
+# The data sets the planned architectures come from (fingerprints as `Dataset.fingerprint`
+# gives them): 2D, 2D+T cine, anisotropic 3D.
+FINGERPRINTS = {
+    "2d": {"cases": 40, "channels": ["ct"], "task": "segment", "classes": {"0": 0.9, "1": 0.1},
+           "shape": {"median": [1, 256, 256]}, "spacing": {"median": [1.0, 0.8, 0.8]}},
+    "2d+t": {"cases": 12, "channels": ["cine"], "task": "segment",
+             "classes": {"0": 0.9, "1": 0.05, "2": 0.05},
+             "shape": {"median": [12, 101, 117]}, "spacing": {"median": [1.0, 1.5, 1.5]}},
+    "3d": {"cases": 20, "channels": ["t1", "t2"], "task": "segment",
+           "classes": {"0": 0.95, "1": 0.05},
+           "shape": {"median": [40, 160, 160]}, "spacing": {"median": [3.0, 1.0, 1.0]}},
+}  # fmt: skip
+BUDGET = "1GiB"
+
+
+def cases(quick: bool) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(label, arch, input) to measure: every bundled architecture, and the architecture
+    planned for each data set at three sizes (the plan's patch, and smaller ones)."""
+    from stcnnt_dsl import dump_spec, list_architectures, plan
+    from stcnnt_dsl.graph.build import build_graph
+
+    out, second = [], []
+    for label, fp in FINGERPRINTS.items():
+        p = plan(fp, memory=BUDGET, device="cpu")
+        t, h, w = p.patch
+        c = p.spec.in_channels
+        sizes = [(p.batch, t, c, h, w), (1, t, c, h, w), (1, max(1, t // 2), c, h // 2, w // 2)]
+        for shape in sizes[: 1 if quick else 3]:
+            out.append((f"planned {label}", dump_spec(p.spec), shape))
+    for name in list_architectures():
+        g = build_graph(name)
+        m = g.rule().multiple[0]
+        side = max(64, -(-64 // m) * m)
+        out.append((name, name, (1, 4, g.in_channels, side, side)))
+        second.append((name, name, (2, 4, g.in_channels, side, side)))
+    return out + ([] if quick else second)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one size per architecture")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = parser.parse_args()
+    from stcnnt_dsl.graph.build import build_graph
+    from stcnnt_dsl.planner.memory import step_memory
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))  # fmt: skip
+    except (OSError, StopIteration):
+        pass
+    print(f"CPU: {cpu}; one thread per measurement; fresh process each")
+    rows = []
+    print(f"{'architecture':22s} {'input':18s} {'predicted':>10s} {'measured':>10s} error")
+    for label, arch, shape in cases(args.quick):
+        est = step_memory(build_graph(arch), shape, "cpu")
+        measured = _fresh(arch, shape)
+        err = (est.step_bytes - measured) / measured
+        rows.append({"arch": label, "input": list(shape), "predicted_step": est.step_bytes,
+                     "measured_step": measured, "weights": est.weights, "error": err})  # fmt: skip
+        print(f"{label:22s} {'x'.join(map(str, shape)):18s} {est.step_bytes / 2**20:8.1f}Mi "
+              f"{measured / 2**20:8.1f}Mi {100 * err:+6.1f}%", flush=True)  # fmt: skip
+    worst = max(abs(r["error"]) for r in rows)
+    print(f"largest error {100 * worst:.1f}% over {len(rows)} measurements")
+    start = time.perf_counter()
+    from stcnnt_dsl import plan
+
+    plan(FINGERPRINTS["2d+t"], memory="8GiB")
+    print(f"plan without search: {time.perf_counter() - start:.2f} s (wall, first call)")
+    from stcnnt_dsl.planner.search import search
+
+    start = time.perf_counter()
+    front = search(FINGERPRINTS["2d+t"], memory="8GiB", trials=200)
+    print(f"--search 200: {time.perf_counter() - start:.1f} s (wall), front of {len(front.points)}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

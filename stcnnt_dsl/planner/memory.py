@@ -3,10 +3,10 @@
 One AdamW training step in float32 holds, at its highest:
 
 - the weights (4 bytes per parameter, resident before the step);
-- then either the *activation phase*: what autograd keeps for backward in the forward
-  (the graph's saved elements per cell, `ModelGraph.saved`) times the device's eager
-  factor (the kernels' own copies: padded inputs, attention layouts, the backward's
-  gradient maps of the largest stage), the gradients, and a fixed workspace;
+- then either the *activation phase* (the start of the backward, before the gradients
+  exist): what autograd keeps for backward in the forward (the graph's saved elements
+  per cell, `ModelGraph.saved`) times the device's eager factor (the kernels' own
+  copies and the backward's first gradient maps), and a fixed workspace;
 - or the *optimizer phase*: gradients, AdamW's two moments and the foreach kernels'
   temporary (one more copy of the parameters).
 
@@ -32,8 +32,8 @@ BYTES = 4  # float32 weights, gradients, moments and activations
 # Bytes the eager kernels hold per byte of the graph's saved elements, and a fixed
 # workspace (bytes): fitted on this library's bundled architectures with
 # tools/bench_plan.py (CPU: resident-set growth of one step).
-EAGER_FACTOR = {"cpu": 1.45, "cuda": 1.45}
-WORKSPACE = {"cpu": 8 * 2**20, "cuda": 8 * 2**20}
+EAGER_FACTOR = {"cpu": 1.37, "cuda": 1.37}
+WORKSPACE = {"cpu": 12 * 10**6, "cuda": 12 * 10**6}
 
 _UNITS = {
     "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -87,7 +87,7 @@ class MemoryEstimate:
 
     @property
     def step_bytes(self) -> int:
-        backward = self.activations + self.gradients + self.workspace
+        backward = self.activations + self.workspace
         update = self.gradients + self.optimizer
         return max(backward, update)
 
@@ -113,6 +113,6 @@ def step_memory(graph: ModelGraph, shape: Sequence[int], device: str = "cuda") -
     saved = sum(graph.saved(tuple(shape)).values()) * BYTES
     activations = int(EAGER_FACTOR[device] * saved)
     optimizer = 3 * params  # AdamW's two moments + the foreach temporary
-    backward = activations + params + WORKSPACE[device]
+    backward = activations + WORKSPACE[device]
     phase = "activations" if backward >= params + optimizer else "optimizer"
     return MemoryEstimate(params, params, optimizer, activations, WORKSPACE[device], phase)

@@ -221,6 +221,7 @@ def search(
         peak = step_memory(graph, shape, device).peak_bytes
         flops = sum(graph.flops((1, t, fp.channels, h, w)).values())
         trial.set_user_attr("peak", peak)
+        trial.set_constraint("memory", float(peak - budget))  # feasible: within the budget
         values: tuple[float, ...] = (float(flops), float(peak))
         loss = None
         if proxy_steps and peak <= budget:
@@ -231,12 +232,9 @@ def search(
         points[trial.number] = Point(trial.number, dump_spec(spec), flops, peak, loss, summary)
         return values
 
-    def constraint(trial: Any) -> list[float]:
-        return [float(trial.user_attrs.get("peak", math.inf) - budget)]
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraint,
-                                            population_size=min(50, max(4, trials // 4)))  # fmt: skip
+    population = min(50, max(4, trials // 4))
+    sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     # Without a proxy, FLOPs stand for capacity (more is better) against memory; with
     # one, the loss is the quality and FLOPs a cost (both minimised).
     directions = ["minimize"] * 3 if proxy_steps else ["maximize", "minimize"]
