@@ -101,7 +101,9 @@ def cases(quick: bool) -> list[tuple[str, str, tuple[int, ...]]]:
         p = plan(fp, memory=BUDGET, device="cpu")
         t, h, w = p.patch
         c = p.spec.in_channels
-        sizes = [(p.batch, t, c, h, w), (1, t, c, h, w), (1, max(1, t // 2), c, h // 2, w // 2)]
+        m = build_graph(p.spec).rule().multiple[0]
+        half = (max(m, h // 2 // m * m), max(m, w // 2 // m * m))
+        sizes = [(p.batch, t, c, h, w), (1, t, c, h, w), (1, max(1, t // 2), c, *half)]
         for shape in sizes[: 1 if quick else 3]:
             out.append((f"planned {label}", dump_spec(p.spec), shape))
     for name in list_architectures():
@@ -117,6 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one size per architecture")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--only", metavar="TEXT", help="only the architectures named so")
+    parser.add_argument("--skip", type=int, default=0, help="skip the first N measurements")
     args = parser.parse_args()
     from stcnnt_dsl.graph.build import build_graph
     from stcnnt_dsl.planner.memory import step_memory
@@ -130,7 +134,8 @@ def main() -> None:
     print(f"CPU: {cpu}; one thread per measurement; fresh process each")
     rows = []
     print(f"{'architecture':22s} {'input':18s} {'predicted':>10s} {'measured':>10s} error")
-    for label, arch, shape in cases(args.quick):
+    todo = [c for c in cases(args.quick) if args.only is None or args.only in c[0]]
+    for label, arch, shape in todo[args.skip :]:
         est = step_memory(build_graph(arch), shape, "cpu")
         measured = _fresh(arch, shape)
         err = (est.step_bytes - measured) / measured

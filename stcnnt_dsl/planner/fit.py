@@ -16,7 +16,14 @@ from typing import Any
 from ..errors import STCNNTError
 from ..graph.build import build_graph
 from ..graph.model import ModelGraph, parse_shape
-from .memory import MemoryEstimate, check_device, format_bytes, parse_memory, step_memory
+from .memory import (
+    MemoryEstimate,
+    check_device,
+    format_bytes,
+    parse_memory,
+    step_memory,
+    within,
+)
 from .rules import ANISOTROPY
 
 __all__ = ["SpecFit", "largest_batch", "plan_for_spec", "shrink_axis"]
@@ -26,7 +33,7 @@ MAX_SIDE = 4096  # the largest patch side `plan_for_spec` looks at
 
 
 def _fits(graph: ModelGraph, shape: Sequence[int], budget: int, device: str) -> bool:
-    return step_memory(graph, shape, device).peak_bytes <= budget
+    return within(step_memory(graph, shape, device).peak_bytes, budget)
 
 
 def largest_batch(graph: ModelGraph, patch: Sequence[int], budget: int, device: str,
@@ -60,7 +67,8 @@ def shrink_axis(patch: Sequence[int], spacing: Sequence[float], steps: Sequence[
 
 @dataclass
 class SpecFit:
-    """One architecture against a budget. `fits`: the given input's step fits;
+    """One architecture against a budget. `fits`: the given input's step fits (with
+    the headroom, `memory.HEADROOM`);
     `largest_batch` at the given patch (0: not even one sample); `largest_patch`
     [T, H, W] at the given batch (same T, H and W scaled together on the size rule;
     None if none fits); `memory` the prediction's parts for the given input."""
@@ -123,7 +131,7 @@ def plan_for_spec(spec: Any, shape: Sequence[int] | str, memory: str | int,
                      f" or more; the budget is {format_bytes(budget)}")  # fmt: skip
     return SpecFit(
         shape=full, budget=budget, device=device, predicted_bytes=est.peak_bytes,
-        fits=est.peak_bytes <= budget, largest_batch=batch,
+        fits=within(est.peak_bytes, budget), largest_batch=batch,
         largest_patch=_largest_patch(graph, full, budget, device), memory=est, notes=notes,
     )  # fmt: skip
 

@@ -24,7 +24,15 @@ from typing import Any
 from ..errors import STCNNTError
 from ..graph.model import ModelGraph
 
-__all__ = ["DEVICES", "MemoryEstimate", "format_bytes", "parse_memory", "step_memory"]
+__all__ = [
+    "DEVICES",
+    "HEADROOM",
+    "MemoryEstimate",
+    "format_bytes",
+    "parse_memory",
+    "step_memory",
+    "within",
+]
 
 DEVICES = ("cuda", "cpu")
 BYTES = 4  # float32 weights, gradients, moments and activations
@@ -34,6 +42,10 @@ BYTES = 4  # float32 weights, gradients, moments and activations
 # tools/bench_plan.py (CPU: resident-set growth of one step).
 EAGER_FACTOR = {"cpu": 1.37, "cuda": 1.37}
 WORKSPACE = {"cpu": 12 * 10**6, "cuda": 12 * 10**6}
+
+# Plans keep the predicted peak within this fraction of the budget: the prediction's
+# largest measured under-estimate on the planned U-Nets is a few percent (docs/plan.md).
+HEADROOM = 0.9
 
 _UNITS = {
     "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -54,7 +66,7 @@ def parse_memory(value: str | int | float) -> int:
         if match is None or (unit or "B") not in _UNITS:
             raise STCNNTError(
                 f"memory {value!r} is not a budget: write a number and one unit, such as "
-                f"{FORMS} (units: {', '.join(sorted(_UNITS, key=_UNITS.get))}; "
+                f"{FORMS} (units: B, kB, KiB, MB, MiB, GB, GiB, TB, TiB; "
                 "KiB/MiB/GiB are powers of 2, kB/MB/GB of 10)"
             )
         number = float(match.group(1))
@@ -63,6 +75,11 @@ def parse_memory(value: str | int | float) -> int:
     if size <= 0:
         raise STCNNTError(f"memory {value!r} must be more than 0 bytes; write one like {FORMS}")
     return size
+
+
+def within(peak: int, budget: int) -> bool:
+    """Whether a predicted peak fits a budget, with the headroom (`HEADROOM`)."""
+    return peak <= HEADROOM * budget
 
 
 def format_bytes(n: float) -> str:

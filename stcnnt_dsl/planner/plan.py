@@ -15,7 +15,14 @@ from ..graph.model import ModelGraph, describe_rule
 from ..language.spec import ArchSpec, dump_spec, load_spec
 from ..language.yamlio import dump_yaml
 from .fit import ceil_to, largest_batch, shrink_axis
-from .memory import MemoryEstimate, check_device, format_bytes, parse_memory, step_memory
+from .memory import (
+    HEADROOM,
+    MemoryEstimate,
+    check_device,
+    format_bytes,
+    parse_memory,
+    step_memory,
+)
 from .rules import MAX_FRAMES, Fingerprint, design, heads_for, read_fingerprint, round_patch
 
 __all__ = ["Plan", "plan"]
@@ -197,8 +204,8 @@ def plan(
             f"the median image {h0}x{w0} is padded to {start[1]}x{start[2]}: the "
             f"architecture takes {describe_rule(rule)}"
             + ("" if h0 % 16 == 0 and w0 % 16 == 0 else
-               "; no architecture of this language runs on it without padding (a U-Net "
-               "level halves H and W, and a window must tile the map)")
+               f"; no planned U-Net runs on {h0}x{w0} without padding (every level halves "
+               "H and W, and a window must tile each map: multiples of 16 at least)")
         )  # fmt: skip
     if t0 > MAX_FRAMES:
         reasons["patch"].append(f"T {t0} capped at {MAX_FRAMES} frames per patch")
@@ -221,12 +228,14 @@ def plan(
             if batch is None and want > 1 and largest_batch(graph, patch, budget, device, 1):
                 want = 1  # the smallest patch fits one sample: say so below
                 continue
-            need = step_memory(graph, (want, *patch[:1], graph.in_channels, *patch[1:]),
+            peak = step_memory(graph, (want, *patch[:1], graph.in_channels, *patch[1:]),
                                device).peak_bytes  # fmt: skip
+            need = peak / HEADROOM
             raise STCNNTError(
                 f"memory {format_bytes(budget)} is too small for any valid patch: the "
                 f"smallest, {patch[0]}x{patch[1]}x{patch[2]} (T x H x W) with batch {want}, "
-                f"needs {format_bytes(need)} ({device}, AdamW, float32); give --memory "
+                f"needs {format_bytes(peak)} ({device}, AdamW, float32; plans keep "
+                f"{1 - HEADROOM:.0%} headroom); give --memory "
                 f"{math.ceil(need / 2**20)}MiB or more"
             )
         target[axis] = min(target[axis], patch[axis]) - steps[axis]
@@ -258,7 +267,8 @@ def plan(
     est = step_memory(graph, shape, device)
     reasons["memory"] = [
         f"predicted peak {format_bytes(est.peak_bytes)} of {format_bytes(budget)}: weights, "
-        f"gradients, AdamW state, activations kept for backward, workspace (see docs/plan.md)"
+        f"gradients, AdamW state, activations kept for backward, workspace; at most "
+        f"{HEADROOM:.0%} of the budget (the prediction's error, docs/plan.md)"
     ]
     spec = graph.spec
     flops = sum(graph.flops(shape).values())

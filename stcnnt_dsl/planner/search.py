@@ -24,7 +24,7 @@ from ..errors import STCNNTError
 from ..graph.build import build_graph
 from ..language.spec import dump_spec
 from ..language.yamlio import dump_yaml
-from .memory import format_bytes, parse_memory, step_memory
+from .memory import HEADROOM, format_bytes, parse_memory, step_memory, within
 from .plan import plan
 from .rules import GRID, MAX_LEVELS, MAX_WIDTH, heads_for, read_fingerprint
 
@@ -221,10 +221,10 @@ def search(
         peak = step_memory(graph, shape, device).peak_bytes
         flops = sum(graph.flops((1, t, fp.channels, h, w)).values())
         trial.set_user_attr("peak", peak)
-        trial.set_constraint("memory", float(peak - budget))  # feasible: within the budget
+        trial.set_constraint("memory", float(peak - HEADROOM * budget))  # feasible: fits
         values: tuple[float, ...] = (float(flops), float(peak))
         loss = None
-        if proxy_steps and peak <= budget:
+        if proxy_steps and within(peak, budget):
             loss = _proxy_loss(spec, base.recipe, proxy_steps)
             values += (loss,)
         elif proxy_steps:
@@ -242,8 +242,8 @@ def search(
     study.optimize(objective, n_trials=trials, show_progress_bar=not quiet)
     done = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
     pruned = len(study.trials) - len(done)
-    fitting = [tr for tr in done if tr.user_attrs["peak"] <= budget]
-    best = {tr.number for tr in study.best_trials if tr.user_attrs["peak"] <= budget}
+    fitting = [tr for tr in done if within(tr.user_attrs["peak"], budget)]
+    best = {tr.number for tr in study.best_trials if within(tr.user_attrs["peak"], budget)}
     unique: dict[str, Point] = {}  # blocks of unused levels differ: the same spec twice
     for n in sorted(best):
         unique.setdefault(points[n].spec.split("\n", 1)[1], points[n])
