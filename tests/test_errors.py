@@ -30,6 +30,7 @@ from stcnnt_dsl import (
     ShapeError,
     SpecError,
     STCNNTError,
+    TrainError,
     WeightsError,
     build,
     check,
@@ -71,6 +72,11 @@ class Entry:
 
 
 E = Entry
+# The smallest training run (issue 24): an in-memory data set "ds" (tests/train_fixtures.py)
+RECIPE = {
+    "model": "unet(channels=[4], blocks=L1, window=4, patch=2, heads=1)", "task": "segment",
+    "data": {"path": "ds", "patch": [1, 16, 16], "batch": 1, "val": 1}, "steps": 1,
+}  # fmt: skip
 CATALOGUE: list[Entry] = [
     # ------------------------------------------------------------------ block strings
     E("block-mixer-digit", "Block strings", "a mixer digit other than 0 or 1 (the reference "
@@ -258,7 +264,7 @@ CATALOGUE: list[Entry] = [
       ("floating-point", "torch.int64", "x.float()"), "x.float()."),
     E("forward-hw", "Inputs", "a tensor whose H does not fit",
       ("forward", "unet-2d-small", (1, 1, 1, 24, 32), torch.float32), ShapeError,
-      "unet.encoder[1]", ("must divide H=12", "nearest valid H: 16 or 32"),
+      "unet.encoder[1]", ("must divide H=12", "nearest valid H: 16 or 24"),
       "use a listed size."),
     E("forward-not-tensor", "Inputs", "something that is not a tensor",
       ("forward", "unet-2d-small", None, None), ShapeError, "", ("expected a torch.Tensor",),
@@ -421,6 +427,51 @@ CATALOGUE: list[Entry] = [
       ("weights", "mismatch"), WeightsError, None,
       ("model.safetensors", "do not match the spec", "shape mismatches"),
       "save the model again with save_model."),
+    # ------------------------------------------------------------------ training (issue 24)
+    E("recipe-unknown-key", "Training recipes", "a misspelt recipe key",
+      ("train", {**RECIPE, "optimzer": {"lr": 0.01}}), SpecError, "optimzer",
+      ('did you mean "optimizer"',), "spell it optimizer.",
+      shown="stcnnt_dsl.train({..., 'optimzer': {'lr': 0.01}})"),
+    E("recipe-unknown-augment", "Training recipes", "an augmentation MONAI does not have",
+      ("train", {**RECIPE, "data": {**RECIPE["data"], "augment": ["RandFlop"]}}), SpecError,
+      "data.augment[0]", ('did you mean "RandFlip"',), "use one of the names listed.",
+      shown="stcnnt_dsl.train({..., 'data': {..., 'augment': ['RandFlop']}})"),
+    E("recipe-task-heads", "Training recipes", "heads that do not fit the task",
+      ("train", {**RECIPE, "heads": {"label": {"kind": "classification", "classes": 2}}}),
+      SpecError, "heads", ("task segment trains a segmentation head", "label (classification)"),
+      "add a segmentation head, or drop heads: to get one.",
+      shown="stcnnt_dsl.train({..., 'task': 'segment', 'heads': {'label': {'kind': "
+            "'classification', 'classes': 2}}})"),
+    E("recipe-patch", "Training recipes", "a patch the architecture cannot run",
+      ("train", {**RECIPE, "data": {**RECIPE["data"], "patch": [1, 20, 20]}}), ShapeError,
+      "data.patch", ("cannot run on patches of [1, 20, 20]", "nearest valid H: 16 or 24"),
+      "use a patch the message names.",
+      shown="stcnnt_dsl.train({..., 'data': {..., 'patch': [1, 20, 20]}})"),
+    E("recipe-init-architecture", "Training recipes", "init weights of another architecture",
+      ("train", {**RECIPE, "init": "other.safetensors"}, {"other": True}), WeightsError, None,
+      ("init: other.safetensors cannot start this model", "in the model"),
+      "start from weights of the same architecture (or part: backbone with strict: false).",
+      shown="stcnnt_dsl.train({..., 'init': 'other.safetensors'})  # another U-Net's weights"),
+    E("recipe-lora-targets", "Training recipes", "LoRA targets that match no stage",
+      ("train", {**RECIPE, "adapt": {"method": "lora", "targets": ["decodr.*"]}}), SpecError,
+      "adapt.targets", ("matches no stage", "encoder.0"), "use the stage names listed.",
+      shown="stcnnt_dsl.train({..., 'adapt': {'method': 'lora', 'targets': ['decodr.*']}})"),
+    E("train-folder-in-use", "Training recipes", "an output folder holding another run",
+      ("train", RECIPE, {"existing": True}), TrainError, None,
+      ("holds another run", "--resume", "--overwrite"),
+      "resume it, overwrite it, or choose another folder.",
+      shown="stcnnt_dsl.train(recipe, out='run')  # run/ holds an earlier run"),
+    E("train-disk-full", "Training recipes", "a full disk while checkpointing",
+      ("train", {**RECIPE, "steps": 2, "checkpoint_every": 1}, {"fault": "disk-full"}),
+      TrainError, None, ("checkpoint at step 2 failed", "No space left", "(step 1) is intact"),
+      "free space and run again with --resume.",
+      shown="stcnnt_dsl.train({..., 'checkpoint_every': 1}, out='run')  # the disk fills up"),
+    E("train-nan", "Training recipes", "a loss that turns NaN",
+      ("train", {**RECIPE, "steps": 6, "checkpoint_every": 1,
+                 "optimizer": {"lr": 1e30}}), TrainError, None,
+      ("the loss is nan at step", "last good checkpoint is run/last.safetensors"),
+      "lower the learning rate or add warm-up.",
+      shown="stcnnt_dsl.train({..., 'optimizer': {'lr': 1e30}, 'checkpoint_every': 1})"),
     # ------------------------------------------------------------------ plan (issue 26)
     E("plan-budget-typo", "Plans", "a memory budget with a unit typo (`8G B`)",
       ("plan", 10, "8G B"), STCNNTError, None, ("'8G B' is not a budget", "8GiB", "8GB"),
@@ -481,12 +532,53 @@ def _run(call: tuple) -> Any:
         return Block(text, cin, cout, **options)
     if kind == "weights":
         return stcnnt_dsl.load_model(_weights_file(args[0]))
+    if kind == "train":
+        return _train(*args)
     if kind == "plan":
         cases, memory = args
         fingerprint = {"cases": cases, "shape": {"median": [12, 101, 117]},
                        "spacing": {"median": [1.0, 1.5, 1.5]}}  # fmt: skip
         return stcnnt_dsl.plan(fingerprint, memory=memory, device="cpu")
     raise ValueError(kind)
+
+
+@functools.cache
+def _import_training() -> None:
+    import monai.transforms  # noqa: F401
+    import peft  # noqa: F401
+
+    from stcnnt_dsl.train.recipe import AUGMENTS
+
+    AUGMENTS()
+
+
+def _train(recipe: dict, options: dict | None = None) -> Any:
+    """stcnnt_dsl.train on an in-memory data set, with the mistake `options` names."""
+    import train_fixtures
+
+    from stcnnt_dsl.train import state
+
+    options = options or {}
+    Path("ds").mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        train_fixtures.install(patch, {"ds": train_fixtures.ShapesDataset("ds", n=3, frames=1,
+                                                                          size=16)})  # fmt: skip
+        if options.get("other"):
+            other = build("unet(channels=[8], blocks=L1, window=4, patch=2, heads=1)")
+            stcnnt_dsl.save_model(other, "other.safetensors")
+        if options.get("existing"):
+            Path("run").mkdir(exist_ok=True)
+            Path("run/recipe.yaml").write_text("model: unet\n")
+        if options.get("fault") == "disk-full":
+            real = state.save_file
+
+            def save_file(tensors: Any, path: str, metadata: Any = None) -> None:
+                if Path("run/last.safetensors").exists():  # the second checkpoint
+                    raise OSError(28, "No space left on device")
+                real(tensors, path, metadata=metadata)
+
+            patch.setattr(state, "save_file", save_file)
+        return stcnnt_dsl.train(recipe, out="run", quiet=True)
 
 
 def _weights_file(variant: str) -> Path:
@@ -525,6 +617,8 @@ def _raise(entry: Entry) -> STCNNTError:
 @pytest.mark.parametrize("entry", CATALOGUE, ids=lambda e: e.id)
 def test_catalogue_entry(entry: Entry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
+    if entry.call[0] == "train":  # imported once (MONAI's transforms take seconds), untimed
+        _import_training()
     start = time.perf_counter()
     err = _raise(entry)
     elapsed = time.perf_counter() - start
@@ -536,7 +630,9 @@ def test_catalogue_entry(entry: Entry, tmp_path: Path, monkeypatch: pytest.Monke
     for word in entry.words:
         assert word in str(err), (word, str(err))
     assert "Traceback" not in str(err)
-    assert elapsed < 2.0, f"{entry.id} took {elapsed:.2f}s"
+    # a mistake found while training (NaN, a full disk) comes after a few real steps
+    limit = 10.0 if entry.call[0] == "train" else 2.0
+    assert elapsed < limit, f"{entry.id} took {elapsed:.2f}s"
 
 
 def test_catalogue_ids_are_unique():

@@ -109,10 +109,8 @@ def check_patch(spec: dict, patch: tuple[int, int, int], channels: int) -> None:
     try:
         check(spec, (1, t, channels, h, w))
     except ShapeError as err:
-        nearest = "; ".join(f"{k}: {' or '.join(map(str, v))}" for k, v in err.nearest.items())
         raise ShapeError(
-            f"the model cannot run on patches of [{t}, {h}, {w}] (T, H, W): {err.reason}"
-            + (f"; nearest valid {nearest}" if nearest else ""),
+            f"the model cannot run on patches of [{t}, {h}, {w}] (T, H, W): {err.reason}",
             "data.patch", rule=err.rule, nearest=err.nearest,
         ) from None  # fmt: skip
 
