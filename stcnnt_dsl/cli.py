@@ -828,7 +828,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_non_negative,
         default=0,
         metavar="STEPS",
-        help="with --search: also the validation loss after STEPS training steps",
+        help="with --search: also the held-out metric after STEPS training steps",
     )
     p.add_argument("--seed", type=int, default=0, help="the search's seed (default: 0)")
     p.add_argument("--out", metavar="DIR", help="write arch.yaml, recipe.yaml (and the front)")

@@ -4,8 +4,9 @@ Each trial is a U-Net spec at the plan's patch and batch: levels, base width (do
 level up to the cap), one block string per level and for the bridge, the attention
 window and the mixer ratio. Objectives: predicted FLOPs of one sample's forward (the
 capacity, maximised) and the predicted training-step peak (`memory.step_memory`,
-minimised); with `proxy_steps`, the validation loss of a short training run
-(`stcnnt_dsl.train`) is the quality and FLOPs, memory and loss are all minimised. Optuna's NSGA-II
+minimised); with `proxy_steps`, the held-out metric of a short training run
+(`stcnnt_dsl.train`: Dice, accuracy or PSNR) is the quality (maximised) and FLOPs a
+cost (minimised). Optuna's NSGA-II
 sampler with a constraint (the peak within the budget) does the searching; here is only
 the search space and the report (the front as a table and an SVG plot, each point a
 spec).
@@ -44,12 +45,12 @@ class Point:
     spec: str  # YAML text load_spec reads
     flops: int
     memory: int
-    loss: float | None = None
+    proxy: float | None = None  # the held-out metric after --proxy STEPS
     summary: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"trial": self.trial, "flops": self.flops, "memory": self.memory,
-                "loss": self.loss, "summary": self.summary, "spec": self.spec}  # fmt: skip
+                "proxy": self.proxy, "summary": self.summary, "spec": self.spec}  # fmt: skip
 
 
 @dataclass
@@ -74,11 +75,11 @@ class Front:
         head = (f"Pareto front: {len(self.points)} of {self.trials} trials (patch "
                 f"{'x'.join(map(str, self.patch))}, batch {self.batch}; {self.over_budget} "
                 f"over the budget, {self.failed} invalid)")  # fmt: skip
-        rows = [("#", "trial", "GFLOPs/sample", "peak", "loss", "architecture")]
+        rows = [("#", "trial", "GFLOPs/sample", "peak", "proxy", "architecture")]
         for i, p in enumerate(self.points):
-            loss = "-" if p.loss is None else f"{p.loss:.4f}"
+            proxy = "-" if p.proxy is None else f"{p.proxy:.4f}"
             rows.append((str(i), str(p.trial), f"{p.flops / 1e9:.3f}", format_bytes(p.memory),
-                         loss, p.summary))  # fmt: skip
+                         proxy, p.summary))  # fmt: skip
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [head] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
                           for r in rows]  # fmt: skip
@@ -167,22 +168,21 @@ def _spec(trial: Any, t: int, h: int, w: int, channels: int, heads: dict) -> tup
     return spec, summary
 
 
-def _proxy_loss(spec: dict, plan_recipe: dict, steps: int) -> float:
-    """The validation loss after `steps` training steps of the planned recipe."""
+def _proxy_metric(spec: dict, plan_recipe: dict, steps: int) -> float:
+    """The held-out metric (Dice, accuracy or PSNR: higher is better) after `steps`
+    training steps of the planned recipe with this architecture."""
     from ..train import train
 
+    if plan_recipe["data"]["path"] == "DATASET":
+        raise STCNNTError("--proxy trains on the data set: give its folder, not a fingerprint")
     recipe = {**plan_recipe, "model": {k: v for k, v in spec.items() if k != "heads"},
               "heads": spec["heads"], "steps": steps, "eval_every": steps,
-              "checkpoint_every": steps}  # fmt: skip
-    recipe["schedule"] = {"name": "cosine", "warmup": 0}
+              "checkpoint_every": steps, "schedule": {"name": "cosine", "warmup": 0}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         result = train(recipe, out=tmp, quiet=True)
-    loss = getattr(result, "val_loss", None)
-    if loss is None:
-        loss = getattr(result, "best", None)
-    if loss is None:
-        raise STCNNTError("--proxy needs held-out cases to compute a validation loss")
-    return float(loss)
+    if result.last is None:
+        raise STCNNTError("--proxy needs held-out cases (data.val) to score a candidate")
+    return float(result.last)
 
 
 def search(
@@ -225,10 +225,10 @@ def search(
         values: tuple[float, ...] = (float(flops), float(peak))
         loss = None
         if proxy_steps and within(peak, budget):
-            loss = _proxy_loss(spec, base.recipe, proxy_steps)
+            loss = _proxy_metric(spec, base.recipe, proxy_steps)
             values += (loss,)
         elif proxy_steps:
-            values += (math.inf,)
+            values += (-math.inf,)
         points[trial.number] = Point(trial.number, dump_spec(spec), flops, peak, loss, summary)
         return values
 
@@ -236,8 +236,8 @@ def search(
     population = min(50, max(4, trials // 4))
     sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     # Without a proxy, FLOPs stand for capacity (more is better) against memory; with
-    # one, the loss is the quality and FLOPs a cost (both minimised).
-    directions = ["minimize"] * 3 if proxy_steps else ["maximize", "minimize"]
+    # one, the held-out metric is the quality (maximised) and FLOPs a cost (minimised).
+    directions = ["minimize", "minimize", "maximize"] if proxy_steps else ["maximize", "minimize"]
     study = optuna.create_study(directions=directions, sampler=sampler)
     study.optimize(objective, n_trials=trials, show_progress_bar=not quiet)
     done = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
