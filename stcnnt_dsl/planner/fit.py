@@ -9,7 +9,7 @@ axis order until a batch of `min_batch` fits.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,13 +134,6 @@ def plan_for_spec(spec: Any, shape: Sequence[int] | str, memory: str | int,
         fits=within(est.peak_bytes, budget), largest_batch=batch,
         largest_patch=_largest_patch(graph, full, budget, device), memory=est, notes=notes,
     )  # fmt: skip
-
-
-def smallest_need(make: Callable[[tuple[int, int, int]], ModelGraph],
-                  patch: tuple[int, int, int], device: str) -> int:  # fmt: skip
-    """Bytes one sample of the smallest patch needs (for the too-small-budget message)."""
-    graph = make(patch)
-    return step_memory(graph, (1, patch[0], graph.in_channels, *patch[1:]), device).peak_bytes
 
 
 def ceil_to(value: int, multiple: int) -> int:
