@@ -43,8 +43,9 @@ BYTES = 4  # float32 weights, gradients, moments and activations
 EAGER_FACTOR = {"cpu": 1.37, "cuda": 1.37}
 WORKSPACE = {"cpu": 12 * 10**6, "cuda": 12 * 10**6}
 
-# Plans keep the predicted peak within this fraction of the budget: the prediction's
-# largest measured under-estimate on the planned U-Nets is a few percent (docs/plan.md).
+# Plans keep the predicted peak within this fraction of the budget: the planned U-Nets
+# at their planned batch were measured within 1.3%, other inputs up to 31% off
+# (docs/plan.md).
 HEADROOM = 0.9
 
 _UNITS = {
