@@ -36,6 +36,7 @@ from .language import (
     load_spec,
     parse_block,
 )
+from .planner import Plan, plan, plan_for_spec
 from .registry import (
     CellKind,
     HeadContext,
@@ -73,6 +74,7 @@ __all__ = [
     "HeadDecoder",
     "HeadKey",
     "Model",
+    "Plan",
     "ProfileReport",
     "ResourceError",
     "STCNNTError",
@@ -101,6 +103,8 @@ __all__ = [
     "lora_targets",
     "param_groups",
     "parse_block",
+    "plan",
+    "plan_for_spec",
     "profile",
     "register_activation",
     "register_cell",

@@ -647,6 +647,23 @@ CATALOGUE: list[Entry] = [
       {"window": 4, "patch": 1}), SpecError, "Block",
       ("inline option 'qkv_kernel' is read by nothing", "read only with qkv=conv"),
       "drop qkv_kernel, or use qkv=conv."),
+    # ------------------------------------------------------------------ plan (issue 26)
+    E("plan-budget-typo", "Plans", "a memory budget with a unit typo (`8G B`)",
+      ("plan", 10, "8G B"), STCNNTError, None, ("'8G B' is not a budget", "8GiB", "8GB"),
+      "write 8GiB (2^30 bytes) or 8GB (10^9 bytes).",
+      shown='stcnnt_dsl.plan(fingerprint, memory="8G B")'),
+    E("plan-budget-too-small", "Plans", "a budget too small for any valid patch",
+      ("plan", 10, "1MiB"), STCNNTError, None,
+      ("too small for any valid patch", "the smallest", "give --memory"),
+      "give at least the memory the message names.",
+      shown='stcnnt_dsl.plan(fingerprint, memory="1MiB", device="cpu")'),
+    E("plan-empty-dataset", "Plans", "planning for an empty data set", ("plan", 0, "8GiB"),
+      STCNNTError, None, ("is empty", "at least 2 cases"), "add cases.",
+      shown='stcnnt_dsl.plan({"cases": 0, ...}, memory="8GiB")'),
+    E("plan-single-case", "Plans", "planning for a data set of one case (nothing to "
+      "validate on)", ("plan", 1, "8GiB"), STCNNTError, None, ("has one case", "at least 2"),
+      "add cases, or plan from a larger data set and use --base.",
+      shown='stcnnt_dsl.plan({"cases": 1, ...}, memory="8GiB")'),
 ]  # fmt: skip
 
 
@@ -706,6 +723,11 @@ def _run(call: tuple) -> Any:
         return _with_tuning(*args)
     if kind == "train":
         return _train(*args)
+    if kind == "plan":
+        cases, memory = args
+        fingerprint = {"cases": cases, "shape": {"median": [12, 101, 117]},
+                       "spacing": {"median": [1.0, 1.5, 1.5]}}  # fmt: skip
+        return stcnnt_dsl.plan(fingerprint, memory=memory, device="cpu")
     raise ValueError(kind)
 
 
