@@ -1,0 +1,95 @@
+"""The process one studio training runs in: `python -m stcnnt_dsl.studio.worker RUN_DIR`.
+
+It calls the trainer (`stcnnt_dsl.train(RUN_DIR/recipe.yaml, out=RUN_DIR)`) and, however
+that ends, writes `RUN_DIR/exit.json`: finished, failed (with the error's message: the
+page shows it beside the last good checkpoint) or stopped (SIGTERM from the page's stop
+button). It runs in its own session, so closing the page or stopping the studio leaves it
+running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+class Stopped(BaseException):
+    """SIGTERM arrived: the page asked the run to stop."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped
+
+
+def _finish(run_dir: Path, attempt: int, state: str, message: str | None) -> None:
+    document = {
+        "state": state,
+        "message": message,
+        "attempt": attempt,
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    temp = run_dir / "exit.tmp"
+    temp.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    os.replace(temp, run_dir / "exit.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stcnnt_dsl.studio.worker")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--trainer", default="stcnnt_dsl:train")
+    parser.add_argument("--attempt", type=int, default=1)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    signal.signal(signal.SIGTERM, _stop)
+    print(
+        f"studio worker: {'resuming' if args.resume else 'starting'} {run_dir.name} "
+        f"(process {os.getpid()})",
+        flush=True,
+    )
+    try:
+        from stcnnt_dsl.errors import STCNNTError
+
+        module, _, function = args.trainer.partition(":")
+        try:
+            train = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError) as err:
+            raise STCNNTError(
+                f"training needs {args.trainer} ({err}); install stcnnt-dsl with its training layer"
+            ) from None
+        train(str(run_dir / "recipe.yaml"), out=str(run_dir), resume=args.resume)
+    except Stopped:
+        _finish(
+            run_dir,
+            args.attempt,
+            "stopped",
+            "stopped from the page; resume continues from the last checkpoint",
+        )
+        return 0
+    except STCNNTError as err:
+        print(f"error: {err}", flush=True)
+        _finish(run_dir, args.attempt, "failed", str(err))
+        return 2
+    except BaseException as err:
+        traceback.print_exc()
+        _finish(
+            run_dir,
+            args.attempt,
+            "failed",
+            f"internal error (a bug in stcnnt-dsl): {type(err).__name__}: {err}; "
+            "train.log in the run's folder has the traceback",
+        )
+        return 1
+    _finish(run_dir, args.attempt, "finished", None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
