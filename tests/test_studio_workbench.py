@@ -117,7 +117,9 @@ def test_without_data_the_page_says_how_to_give_it() -> None:
     document = client().get("/api/data").json()
     assert document["ok"] is False
     assert "--data DIR" in document["error"]["message"]
-    answer = client().get("/api/runs")
+    runs = client().get("/api/runs").json()
+    assert runs["runs"] == [] and "--runs DIR" in runs["error"]["message"]
+    answer = client().post("/api/runs", json={})
     assert answer.status_code == 400 and "--runs DIR" in answer.json()["error"]["message"]
 
 

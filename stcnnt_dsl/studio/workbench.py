@@ -22,6 +22,10 @@ from .runs import Runs
 
 __all__ = ["Workbench", "add_workbench"]
 
+NO_RUNS = (
+    "no runs folder: start the studio with --runs DIR to train (with --data alone, runs go "
+    "to ./stcnnt-runs)"
+)
 PNG_HEADERS = {"cache-control": "private, max-age=600"}
 
 
@@ -64,10 +68,7 @@ class Workbench:
 
     def _runs(self) -> Runs:
         if self.runs is None:
-            raise STCNNTError(
-                "no runs folder: start the studio with --runs DIR (with --data "
-                "alone, runs go to ./stcnnt-runs)"
-            )
+            raise STCNNTError(NO_RUNS)
         return self.runs
 
     def start(self, request: StartRequest) -> dict[str, Any]:
@@ -140,8 +141,14 @@ def add_workbench(app: FastAPI, bench: Workbench) -> None:
 
     @router.get("/runs")
     def runs() -> dict:
-        runs = bench._runs()
-        return {"runs": [runs.status(n) for n in runs.names()], "parallel": runs.parallel}
+        if bench.runs is None:  # the page says so where training is
+            return {"runs": [], "parallel": 0, "error": {"message": NO_RUNS}}
+        runs = bench.runs
+        return {
+            "runs": [runs.status(n) for n in runs.names()],
+            "parallel": runs.parallel,
+            "error": None,
+        }
 
     @router.post("/runs")
     def start(request: StartRequest) -> dict:

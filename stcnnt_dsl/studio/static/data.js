@@ -240,7 +240,12 @@
     const run = state.runs.find((r) => r.name === state.current);
     const line = $("[data-testid=train-status]");
     const stop = $("[data-testid=train-stop]"), resume = $("[data-testid=train-resume]");
-    if (!run) { line.textContent = "No run yet: Train starts one."; stop.disabled = true; resume.disabled = true; return; }
+    if (!run) {
+      if (!line.textContent) line.textContent = "No run yet: Train starts one.";
+      stop.disabled = true;
+      resume.disabled = true;
+      return;
+    }
     const step = run.step == null ? "starting" : `step ${run.step}/${run.steps ?? "?"}`;
     const rate = run.rate ? ` · ${run.rate.toFixed(2)} steps/s` : "";
     const left = run.state === "running" && run.seconds_left != null ? ` · ${fmtSeconds(run.seconds_left)} left` : "";
@@ -277,6 +282,7 @@
     try {
       const doc = await call("/api/runs");
       state.runs = doc.runs;
+      if (doc.error) $("[data-testid=train-status]").textContent = doc.error.message;
     } catch (err) {
       state.runs = [];
       showError($("[data-testid=train-error]"), err.message);
