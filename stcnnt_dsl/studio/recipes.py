@@ -25,6 +25,7 @@ from .runs import available_memory
 __all__ = ["DEFAULT_STEPS", "Choice", "compose"]
 
 DEFAULT_STEPS = 300  # a few minutes of a small model on two CPU cores
+DEFAULT_MODEL = "unet(channels=[8, 16], blocks=T1L1G1, window=4, patch=2)"
 _TASKS = {"segment": "segment", "classify": "classify", "unlabelled": "pretrain"}
 
 
@@ -56,6 +57,25 @@ def _training_bytes(spec: Any, patch: list[int], batch: int, channels: int) -> i
     return cost.memory_bytes + 3 * cost.param_bytes  # + gradients and Adam's two moments
 
 
+def _default(dataset: Any, fingerprint: dict) -> tuple[dict[str, Any], str]:
+    """A small recipe for the data set when the plan is not installed: the default
+    model at the data's median size (at most 8 x 64 x 64, multiples of 16)."""
+    median = (fingerprint.get("shape") or {}).get("median") or [1, 64, 64]
+    t = max(1, min(int(median[0]), 8))
+    h, w = (max(16, min(int(v), 64)) // 16 * 16 for v in median[1:3])
+    task = _TASKS.get(fingerprint.get("task") or dataset.task, "segment")
+    recipe = {
+        "model": DEFAULT_MODEL,
+        "task": task,
+        "data": {"path": str(dataset.root), "patch": [t, h, w], "batch": 4, "val": 0.2},
+        "steps": DEFAULT_STEPS,
+        "optimizer": {"name": "adamw", "lr": 0.003},
+    }
+    if task == "pretrain":
+        recipe["objective"] = "denoise"
+    return recipe, "default (no plan installed)"
+
+
 def compose(
     dataset: Any,
     fingerprint: dict,
@@ -66,43 +86,52 @@ def compose(
     init: Path | None = None,
     adapt: str = "full",
 ) -> Choice:
-    """The recipe for one studio training of `dataset`."""
-    from .. import plan as plan_function
-
+    """The recipe for one studio training of `dataset`: the plan's (or, without the plan,
+    a small default), with the editor's spec when given, for `steps` (default: a few
+    minutes), refused when it needs more than the memory budget."""
     budget = _budget(memory)
-    plan = plan_function(dataset, memory=budget, device="cpu")
-    recipe = yaml.safe_load(plan.recipe) if isinstance(plan.recipe, str) else dict(plan.recipe)
-    recipe.setdefault("data", {})
-    recipe["data"]["path"] = str(dataset.root)
+    try:
+        from .. import plan as plan_function
+    except ImportError:
+        plan_function = None
+    channels = len(fingerprint.get("channels") or [1])
+    if plan_function is not None:
+        plan = plan_function(dataset, memory=budget, device="cpu")
+        recipe = yaml.safe_load(plan.recipe) if isinstance(plan.recipe, str) else dict(plan.recipe)
+        need: int | None = int(plan.predicted_bytes)
+        spec_name = "plan"
+    else:
+        recipe, spec_name = _default(dataset, fingerprint)
+        need = None
+    recipe.setdefault("data", {})["path"] = str(dataset.root)
+    patch, batch = list(recipe["data"]["patch"]), int(recipe["data"]["batch"])
     recipe["steps"] = (
-        int(steps) if steps else min(int(recipe.get("steps", DEFAULT_STEPS)), DEFAULT_STEPS)
+        int(steps) if steps else min(int(recipe.get("steps") or 0) or DEFAULT_STEPS, DEFAULT_STEPS)
     )
     every = max(1, recipe["steps"] // 20)
     recipe["eval_every"] = every
     recipe["checkpoint_every"] = every
-    need = int(plan.predicted_bytes)
-    spec_name = "plan"
     if spec_text is not None and spec_text.strip():
         source = analysis.load_text(spec_text)  # never a path: the page's text only
-        spec = yaml.safe_load(analysis.canonical(spec_text))
-        if "heads" not in spec and "heads" in recipe:
-            spec["heads"] = recipe["heads"]
-        recipe["model"] = spec
-        recipe.pop("heads", None) if "heads" in spec else None
-        channels = len(fingerprint.get("channels") or [1])
-        need = _training_bytes(source.spec, list(plan.patch), int(plan.batch), channels)
+        recipe["model"] = yaml.safe_load(analysis.canonical(spec_text))
+        if "heads" in recipe["model"]:
+            recipe.pop("heads", None)
         spec_name = source.spec.name
-        if need > budget:
-            raise STCNNTError(
-                f"the spec {spec_name!r} needs about {need / 2**30:.2f} GiB to train at patch "
-                f"{list(plan.patch)} and batch {plan.batch}, over the memory budget of "
-                f"{budget / 2**30:.2f} GiB; make it smaller, or raise the budget"
-            )
+        need = None
+    if need is None:
+        model = recipe["model"]
+        need = _training_bytes(model, patch, batch, channels)
+    if need > budget:
+        raise STCNNTError(
+            f"the model ({spec_name}) needs about {need / 2**30:.2f} GiB to train at patch "
+            f"{patch} and batch {batch}, over the memory budget of {budget / 2**30:.2f} GiB; "
+            "make the spec smaller, or raise the budget"
+        )
     if init is not None:
-        recipe["init"] = str(init)
         if adapt not in ("full", "lora", "frozen"):
             raise STCNNTError(f"adapt must be full, lora or frozen, got {adapt!r}")
+        recipe["init"] = str(init)
         recipe["adapt"] = {"method": adapt}
     task = recipe.get("task") or _TASKS.get(fingerprint.get("task"), "segment")
-    info = {"spec": spec_name, "task": task, "patch": list(plan.patch), "batch": plan.batch}
+    info = {"spec": spec_name, "task": task, "patch": patch, "batch": batch}
     return Choice(recipe, need, info)

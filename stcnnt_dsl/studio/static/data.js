@@ -246,7 +246,7 @@
       resume.disabled = true;
       return;
     }
-    const step = run.step == null ? "starting" : `step ${run.step}/${run.steps ?? "?"}`;
+    const step = run.step != null ? `step ${run.step}/${run.steps ?? "?"}` : run.state === "running" ? "starting" : "no step done";
     const rate = run.rate ? ` · ${run.rate.toFixed(2)} steps/s` : "";
     const left = run.state === "running" && run.seconds_left != null ? ` · ${fmtSeconds(run.seconds_left)} left` : "";
     line.textContent = `${run.name}: ${run.state} · ${step}${rate}${left}`;
