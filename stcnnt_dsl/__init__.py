@@ -18,6 +18,7 @@ from typing import Any
 from ._lazy import load
 from ._version import __version__
 from .errors import (
+    DataError,
     DSLSyntaxError,
     ResourceError,
     ShapeError,
@@ -51,6 +52,7 @@ __all__ = [
     "ArchSpec",
     "Backbone",
     "DSLSyntaxError",
+    "DataError",
     "ExportResult",
     "Model",
     "ProfileReport",

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "DSLSyntaxError",
+    "DataError",
     "ResourceError",
     "STCNNTError",
     "ShapeError",
@@ -142,6 +143,17 @@ class ResourceError(SpecError):
 
 class WeightsError(STCNNTError):
     """A weights file that does not match its architecture or is not a safe format."""
+
+
+class DataError(STCNNTError):
+    """An imaging file, data set or prediction target that cannot be used as given.
+
+    `.file` names the file or folder at fault (None when no single one is).
+    """
+
+    def __init__(self, message: str, file: object = None) -> None:
+        self.file = None if file is None else str(file)
+        super().__init__(f"{file}: {message}" if file is not None else message)
 
 
 def _join_path(prefix: str, path: str) -> str:
