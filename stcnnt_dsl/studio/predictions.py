@@ -70,44 +70,48 @@ class Predictions:
             return document, maps
 
     def _run(self, runs: Runs, name: str, checkpoint: Path) -> tuple[dict, dict[int, np.ndarray]]:
-        from .. import data
+        from ..data import load_checkpoint, predict_image
 
         dataset = self.view.dataset
-        run_dir = checkpoint.parent
-        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-        held_out = _held_out(run_dir, recipe, dataset)
-        evaluation = data.evaluate_cases(checkpoint, dataset, held_out)
+        recipe = yaml.safe_load((checkpoint.parent / "recipe.yaml").read_text(encoding="utf-8"))
+        held_out = held_out_cases(recipe, dataset)
+        normalization = (recipe.get("data") or {}).get("normalize") or "zscore"
+        model, _ = load_checkpoint(checkpoint)
         rows, maps = [], {}
-        for index, result in zip(held_out, evaluation, strict=True):
-            prediction = result.get("prediction")
-            row = {
+        for index in held_out:
+            image, label = dataset.load(index)
+            outputs = predict_image(model, image, normalization=normalization)
+            output = next(iter(outputs.values()))
+            row: dict[str, Any] = {
                 "index": index,
                 "name": dataset.cases[index].name,
-                "metric": result["metric"],
                 "t": 0,
-                "label": False,
+                "label": isinstance(label, np.ndarray),
                 "image": False,
             }
-            if isinstance(prediction, np.ndarray) and prediction.ndim == 4:
-                maps[index] = prediction.astype(np.int64)
+            if output.task == "segmentation" and isinstance(label, np.ndarray):
+                maps[index] = output.array
                 row["image"] = True
-                _, label = dataset.load(index)
-                if isinstance(label, np.ndarray):
-                    row["label"] = True
-                    counts = (label > 0).reshape(label.shape[0], -1).sum(axis=1)
-                    row["t"] = int(np.argmax(counts))  # the frame with most foreground
+                row["metric"] = dice(output.array, label, len(dataset.classes) or 2)
+                counts = (label > 0).reshape(label.shape[0], -1).sum(axis=1)
+                row["t"] = int(np.argmax(counts))  # the frame with most foreground
+                metric = "dice"
+            elif output.task == "classification" and label is not None:
+                probabilities = output.array.reshape(-1, output.array.shape[-1]).mean(axis=0)
+                row["predicted"], row["truth"] = int(np.argmax(probabilities)), int(label)
+                row["metric"] = float(probabilities[int(label)])  # the true class's probability
+                metric = "p(true class)"
             else:
-                row["predicted"], row["truth"] = result.get("predicted"), result.get("truth")
+                raise STCNNTError(
+                    f"run {name!r} predicts {output.task}; the page shows "
+                    "segmentation and classification predictions"
+                )
             rows.append(row)
-        metric = evaluation[0]["name"] if evaluation else "metric"
-        higher_better = metric not in ("loss", "hd95")
-        rows.sort(key=lambda r: (r["metric"] is None, r["metric"]), reverse=False)
-        if not higher_better:
-            rows.reverse()
-        values = [r["metric"] for r in rows if r["metric"] is not None]
+        rows.sort(key=lambda r: r["metric"])  # worst first
+        values = [r["metric"] for r in rows]
         document = {
             "checkpoint": checkpoint.name,
-            "metric": metric,
+            "metric": metric if rows else "dice",
             "cases": rows,
             "mean": float(np.mean(values)) if values else None,
         }
@@ -132,11 +136,30 @@ class Predictions:
         return target
 
 
-def _held_out(run_dir: Path, recipe: dict, dataset: Any) -> list[int]:
-    """The cases the run did not train on: the training's own split when it wrote one
-    (split.json), else the recipe's `data.val`."""
-    split = _read_json(run_dir / "split.json")
+def held_out_cases(recipe: dict, dataset: Any) -> list[int]:
+    """The cases the run did not train on: the studio writes them into the recipe by
+    name (`data.val`)."""
     names = [case.name for case in dataset.cases]
-    if split and "val" in split:
-        return [names.index(n) for n in split["val"] if n in names]
-    raise STCNNTError(f"run {run_dir.name!r} did not record its held-out cases (split.json)")
+    val = (recipe.get("data") or {}).get("val")
+    if not isinstance(val, list):
+        raise STCNNTError(
+            "this run's recipe does not name its held-out cases (data.val); "
+            "the page predicts only runs it started"
+        )
+    return [names.index(n) for n in val if n in names]
+
+
+def dice(prediction: np.ndarray, label: np.ndarray, classes: int) -> float:
+    """Mean Dice over the foreground classes present in the label or the prediction
+    (MONAI's `compute_dice`)."""
+    import torch
+    from monai.metrics import compute_dice
+    from monai.networks.utils import one_hot
+
+    def hot(a: np.ndarray) -> torch.Tensor:  # [T, 1, H, W] -> [1, K, T, H, W]
+        t = torch.as_tensor(a.astype(np.int64)).permute(1, 0, 2, 3)[None]
+        return one_hot(t, classes, dim=1)
+
+    scores = compute_dice(hot(prediction), hot(label), include_background=False, ignore_empty=True)
+    values = scores[torch.isfinite(scores)]
+    return float(values.mean()) if values.numel() else 1.0

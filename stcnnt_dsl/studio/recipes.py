@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ..errors import STCNNTError
@@ -55,6 +56,19 @@ def _training_bytes(spec: Any, patch: list[int], batch: int, channels: int) -> i
     shape = (batch, patch[0], channels, patch[1], patch[2])
     cost = estimate(spec, shape)
     return cost.memory_bytes + 3 * cost.param_bytes  # + gradients and Adam's two moments
+
+
+def held_out_names(dataset: Any, val: Any = None) -> list[str]:
+    """The held-out cases by name (the page predicts exactly these): the recipe's list,
+    else a fraction (default 0.2, at least one case) chosen with a fixed seed."""
+    names = [case.name for case in dataset.cases]
+    if isinstance(val, list):
+        return [str(v) for v in val]
+    fraction = float(val) if isinstance(val, float) else 0.2
+    count = int(val) if isinstance(val, int) else round(fraction * len(names))
+    count = min(max(count, 1), max(len(names) - 1, 1))
+    order = np.random.default_rng(0).permutation(len(names))
+    return [names[i] for i in sorted(order[:count])]
 
 
 def _default(dataset: Any, fingerprint: dict) -> tuple[dict[str, Any], str]:
@@ -104,6 +118,7 @@ def compose(
         recipe, spec_name = _default(dataset, fingerprint)
         need = None
     recipe.setdefault("data", {})["path"] = str(dataset.root)
+    recipe["data"]["val"] = held_out_names(dataset, recipe["data"].get("val"))
     patch, batch = list(recipe["data"]["patch"]), int(recipe["data"]["batch"])
     recipe["steps"] = (
         int(steps) if steps else min(int(recipe.get("steps") or 0) or DEFAULT_STEPS, DEFAULT_STEPS)

@@ -30,7 +30,6 @@ from .folders import Folder, run_name
 __all__ = ["Runs", "available_memory", "read_metrics"]
 
 MAX_LOG_LINES = 40
-_NOT_METRICS = {"step", "epoch", "time", "elapsed", "seconds", "wall", "lr", "samples"}
 
 
 def available_memory() -> int:
@@ -153,7 +152,7 @@ class Runs:
         metrics = read_metrics(run_dir / "metrics.csv")
         step = self._step(metrics)
         steps = started.get("steps")
-        rate = self._rate(name, step, state)
+        rate = self._rate(name, metrics, state)
         left = None
         if rate and steps and step is not None and state == "running":
             left = max(0.0, (steps - step) / rate)
@@ -182,13 +181,23 @@ class Runs:
         steps = [row[column] for row in metrics["rows"] if len(row) > column and row[column]]
         return max(steps) if steps else None
 
-    def _rate(self, name: str, step: float | None, state: str) -> float | None:
-        """Steps per second, from when this server first saw each step."""
+    def _rate(self, name: str, metrics: dict[str, Any], state: str) -> float | None:
+        """Steps per second over the last rows of metrics.csv (its `time` column), else
+        from when this server first saw each step."""
+        if state != "running":
+            return None
+        columns, rows = metrics["columns"], metrics["rows"]
+        if "step" in columns and "time" in columns:
+            s, t = columns.index("step"), columns.index("time")
+            points = [(r[s], r[t]) for r in rows[-20:] if r[s] is not None and r[t] is not None]
+            if len(points) >= 2 and points[-1][1] > points[0][1]:
+                return (points[-1][0] - points[0][0]) / (points[-1][1] - points[0][1])
+        step = self._step(metrics)
         seen = self._seen.setdefault(name, [])
         if step is not None and (not seen or step > seen[-1][0]):
             seen.append((step, time.monotonic()))
             del seen[:-20]
-        if len(seen) < 2 or state != "running":
+        if len(seen) < 2:
             return None
         (s0, t0), (s1, t1) = seen[0], seen[-1]
         return (s1 - s0) / (t1 - t0) if t1 > t0 else None
@@ -200,9 +209,10 @@ class Runs:
         kinds = {}
         for column in document["columns"]:
             low = column.lower()
-            if low in _NOT_METRICS:
-                continue
-            kinds[column] = "loss" if "loss" in low else "metric"
+            if "loss" in low:
+                kinds[column] = "loss"
+            elif low.startswith("val_"):
+                kinds[column] = "metric"
         return {**document, "kinds": kinds}
 
     def log(self, name: str) -> str:
