@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +132,74 @@ def test_a_folder_that_is_not_a_data_set_is_a_message(tmp_path: Path) -> None:
     assert document["ok"] is False and document["error"]["message"]
     assert "Traceback" not in document["error"]["message"]
     assert os.listdir(tmp_path) == ["notes.txt"]  # read only
+
+
+# --------------------------------------------------------------------------- with a data set
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    pytest.importorskip("nibabel", reason="the data extra is not installed")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from make_dataset import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("data") / "Dataset001_Shapes", kind="2d+t")
+
+
+def test_cases_and_frames_come_from_the_data_layer(shapes: Path, tmp_path: Path) -> None:
+    from stcnnt_dsl.data import open_dataset
+
+    c = client(data=str(shapes), runs=str(tmp_path / "runs"))
+    summary = c.get("/api/data").json()
+    dataset = open_dataset(shapes)
+    assert summary["ok"] and summary["fingerprint"] == dataset.fingerprint()
+    assert [case["name"] for case in summary["cases"]] == [case.name for case in dataset.cases]
+    image, label = dataset.load(3)
+    meta = c.get("/api/data/cases/3").json()
+    assert meta["shape"] == list(image.array.shape) and meta["values"] == [1, 2]
+    t = image.array.shape[0] - 1
+    window = meta["windows"][0]
+    png = c.get(f"/api/data/cases/3/image/{t}.png?low={window['min']}&high={window['max']}")
+    assert png.headers["content-type"] == "image/png"
+    frame = image.array[t, 0]
+    expected = np.clip((frame - window["min"]) * 255 / (window["max"] - window["min"]), 0, 255)
+    assert np.abs(_decode(png.content).astype(float) - expected.astype(np.uint8)).max() <= 1
+    overlay = _decode(c.get(f"/api/data/cases/3/label/{t}.png").content)
+    assert ((overlay[..., 3] > 0) == (label[t, 0] > 0)).all()
+    for bad in ("/api/data/cases/99", f"/api/data/cases/3/image/{t + 1}.png",
+                "/api/data/cases/3/image/0.png?c=1", "/api/data/cases/-1/label/0.png"):  # fmt: skip
+        answer = c.get(bad)
+        assert answer.status_code == 400 and answer.json()["error"]["message"], bad
+
+
+def test_a_data_set_listing_files_outside_its_folder_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("nibabel", reason="the data extra is not installed")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from make_dataset import make_dataset
+
+    outside = make_dataset(tmp_path / "outside", kind="2d+t", cases=2)
+    root = tmp_path / "data"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for name in ("case_000_0000.nii.gz", "case_001_0000.nii.gz"):
+        (root / "imagesTr" / name).symlink_to(outside / "imagesTr" / name)
+    for name in ("case_000.nii.gz", "case_001.nii.gz"):
+        (root / "labelsTr" / name).symlink_to(outside / "labelsTr" / name)
+    shutil.copy(outside / "dataset.json", root / "dataset.json")
+    document = client(data=str(root), runs=str(tmp_path / "runs")).get("/api/data").json()
+    assert document["ok"] is False
+    assert "outside the folder given with --data" in document["error"]["message"]
+
+
+def test_a_spec_over_the_memory_budget_is_refused_before_anything_starts(
+    shapes: Path, tmp_path: Path
+) -> None:
+    c = client(data=str(shapes), runs=str(tmp_path / "runs"))
+    big = "unet(channels=[64, 128], blocks=T1L1G1, window=4, patch=2)"
+    answer = c.post("/api/runs", json={"spec": big, "memory": "16MiB"})
+    assert answer.status_code == 400
+    message = answer.json()["error"]["message"]
+    assert "over the memory budget of 0.02 GiB" in message and "GiB to train" in message
+    bad = c.post("/api/runs", json={"memory": "lots"}).json()["error"]["message"]
+    assert "not an amount of memory" in bad
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
