@@ -37,6 +37,7 @@ from stcnnt_dsl import (
     parse_block,
 )
 from stcnnt_dsl.nn import Block
+from stcnnt_dsl.studio.folders import OutsideFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
@@ -421,6 +422,23 @@ CATALOGUE: list[Entry] = [
       ("weights", "mismatch"), WeightsError, None,
       ("model.safetensors", "do not match the spec", "shape mismatches"),
       "save the model again with save_model."),
+    # ------------------------------------------------------------------ studio (issue 27)
+    E("studio-path-outside", "Studio", "a path from a request (or a data set's own list) that "
+      "leaves the folder given with --data (`..`, an absolute path, a link pointing out)",
+      ("studio", "outside", "../secret.nii.gz"), OutsideFolderError, None,
+      ("outside the folder given with --data", "opens nothing else"),
+      "keep the data set's files inside its folder.",
+      "# stcnnt studio --data data: a request or dataset.json naming ../secret.nii.gz"),
+    E("studio-run-name", "Studio", "a run name that is a path", ("studio", "run", "../x"),
+      STCNNTError, None, ("a run name is 1-64 letters",), "give a plain name such as run-2.",
+      "# POST /api/runs/../x/stop"),
+    E("studio-memory-budget", "Studio", "a memory budget that is not an amount of memory",
+      ("studio", "budget", "lots"), STCNNTError, None,
+      ("is not an amount of memory", "4GiB"), "write it like 4GiB or 512MiB.",
+      "# the studio's Train panel: Memory = lots"),
+    E("studio-no-runs", "Studio", "training without a runs folder", ("studio", "no-runs"),
+      STCNNTError, None, ("--runs DIR",), "start the studio with --runs DIR.",
+      "# stcnnt studio (no --data, no --runs), then Train"),
 ]  # fmt: skip
 
 
@@ -464,7 +482,24 @@ def _run(call: tuple) -> Any:
         return Block(text, cin, cout, **options)
     if kind == "weights":
         return stcnnt_dsl.load_model(_weights_file(args[0]))
+    if kind == "studio":
+        return _studio(*args)
     raise ValueError(kind)
+
+
+def _studio(action: str, *args: Any) -> Any:
+    from stcnnt_dsl.studio import folders, recipes, workbench
+
+    if action == "outside":
+        Path("data").mkdir(exist_ok=True)
+        return folders.Folder("data", what="--data").inside(args[0])
+    if action == "run":
+        return folders.run_name(args[0])
+    if action == "budget":
+        return recipes._budget(args[0])
+    if action == "no-runs":
+        return workbench.Workbench(None, None)._runs()
+    raise ValueError(action)
 
 
 def _weights_file(variant: str) -> Path:

@@ -42,9 +42,10 @@ class Folder:
                 raise OutsideFolderError(f"a path with a NUL byte is not allowed: {text!r}")
         resolved = path.resolve()
         if resolved != self.root and self.root not in resolved.parents:
+            shown = "/".join(str(p) for p in parts)
             raise OutsideFolderError(
-                f"{path} is outside the folder given with {self.what} ({self.given}); the "
-                f"studio opens nothing else (a `..`, an absolute path or a link that points out)"
+                f"{shown!r} is outside the folder given with {self.what} ({self.given}); the "
+                "studio opens nothing else (a `..`, an absolute path or a link that points out)"
             )
         return resolved
 
