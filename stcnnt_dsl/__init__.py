@@ -24,6 +24,7 @@ from .errors import (
     ShapeError,
     SpecError,
     STCNNTError,
+    TrainError,
     WeightsError,
 )
 from .graph import build_graph, check, infer_shapes
@@ -60,6 +61,7 @@ __all__ = [
     "STCNNTError",
     "ShapeError",
     "SpecError",
+    "TrainError",
     "WeightsError",
     "__version__",
     "apply_lora",
@@ -85,4 +87,5 @@ __all__ = [
     "render_graph",
     "save_model",
     "to_dot",
+    "train",
 ]

@@ -1,5 +1,5 @@
 """The `stcnnt` command: check, build, profile, graph, explain, schema, export, list,
-import-reference.
+import-reference, studio, train.
 
 Exit status: 0 on success; 2 on a user error (bad option, file, syntax, spec or shape),
 with one message on stderr and no traceback; 1 only for a bug (an internal error, shown
@@ -473,6 +473,12 @@ def _cmd_studio(args: argparse.Namespace) -> int:
     return studio_server.run_studio(args)  # the handler lives with the studio
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.command import run  # torch, MONAI, PEFT: loaded for this command only
+
+    return run(args)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -750,6 +756,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="a data set to look at and train on (read only)")
     p.add_argument("--runs", metavar="DIR", help="where trainings are kept (the only folder the "
                    "studio writes; default with --data: ./stcnnt-runs)")  # fmt: skip
+
+    p = command(
+        "train",
+        "train from a recipe (also under torchrun)",
+        "train a model from a recipe (YAML: model, task, data, steps, optimizer, ...); "
+        "writes DIR/last.safetensors (with the resumable state), DIR/best.safetensors, "
+        "DIR/metrics.csv and the resolved DIR/recipe.yaml. The same command runs under "
+        'torchrun (DDP or FSDP2). Needs the train extra: pip install "stcnnt-dsl[train]"',
+        ["stcnnt train recipes/segment_2dt.yaml --out runs/seg",
+         "stcnnt train recipe.yaml --out runs/seg --resume",
+         "stcnnt train recipe.yaml --set optimizer.lr=3e-4 --set data.batch=4 --json",
+         "torchrun --nproc_per_node 2 -m stcnnt_dsl.cli train recipe.yaml --out runs/ddp",
+         "stcnnt train --schema > recipe.schema.json"],
+        _cmd_train,
+    )  # fmt: skip
+    p.add_argument("recipe", metavar="RECIPE", nargs="?", help="the recipe (.yaml)")
+    p.add_argument("--out", metavar="DIR", help="the run folder (default: runs/RECIPE_NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in DIR")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a recipe value (YAML), e.g. optimizer.lr=3e-4; repeatable",
+    )
+    p.add_argument("--schema", action="store_true", help="print the recipe's JSON Schema")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    _add_json(p)  # fmt: skip
     return parser
 
 

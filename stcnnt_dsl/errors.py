@@ -18,6 +18,7 @@ __all__ = [
     "STCNNTError",
     "ShapeError",
     "SpecError",
+    "TrainError",
     "WeightsError",
     "caret_excerpt",
     "did_you_mean",
@@ -154,6 +155,12 @@ class DataError(STCNNTError):
     def __init__(self, message: str, file: object = None) -> None:
         self.file = None if file is None else str(file)
         super().__init__(f"{file}: {message}" if file is not None else message)
+
+
+class TrainError(STCNNTError):
+    """A training run that cannot start or go on: an output folder holding another run,
+    a NaN loss, a checkpoint that cannot be written. The message names the step and the
+    last good checkpoint."""
 
 
 def _join_path(prefix: str, path: str) -> str:

@@ -36,7 +36,14 @@ from pydantic import (
 from pydantic.json_schema import PydanticJsonSchemaWarning
 from pydantic_core import PydanticCustomError
 
-from ..errors import DSLSyntaxError, SpecError, STCNNTError, caret_excerpt, did_you_mean
+from ..errors import (
+    DSLSyntaxError,
+    SpecError,
+    STCNNTError,
+    _join_path,
+    caret_excerpt,
+    did_you_mean,
+)
 from .blockspec import BlockSpec
 from .heads import HEAD_KEYS, HEAD_KINDS
 from .options import OPTIONS, Int, OptionValueError, format_value
@@ -718,7 +725,7 @@ def _from_validation_error(
     path = _loc_path(first["loc"])
     ctx = first.get("ctx") or {}
     if ctx.get("field"):
-        path = f"{path}.{ctx['field']}" if path else ctx["field"]
+        path = _join_path(path, ctx["field"])
     cause = ctx.get("error")
     if isinstance(cause, DSLSyntaxError):
         if getattr(cause, "index", None) is not None:
