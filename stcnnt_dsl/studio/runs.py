@@ -1,7 +1,8 @@
 """Training runs started from the page, each in its own process, kept in `--runs`.
 
 A run is a folder `RUNS/NAME/` holding what `stcnnt train` writes (`metrics.csv`,
-`last.safetensors`, `best.safetensors`), the recipe it ran (`recipe.yaml`), the process's
+`last.safetensors`, `best.safetensors`, the resolved `recipe.yaml`), the recipe the page
+asked for (`studio-recipe.yaml`), the process's
 output (`train.log`), `studio.json` (written here when it starts: process id, steps) and
 `exit.json` (written by `studio.worker` when it ends: finished, failed with its message,
 or stopped). Everything the page shows is read back from these files, so a run outlives
@@ -30,6 +31,7 @@ from .folders import Folder, run_name
 __all__ = ["Runs", "available_memory", "read_metrics"]
 
 MAX_LOG_LINES = 40
+RECIPE = "studio-recipe.yaml"  # what the page asked for; the trainer writes recipe.yaml
 
 
 def available_memory() -> int:
@@ -138,13 +140,11 @@ class Runs:
         started = _read_json(run_dir / "studio.json")
         if started is None:
             raise STCNNTError(f"no run named {name!r} in {self.folder.given}")
-        child = self._children.get(name)
-        if child is not None and child.poll() is not None:
-            self._children.pop(name, None)
+        child = self._children.get(name)  # started by this server: no need to guess
         ended = _read_json(run_dir / "exit.json")
         if ended is not None and ended.get("attempt") == started.get("attempt"):
             state, message = ended["state"], ended.get("message")
-        elif _alive(started["pid"], run_dir):
+        elif (child is not None and child.poll() is None) or _alive(started["pid"], run_dir):
             state, message = "running", None
         else:
             state = "stopped"
@@ -182,14 +182,16 @@ class Runs:
         return max(steps) if steps else None
 
     def _rate(self, name: str, metrics: dict[str, Any], state: str) -> float | None:
-        """Steps per second over the last rows of metrics.csv (its `time` column), else
+        """Steps per second over the last rows of metrics.csv (its `seconds` column), else
         from when this server first saw each step."""
         if state != "running":
             return None
         columns, rows = metrics["columns"], metrics["rows"]
-        if "step" in columns and "time" in columns:
-            s, t = columns.index("step"), columns.index("time")
+        if "step" in columns and "seconds" in columns:  # seconds since this process started
+            s, t = columns.index("step"), columns.index("seconds")
             points = [(r[s], r[t]) for r in rows[-20:] if r[s] is not None and r[t] is not None]
+            while len(points) >= 2 and points[0][1] >= points[-1][1]:  # a resume restarts it
+                points.pop(0)
             if len(points) >= 2 and points[-1][1] > points[0][1]:
                 return (points[-1][0] - points[0][0]) / (points[-1][1] - points[0][1])
         step = self._step(metrics)
@@ -260,7 +262,7 @@ class Runs:
                 raise STCNNTError(f"a run named {name!r} exists already; choose another name")
             run_dir.mkdir(parents=True)
             text = yaml.safe_dump(recipe, sort_keys=False)
-            (run_dir / "recipe.yaml").write_text(text, encoding="utf-8")
+            (run_dir / RECIPE).write_text(text, encoding="utf-8")
             info = {**(info or {}), "steps": recipe.get("steps"), "memory": need_bytes}
             self._launch(name, run_dir, resume=False, info=info)
         return self.status(name)

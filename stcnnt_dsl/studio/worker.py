@@ -1,6 +1,6 @@
 """The process one studio training runs in: `python -m stcnnt_dsl.studio.worker RUN_DIR`.
 
-It calls the trainer (`stcnnt_dsl.train(RUN_DIR/recipe.yaml, out=RUN_DIR)`) and, however
+It calls the trainer (`stcnnt_dsl.train(RUN_DIR/studio-recipe.yaml, out=RUN_DIR)`) and, however
 that ends, writes `RUN_DIR/exit.json`: finished, failed (with the error's message: the
 page shows it beside the last good checkpoint) or stopped (SIGTERM from the page's stop
 button). It runs in its own session, so closing the page or stopping the studio leaves it
@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
+        import torch
+
         from stcnnt_dsl.errors import STCNNTError
+
+        # leave a core to the studio's server (the page stays responsive while it trains)
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
         module, _, function = args.trainer.partition(":")
         try:
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             raise STCNNTError(
                 f"training needs {args.trainer} ({err}); install stcnnt-dsl with its training layer"
             ) from None
-        train(str(run_dir / "recipe.yaml"), out=str(run_dir), resume=args.resume)
+        train(str(run_dir / "studio-recipe.yaml"), out=str(run_dir), resume=args.resume)
     except Stopped:
         _finish(
             run_dir,
