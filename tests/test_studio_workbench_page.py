@@ -24,7 +24,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 import test_studio_page as page_tests  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
-from test_studio_page import part, wait  # noqa: E402
+from test_studio_page import part, set_text, wait  # noqa: E402
 
 from stcnnt_dsl.studio import server  # noqa: E402
 from stcnnt_dsl.studio.app import create_app  # noqa: E402
@@ -53,6 +53,7 @@ class Live:
             time.sleep(0.01)
         self.sock = sock
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        self.runs_dir = Path(kwargs["runs"]) if kwargs.get("runs") else None
 
     def close(self) -> None:
         self.server.should_exit = True
@@ -189,4 +190,113 @@ def test_a_folder_that_is_not_a_data_set_says_so_on_the_page(browser, tmp_path):
         wait(page, lambda: train_error.is_displayed(), "the training's refusal")
         assert "Traceback" not in train_error.text
     finally:
+        live.close()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def run_state(page) -> str | None:
+    return part(page, "train-status").get_attribute("data-state")
+
+
+def curve_points(page) -> int:
+    return int(part(page, "train-curve").get_attribute("data-points") or 0)
+
+
+def test_a_second_training_is_refused_while_one_runs_and_stop_keeps_it(browser, shapes, tmp_path):
+    live = Live(data=str(shapes), runs=str(tmp_path / "runs"))
+    try:
+        page = open_page(browser, live.url)
+        part(page, "train-steps").send_keys("1000")
+        part(page, "train-start").click()
+        wait(page, lambda: run_state(page) == "running", "the run to start", WAIT_S)
+        part(page, "train-start").click()  # a second one while the first runs
+        error = part(page, "train-error")
+        wait(page, lambda: error.is_displayed(), "the refusal")
+        assert "a training is running already" in error.text and "alongside" in error.text
+        runs = live.app.state.workbench.runs
+        assert len(runs.names()) == 1
+        # The page closing does not stop it: a new page finds it running.
+        page.get("about:blank")
+        assert runs.status(runs.names()[0])["state"] == "running"
+        page = open_page(browser, live.url)
+        wait(page, lambda: run_state(page) == "running", "the run, seen again")
+        part(page, "train-stop").click()
+        wait(page, lambda: run_state(page) == "stopped", "the run to stop", WAIT_S)
+        assert "stopped from the page" in runs.status(runs.names()[0])["message"]
+    finally:
+        for name in live.app.state.workbench.runs.running():
+            live.app.state.workbench.runs.stop(name)
+        live.close()
+
+
+def test_a_training_that_fails_shows_its_message(browser, shapes, tmp_path):
+    live = Live(data=str(shapes), runs=str(tmp_path / "runs"))
+    try:
+        page = open_page(browser, live.url)
+        set_text(page, "editor", "unet(channels=[8, 16], blocks=L1G1, window=5)")
+        Select(part(page, "train-model")).select_by_value("editor")
+        part(page, "train-start").click()
+        wait(page, lambda: run_state(page) == "failed", "the run to fail", WAIT_S)
+        error = part(page, "train-error")
+        assert error.is_displayed() and "failed:" in error.text
+        assert "patch" in error.text and "no checkpoint was written" in error.text
+        assert "Traceback" not in error.text
+    finally:
+        live.close()
+
+
+@pytest.mark.slow
+def test_the_whole_path_look_train_watch_stop_predict_export(browser, shapes, tmp_path):
+    """Open, look at a case, train the default model, the curve gains points, stop,
+    predictions with a metric per case (worst first), export an ONNX file that ONNX
+    Runtime runs with the trained model's output."""
+    import onnxruntime as ort
+    import torch
+
+    import stcnnt_dsl
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior",
+                            {"behavior": "allow", "downloadPath": str(downloads)})  # fmt: skip
+    live = Live(data=str(shapes), runs=str(tmp_path / "runs"))
+    try:
+        page = open_page(browser, live.url)
+        Select(part(page, "cases")).select_by_index(1)
+        wait(page, lambda: "case_001" in part(page, "data").text and frame_loaded(page), "case 1")
+        part(page, "train-steps").send_keys("12")
+        part(page, "train-start").click()
+        wait(page, lambda: curve_points(page) > 0, "the first points", WAIT_S * 3)
+        first = curve_points(page)
+        wait(page, lambda: curve_points(page) > first, "more points", WAIT_S * 3)
+        assert "steps/s" in part(page, "train-status").text
+        part(page, "train-stop").click()
+        wait(page, lambda: run_state(page) == "stopped", "the run to stop", WAIT_S)
+        part(page, "predictions-show").click()
+        predictions = part(page, "predictions")
+        wait(page, lambda: predictions.get_attribute("data-state") == "ready", "predictions",
+             WAIT_S * 2)  # fmt: skip
+        shown = predictions.find_elements(By.CSS_SELECTOR, "[data-testid=case-metric]")
+        metrics = [float(m.text.split()[-1]) for m in shown]
+        assert metrics and metrics == sorted(metrics) and all(0 <= m <= 1 for m in metrics)
+        images = predictions.find_elements(By.CSS_SELECTOR, "img")
+        wait(page, lambda: all(page.execute_script("return arguments[0].complete && "
+             "arguments[0].naturalWidth > 0", i) for i in images), "prediction images")  # fmt: skip
+        part(page, "export").click()
+        wait(page, lambda: list(downloads.glob("*.onnx")), "the ONNX download", WAIT_S * 2)
+        onnx_file = next(downloads.glob("*.onnx"))
+        name = live.app.state.workbench.runs.names()[0]
+        checkpoint = live.runs_dir / name / "best.safetensors"
+        model = stcnnt_dsl.load_model(checkpoint).eval()
+        x = torch.randn(1, 8, 1, 32, 32)
+        with torch.no_grad():
+            expected = {k: v.numpy() for k, v in model(x).items()}
+        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        assert np.allclose(got[0], next(iter(expected.values())), atol=1e-4)
+    finally:
+        for name in live.app.state.workbench.runs.running():
+            live.app.state.workbench.runs.stop(name)
         live.close()

@@ -123,7 +123,7 @@ def compose(
     recipe["steps"] = (
         int(steps) if steps else min(int(recipe.get("steps") or 0) or DEFAULT_STEPS, DEFAULT_STEPS)
     )
-    every = max(1, recipe["steps"] // 20)
+    every = max(2, recipe["steps"] // 20)  # about 20 points on the curve
     recipe["eval_every"] = every
     recipe["checkpoint_every"] = every
     if spec_text is not None and spec_text.strip():

@@ -31,6 +31,7 @@ from .folders import Folder, run_name
 __all__ = ["Runs", "available_memory", "read_metrics"]
 
 MAX_LOG_LINES = 40
+STOPPED = "stopped from the page; resume continues from the last checkpoint"
 RECIPE = "studio-recipe.yaml"  # what the page asked for; the trainer writes recipe.yaml
 
 
@@ -298,6 +299,14 @@ class Runs:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.status(name)["state"] == "running":
             time.sleep(0.05)
+        ended = _read_json(run_dir / "exit.json")
+        if self.status(name)["state"] != "running" and (
+            ended is None or ended.get("attempt") != started.get("attempt")
+        ):  # stopped before the worker could say so (still starting up)
+            _write_json(run_dir / "exit.json", {
+                "state": "stopped", "message": STOPPED, "attempt": started.get("attempt"),
+                "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            })  # fmt: skip
         return self.status(name)
 
     def _may_start(self, alongside: bool, need_bytes: int | None) -> None:

@@ -19,6 +19,8 @@ import time
 import traceback
 from pathlib import Path
 
+STOPPED = "stopped from the page; resume continues from the last checkpoint"  # as runs.py
+
 
 class Stopped(BaseException):
     """SIGTERM arrived: the page asked the run to stop."""
