@@ -1,5 +1,5 @@
 """The `stcnnt` command: check, build, profile, graph, explain, schema, export, list,
-import-reference, studio, train.
+import-reference, studio, train, data inspect, evaluate, predict.
 
 Exit status: 0 on success; 2 on a user error (bad option, file, syntax, spec or shape),
 with one message on stderr and no traceback; 1 only for a bug (an internal error, shown
@@ -479,6 +479,48 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from .data import commands, open_dataset  # the work lives in stcnnt_dsl.data
+
+    dataset = open_dataset(args.dataset)
+    fingerprint = dataset.fingerprint(quiet=args.quiet)
+    if args.json:
+        _emit_json({"ok": True, "dataset": str(dataset.root), **fingerprint})
+    else:
+        print(commands.inspect_text(fingerprint, str(dataset.root)))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import commands
+    from .data.evaluate import evaluate
+
+    report = evaluate(args.checkpoint, args.dataset, overlap=args.overlap, batch=args.batch,
+                      device=args.device, quiet=args.quiet)  # fmt: skip
+    if args.json:
+        _emit_json({"ok": True, **report})
+    else:
+        print(commands.evaluate_text(report))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .data import commands
+    from .data.files import predict_files
+
+    result = predict_files(
+        args.checkpoint, args.inputs, args.out, overlap=args.overlap, batch=args.batch,
+        patch=args.patch,
+        probabilities=args.probabilities, overwrite=args.overwrite, t_axis=args.t_axis,
+        device=args.device, quiet=args.quiet,
+    )  # fmt: skip
+    if args.json:
+        _emit_json({"ok": True, **result})
+    else:
+        print(commands.predict_text(result))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -784,7 +826,99 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", action="store_true", help="print the recipe's JSON Schema")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     _add_json(p)  # fmt: skip
+    _data_parsers(command)
     return parser
+
+
+def _overlap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _patch(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected T,H,W (three whole numbers >= 1), got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _data_parsers(command: Callable) -> None:
+    """`data inspect`, `evaluate`, `predict` (needs the data extra; see docs/data.md)."""
+    extra = ' (needs the data extra: pip install "stcnnt-dsl[data]"; see docs/data.md)'
+    p = command(
+        "data", "inspect a data set (nnU-Net, Decathlon, folder)",
+        "data sets: `stcnnt data inspect DATASET` prints the fingerprint (cases, channels, "
+        "classes and their voxel frequencies, shape, spacing, intensities)" + extra,
+        ["stcnnt data inspect Dataset001_Shapes", "stcnnt data inspect data/ --json"], None,
+    )  # fmt: skip
+    sub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    sub.required = True
+    q = sub.add_parser("inspect", help="print the fingerprint", description="print the "
+                       "fingerprint of a data set folder (or its dataset.json)")  # fmt: skip
+    q.set_defaults(func=_cmd_data_inspect)
+    q.add_argument("dataset", metavar="DATASET", help="data set folder or its dataset.json")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json(q)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("checkpoint", metavar="CHECKPOINT",
+                       help="a whole model (.safetensors: stcnnt train, save_model)")  # fmt: skip
+        p.add_argument("--overlap", type=_overlap, default=0.5, metavar="F",
+                       help="sliding-window overlap in [0, 1) (default: 0.5)")  # fmt: skip
+        p.add_argument("--batch", type=_positive, default=1, metavar="N",
+                       help="windows per forward pass (default: 1)")  # fmt: skip
+        p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_json(p)
+
+    p = command(
+        "evaluate", "score a whole model on a data set",
+        "score a whole model on a data set's cases: Dice (mean and per class) and 95% "
+        "Hausdorff distance for segmentation heads, accuracy and AUC for classification "
+        "heads, PSNR and SSIM for enhancement heads (as denoisers); per case and mean" + extra,
+        ["stcnnt evaluate run/best.safetensors Dataset001_Shapes",
+         "stcnnt evaluate model.safetensors data/ --json --overlap 0.25"], _cmd_evaluate,
+    )  # fmt: skip
+    model_options(p)
+    p.add_argument("dataset", metavar="DATASET", help="data set folder or its dataset.json")
+
+    p = command(
+        "predict", "run a whole model on image files",
+        "run a whole model on images of any size (sliding windows with Gaussian blending) "
+        "and write one output per input into DIR: same name, format and geometry; label maps "
+        "for segmentation, images for enhancement, predictions.csv for classification" + extra,
+        ["stcnnt predict model.safetensors scan.nii.gz --out pred/",
+         "stcnnt predict model.safetensors dicom_series/ cine.nii.gz --out pred/ --overlap 0.25",
+         "stcnnt predict model.safetensors *.png --out pred/ --probabilities --overwrite"],
+        _cmd_predict,
+    )  # fmt: skip
+    model_options(p)
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="NIfTI, DICOM file or series folder, PNG, TIFF or .npy")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--patch", type=_patch, metavar="T,H,W",
+                   help="window size (default: the training patch, else the image rounded "
+                   "to valid sizes, at most 32,128,128)")  # fmt: skip
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write segmentation probabilities")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace earlier predictions")
+    p.add_argument("--t-axis", choices=("time", "slices"),
+                   help="what T holds where the file does not say (docs/data.md)")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- main

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import stcnnt_dsl
 from stcnnt_dsl import (
+    DataError,
     DSLSyntaxError,
     ResourceError,
     ShapeError,
@@ -422,6 +424,61 @@ CATALOGUE: list[Entry] = [
       ("weights", "mismatch"), WeightsError, None,
       ("model.safetensors", "do not match the spec", "shape mismatches"),
       "save the model again with save_model."),
+    # ------------------------------------------------------------------ issue 22: data
+    E("data-truncated-dicom", "Imaging data", "a truncated DICOM file (pydicom's own "
+      "MR_truncated.dcm)", ("data", "truncated-dicom"), DataError, None,
+      ("scan.dcm", "cannot read it as DICOM", "truncated"), "export the file again.",
+      shown='read_image("scan.dcm")  # pydicom\'s MR_truncated.dcm'),
+    E("data-truncated-nifti", "Imaging data", "a NIfTI file cut short (an interrupted copy)",
+      ("data", "truncated-nifti"), DataError, None, ("scan.nii.gz", "cannot read it as NIfTI"),
+      "copy or export the file again.", shown='read_image("scan.nii.gz")  # its second half lost'),
+    E("data-unknown-format", "Imaging data", "a file whose name says no image format",
+      ("data", "unknown-format"), DataError, None, ("notes.txt", "cannot tell the image format"),
+      "give a .nii.gz, .dcm, .png, .tif or .npy file (or a DICOM folder).",
+      shown='read_image("notes.txt")'),
+    E("data-4d-time", "Imaging data", "a 4D NIfTI with several slices read with T as time",
+      ("data", "4d-time"), DataError, None, ("3 slices and 5 time points", "t_axis='slices'"),
+      "read it with t_axis='slices' (time points as channels) or split it per slice.",
+      shown='read_image("fmri.nii.gz", t_axis="time")  # shape (16, 16, 3, 5)'),
+    E("data-two-series", "Imaging data", "a DICOM folder holding two series",
+      ("data", "two-series"), DataError, None, ("dicom", "2 DICOM series", "own folder"),
+      "one folder per series.",
+      shown='read_image("dicom")  # CT_small.dcm and MR_small.dcm side by side'),
+    E("data-missing-extra", "Imaging data", "the data extra not installed",
+      ("data", "missing-extra"), DataError, None,
+      ("needs nibabel", 'pip install "stcnnt-dsl[data]"'),
+      "install the extra.", shown='read_image("scan.nii.gz")  # without nibabel installed'),
+    E("data-empty-folder", "Data sets", "an empty data set folder", ("data", "empty"),
+      DataError, None, ("empty", "holds no images"), "point at the data set's folder.",
+      shown='open_dataset("empty")'),
+    E("data-label-shape", "Data sets", "an image and its label of different shapes",
+      ("data", "label-shape"), DataError, None,
+      ("labelsTr/case_000.nii.gz", "(3, 1, 8, 10)", "(3, 1, 8, 8)", "resample the label"),
+      "resample the label onto the image's grid (nearest neighbour).",
+      shown='open_dataset("ds").load(0)  # label 8x10, image 8x8'),
+    E("data-label-values", "Data sets", "label values that dataset.json does not list",
+      ("data", "label-values"), DataError, None, ("label values [3]", "0 (background), 1 (organ)"),
+      "add the value to dataset.json's labels, or fix the label map.",
+      shown='open_dataset("ds").load(0)  # labels: {background: 0, organ: 1}; the map holds 3'),
+    E("data-nan", "Data sets", "an image holding NaN values", ("data", "nan"), DataError, None,
+      ("imagesTr/case_000_0000.nii.gz", "NaN or infinite"), "fix or mask them in the file.",
+      shown='open_dataset("ds").load(0)  # the image holds NaN'),
+    E("data-constant", "Data sets", "a constant image", ("data", "constant"), DataError, None,
+      ("imagesTr/case_000_0000.nii.gz", "constant"), "remove the case or export it again.",
+      shown='open_dataset("ds").load(0)  # every voxel 100'),
+    E("data-channel-count", "Data sets", "cases with different channel counts",
+      ("data", "channel-count"), DataError, None, ("case_001 has channel files 0000", "asks for 2"),
+      "give every case one file per channel.",
+      shown='open_dataset("ds")  # channel_names {0: T1, 1: T2}; case_001 has only _0000'),
+    E("data-2d-to-3d-model", "Prediction", "a 2D PNG given to a model that mixes along T",
+      ("data", "2d-to-3d"), DataError, None, ("slice.png", "2D (T=1)", "mixes along T"),
+      "give a 2D+T clip or a 3D volume, or use a 2D model.",
+      shown='predict_image(model, read_image("slice.png"))  # model: unet(..., blocks=T1L1)'),
+    E("data-output-exists", "Prediction", "an output folder that already holds predictions",
+      ("data", "output-exists"), DataError, None, ("pred", "already holds predictions",
+                                                  "--overwrite"),
+      "choose another --out, or pass --overwrite.",
+      shown="stcnnt predict model.safetensors scan.nii.gz --out pred  # run twice"),
     # ------------------------------------------------------------------ studio (issue 27)
     E("studio-path-outside", "Studio", "a path from a request (or a data set's own list) that "
       "leaves the folder given with --data (`..`, an absolute path, a link pointing out)",
@@ -482,9 +539,108 @@ def _run(call: tuple) -> Any:
         return Block(text, cin, cout, **options)
     if kind == "weights":
         return stcnnt_dsl.load_model(_weights_file(args[0]))
+    if kind == "data":
+        return _data_mistake(args[0])
     if kind == "studio":
         return _studio(*args)
     raise ValueError(kind)
+
+
+def _nifti(path: str, data: Any) -> None:
+    import nibabel
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), path)
+
+
+def _nnunet(image: Any, label: Any, channels: int = 1) -> str:
+    """ds/: an nnU-Net data set of one case (case_000) holding `image` and `label`."""
+    import json
+
+    _nifti("ds/imagesTr/case_000_0000.nii.gz", image)
+    _nifti("ds/labelsTr/case_000.nii.gz", label)
+    Path("ds/dataset.json").write_text(json.dumps({
+        "channel_names": {str(c): f"T{c + 1}" for c in range(channels)},
+        "labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz",
+    }))  # fmt: skip
+    return "ds"
+
+
+def _data_mistake(name: str) -> Any:
+    """The data layer's mistakes (issue 22), made in the current folder."""
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from stcnnt_dsl.data import open_dataset, read_image
+    from stcnnt_dsl.data.files import predict_files
+    from stcnnt_dsl.data.predict import predict_image
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(100, 4000, (8, 8, 3)).astype(np.uint16)
+    label = (image > 2000).astype(np.uint8)
+    if name == "truncated-dicom":
+        shutil.copy(get_testdata_file("MR_truncated.dcm", download=False), "scan.dcm")
+        return read_image("scan.dcm")
+    if name == "truncated-nifti":
+        _nifti("scan.nii.gz", image)
+        data = Path("scan.nii.gz").read_bytes()
+        Path("scan.nii.gz").write_bytes(data[: len(data) // 2])
+        return read_image("scan.nii.gz")
+    if name == "unknown-format":
+        Path("notes.txt").write_text("not an image")
+        return read_image("notes.txt")
+    if name == "4d-time":
+        _nifti("fmri.nii.gz", rng.integers(0, 100, (16, 16, 3, 5)).astype(np.int16))
+        return read_image("fmri.nii.gz", t_axis="time")
+    if name == "two-series":
+        Path("dicom").mkdir()
+        for file in ("CT_small.dcm", "MR_small.dcm"):
+            shutil.copy(get_testdata_file(file, download=False), Path("dicom") / file)
+        return read_image("dicom")
+    if name == "missing-extra":
+        _nifti("scan.nii.gz", image)
+        saved = sys.modules.get("nibabel")
+        sys.modules["nibabel"] = None  # what Python does for a module that is not there
+        try:
+            return read_image("scan.nii.gz")
+        finally:
+            sys.modules["nibabel"] = saved
+    if name == "empty":
+        Path("empty").mkdir()
+        return open_dataset("empty")
+    if name == "label-shape":
+        return open_dataset(_nnunet(image, np.zeros((8, 10, 3), np.uint8))).load(0)
+    if name == "label-values":
+        return open_dataset(_nnunet(image, label * 3)).load(0)
+    if name == "nan":
+        nan = np.where(label > 0, np.nan, image).astype(np.float32)
+        return open_dataset(_nnunet(nan, label)).load(0)
+    if name == "constant":
+        return open_dataset(_nnunet(np.full((8, 8, 3), 100, np.uint16), label)).load(0)
+    if name == "channel-count":
+        _nnunet(image, label, channels=2)
+        _nifti("ds/imagesTr/case_000_0001.nii.gz", image)
+        _nifti("ds/imagesTr/case_001_0000.nii.gz", image)
+        _nifti("ds/labelsTr/case_001.nii.gz", label)
+        return open_dataset("ds")
+    if name == "2d-to-3d":
+        from PIL import Image as PILImage
+
+        PILImage.fromarray(image[..., 0]).save("slice.png")
+        return predict_image(_model(_T_MODEL), read_image("slice.png"))
+    if name == "output-exists":
+        stcnnt_dsl.save_model(_model(_T_MODEL), "model.safetensors")
+        _nifti("scan.nii.gz", image)
+        Path("pred").mkdir()
+        _nifti("pred/scan.nii.gz", label)
+        return predict_files("model.safetensors", ["scan.nii.gz"], "pred")
+    assert pydicom  # the DICOM entries need pydicom (the data extra)
+    raise ValueError(name)
+
+
+_T_MODEL = "unet(channels=[4], blocks=T1L1, window=4, heads={s={kind=segmentation, classes=2}})"
 
 
 def _studio(action: str, *args: Any) -> Any:
@@ -658,6 +814,8 @@ def _show(entry: Entry) -> str:
         text, cin, cout, options = args
         extra = "".join(f", {k}={v!r}" for k, v in options.items())
         return f"Block({text!r}, {cin}, {cout}{extra})"
+    if kind == "data":
+        return entry.shown or ""
     if kind == "weights":
         return {
             "pickle": 'torch.save(state_dict, "model.safetensors")',

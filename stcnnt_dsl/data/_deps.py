@@ -14,6 +14,7 @@ _PACKAGES = {
     "tifffile": "tifffile",
     "monai": "monai",
     "tqdm": "tqdm",
+    "scipy": "scipy",
 }
 
 

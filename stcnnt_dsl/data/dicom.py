@@ -108,7 +108,8 @@ def _read_series(folder: Path, t_axis: str | None) -> Image:
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((p, ds))
     if len(series) > 1:
         listed = "; ".join(
-            f"{uid or '(no UID)'}: {len(items)} files such as {items[0][0].name}"
+            f"{uid or '(no UID)'}: {len(items)} file{'s' if len(items) > 1 else ''} such as "
+            f"{items[0][0].name}"
             + (f" ({items[0][1].SeriesDescription})" if "SeriesDescription" in items[0][1] else "")
             for uid, items in series.items()
         )
