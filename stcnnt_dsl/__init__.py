@@ -36,6 +36,7 @@ from .language import (
     load_spec,
     parse_block,
 )
+from .planner import Plan, plan, plan_for_spec
 from .registry import register_activation, register_norm
 from .tools.diagram import render_graph, to_dot
 from .tools.explain import explain
@@ -56,6 +57,7 @@ __all__ = [
     "DataError",
     "ExportResult",
     "Model",
+    "Plan",
     "ProfileReport",
     "ResourceError",
     "STCNNTError",
@@ -81,6 +83,8 @@ __all__ = [
     "lora_targets",
     "param_groups",
     "parse_block",
+    "plan",
+    "plan_for_spec",
     "profile",
     "register_activation",
     "register_norm",

@@ -1,5 +1,5 @@
 """The `stcnnt` command: check, build, profile, graph, explain, schema, export, list,
-import-reference, studio, train, data inspect, evaluate, predict.
+import-reference, studio, train, plan, data inspect, evaluate, predict.
 
 Exit status: 0 on success; 2 on a user error (bad option, file, syntax, spec or shape),
 with one message on stderr and no traceback; 1 only for a bug (an internal error, shown
@@ -473,6 +473,12 @@ def _cmd_studio(args: argparse.Namespace) -> int:
     return studio_server.run_studio(args)  # the handler lives with the studio
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .planner.command import run  # Optuna is loaded for --search only
+
+    return run(args)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train.command import run  # torch, MONAI, PEFT: loaded for this command only
 
@@ -827,6 +833,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     _add_json(p)  # fmt: skip
     _data_parsers(command)
+
+    p = command(
+        "plan",
+        "architecture, patch, batch and recipe for a data set and a memory budget",
+        "plan training for a data set (a folder, or a fingerprint .json from stcnnt data "
+        "inspect --json): the architecture (nnU-Net's rules written for ST-CNNT, or --base "
+        "kept), the largest patch and batch whose predicted training-step peak fits "
+        "--memory, and a recipe for stcnnt train; --search N also searches the language "
+        "for the FLOPs/memory Pareto front (Optuna)",
+        ["stcnnt plan data/Dataset001_Shapes --memory 8GiB",
+         "stcnnt plan data/Dataset001_Shapes --memory 2GiB --device cpu --out plans/a",
+         "stcnnt plan fingerprint.json --memory 24GB --base unet --json",
+         "stcnnt plan data/Dataset001_Shapes --memory 8GiB --search 200 --out plans/s"],
+        _cmd_plan,
+    )  # fmt: skip
+    p.add_argument("dataset", metavar="DATASET", help="a data set folder or a fingerprint .json")
+    p.add_argument("--memory", required=True, metavar="SIZE",
+                   help="the budget: 8GiB, 8GB (10^9 bytes), 512MiB or bytes")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="the device the prediction is for (default: cuda)")
+    p.add_argument("--base", metavar="ARCH", help="keep this architecture; fit patch and batch")
+    p.add_argument("--batch", type=int, metavar="N", help="a fixed batch (default: the largest)")
+    p.add_argument("--search", type=_non_negative, default=0, metavar="N",
+                   help="trials of the multi-objective search (Optuna NSGA-II)")
+    p.add_argument("--proxy", type=_non_negative, default=0, metavar="STEPS",
+                   help="with --search: also the validation loss after STEPS training steps")
+    p.add_argument("--seed", type=int, default=0, help="the search's seed (default: 0)")
+    p.add_argument("--out", metavar="DIR", help="write arch.yaml, recipe.yaml (and the front)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json(p)
     return parser
 
 

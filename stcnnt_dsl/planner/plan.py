@@ -1,0 +1,269 @@
+"""`plan`: architecture, patch, batch and recipe for a data set and a memory budget."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ShapeError, STCNNTError
+from ..graph.build import build_graph
+from ..graph.model import ModelGraph, describe_rule
+from ..language.spec import ArchSpec, dump_spec, load_spec
+from ..language.yamlio import dump_yaml
+from .fit import ceil_to, largest_batch, shrink_axis
+from .memory import MemoryEstimate, check_device, format_bytes, parse_memory, step_memory
+from .rules import MAX_FRAMES, Fingerprint, design, heads_for, read_fingerprint, round_patch
+
+__all__ = ["Plan", "plan"]
+
+MIN_BATCH = 2  # nnU-Net's: batch statistics and a stable step need two samples
+DATA_FRACTION = 0.05  # a batch covers at most 5% of the data set's voxels (nnU-Net)
+STEPS = 1000
+
+
+@dataclass
+class Plan:
+    """A plan: `spec` (an `ArchSpec`, heads included), `patch` [T, H, W], `batch`,
+    `predicted_bytes` (the training step's peak), `recipe` (a mapping for `stcnnt
+    train`), `reasons` (why each choice, by topic) and the prediction's parts."""
+
+    spec: ArchSpec
+    patch: list[int]
+    batch: int
+    predicted_bytes: int
+    budget: int
+    device: str
+    memory: MemoryEstimate
+    recipe: dict[str, Any]
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+    flops: int = 0
+    padded: bool = False
+
+    @property
+    def spec_yaml(self) -> str:
+        return dump_spec(self.spec)
+
+    @property
+    def recipe_yaml(self) -> str:
+        return dump_yaml(self.recipe)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` document (DESIGN.md: spec and recipe as YAML text)."""
+        return {
+            "spec": self.spec_yaml, "patch": list(self.patch), "batch": self.batch,
+            "predicted_bytes": self.predicted_bytes, "recipe": self.recipe_yaml,
+            "budget": self.budget, "device": self.device, "memory": self.memory.to_dict(),
+            "flops": self.flops, "padded": self.padded, "reasons": self.reasons,
+        }  # fmt: skip
+
+    def write(self, out: str | os.PathLike) -> list[Path]:
+        """`out/arch.yaml` and `out/recipe.yaml` (whose `model` is `arch.yaml`), each
+        written to a temporary file first and renamed."""
+        folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            raise STCNNTError(f"--out {folder} is a file; give a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        recipe = {**self.recipe, "model": "arch.yaml"}
+        written = []
+        for name, text in (("arch.yaml", self.spec_yaml), ("recipe.yaml", dump_yaml(recipe))):
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, folder / name)
+            written.append(folder / name)
+        return written
+
+    def __str__(self) -> str:
+        t, h, w = self.patch
+        lines = [
+            f"plan: patch {t}x{h}x{w} (T x H x W), batch {self.batch}, predicted peak "
+            f"{format_bytes(self.predicted_bytes)} of {format_bytes(self.budget)} "
+            f"({self.device}, AdamW, float32)",
+            f"  weights {format_bytes(self.memory.weights)}, gradients "
+            f"{format_bytes(self.memory.gradients)}, AdamW state "
+            f"{format_bytes(self.memory.optimizer)}, activations "
+            f"{format_bytes(self.memory.activations)}, workspace "
+            f"{format_bytes(self.memory.workspace)} (peak in the {self.memory.phase} phase)",
+        ]
+        for topic, items in self.reasons.items():
+            lines.append(f"{topic}:")
+            lines += [f"  - {item}" for item in items]
+        return "\n".join(lines)
+
+
+def _graph(spec: Any) -> ModelGraph:
+    return build_graph(spec)
+
+
+def _recipe(fp: Fingerprint, spec: ArchSpec, patch: list[int], batch: int,
+            path: str | None) -> dict[str, Any]:  # fmt: skip
+    data = spec.model_dump(mode="json", exclude_none=True, exclude_unset=True)
+    heads = data.pop("heads", None)
+    task = {"segment": "segment", "classify": "classify"}.get(fp.task, "pretrain")
+    recipe: dict[str, Any] = {
+        "model": _plain(dump_spec(spec), drop="heads"),
+        "heads": heads,
+        "task": task,
+        "data": {
+            "path": path or "DATASET",
+            "patch": list(patch),
+            "batch": batch,
+            "val": 0.2,
+            "augment": [{"RandFlip": {"spatial_axis": [1, 2], "prob": 0.5}}],
+        },
+        "steps": STEPS,
+        "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
+        "schedule": {"name": "cosine", "warmup": STEPS // 20},
+        "adapt": {"method": "full"},
+        "init": None,
+        "precision": "fp32",
+        "seed": 0,
+        "eval_every": STEPS // 10,
+        "checkpoint_every": STEPS // 10,
+        "distributed": "ddp",
+    }
+    if task == "pretrain":
+        recipe["objective"] = "denoise"
+    return recipe
+
+
+def _plain(yaml_text: str, drop: str) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(yaml_text)
+    data.pop(drop, None)
+    return data
+
+
+def plan(
+    dataset: Any,
+    *,
+    memory: str | int,
+    device: str = "cuda",
+    batch: int | None = None,
+    base: Any = None,
+) -> Plan:
+    """Plan training for `dataset` (a `stcnnt_dsl.data.Dataset`, a data set folder, or
+    its fingerprint dict) within `memory` (`8GiB`, `8GB`, bytes): the architecture
+    (the rules of `stcnnt_dsl.planner.rules`, or `base` kept as given), the largest
+    patch and batch whose predicted training-step peak fits, and a recipe."""
+    device = check_device(device)
+    budget = parse_memory(memory)
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise STCNNTError(f"batch must be a positive integer, got {batch!r}")
+    path = None if isinstance(dataset, dict) else str(getattr(dataset, "root", dataset))
+    fp = read_fingerprint(dataset)
+    reasons: dict[str, list[str]] = {"data": [], "architecture": [], "patch": [], "batch": []}
+    t0, h0, w0 = fp.median
+    reasons["data"].append(
+        f"{fp.cases} cases, {fp.channels} channel(s), task {fp.task}; median image "
+        f"{t0}x{h0}x{w0} (T x H x W), spacing {'x'.join(f'{s:g}' for s in fp.spacing)} mm"
+    )
+
+    if base is not None:
+        base_spec = load_spec(base)
+        if base_spec.heads is None:
+            base_spec = ArchSpec.model_validate(
+                {**_plain(dump_spec(base_spec), drop=""), "heads": heads_for(fp),
+                 "in_channels": fp.channels}
+            )  # fmt: skip
+        base_graph = _graph(base_spec)
+        make = lambda patch: (base_graph, [])  # noqa: E731
+        mh, mw = base_graph.rule().multiple
+
+        def rounded(target, up):
+            step = (lambda v, m: ceil_to(v, m)) if up else (lambda v, m: max(m, v // m * m))
+            return target[0], step(target[1], mh), step(target[2], mw)
+
+        reasons["architecture"].append(f"kept as given (--base): {base_spec.name or 'spec'}")
+    else:
+        mh = mw = 16
+        rounded = lambda target, up: round_patch(target, up=up)  # noqa: E731
+
+        def make(patch):
+            spec, why = design(fp, patch)
+            return _graph(spec), why
+
+    target = [min(t0, MAX_FRAMES), h0, w0]
+    start = list(rounded(target, True))
+    padded = start[1] != h0 or start[2] != w0
+    if padded:
+        rule = make(tuple(start))[0].rule()
+        reasons["patch"].append(
+            f"the median image {h0}x{w0} is padded to {start[1]}x{start[2]}: the "
+            f"architecture takes {describe_rule(rule)}"
+            + ("" if h0 % 16 == 0 and w0 % 16 == 0 else
+               "; no architecture of this language runs on it without padding (a U-Net "
+               "level halves H and W, and a window must tile the map)")
+        )  # fmt: skip
+    if t0 > MAX_FRAMES:
+        reasons["patch"].append(f"T {t0} capped at {MAX_FRAMES} frames per patch")
+    want = batch or MIN_BATCH
+    steps = [1, mh, mw]
+    floor = [1, mh, mw]
+    patch = list(start)
+    target = list(start)
+    while True:
+        graph, why = make(tuple(patch))
+        try:
+            graph.check(patch[0], patch[1], patch[2])
+        except ShapeError as err:  # a --base whose rule is more than a multiple
+            raise STCNNTError(f"--base cannot run on the patch {patch}: {err}") from None
+        fits = largest_batch(graph, patch, budget, device, cap=want) >= want
+        if fits:
+            break
+        axis = shrink_axis(patch, fp.spacing, steps, floor)
+        if axis is None:
+            if batch is None and want > 1 and largest_batch(graph, patch, budget, device, 1):
+                want = 1  # the smallest patch fits one sample: say so below
+                continue
+            need = step_memory(graph, (want, *patch[:1], graph.in_channels, *patch[1:]),
+                               device).peak_bytes  # fmt: skip
+            raise STCNNTError(
+                f"memory {format_bytes(budget)} is too small for any valid patch: the "
+                f"smallest, {patch[0]}x{patch[1]}x{patch[2]} (T x H x W) with batch {want}, "
+                f"needs {format_bytes(need)} ({device}, AdamW, float32); give --memory "
+                f"{math.ceil(need / 2**20)}MiB or more"
+            )
+        target[axis] = min(target[axis], patch[axis]) - steps[axis]
+        patch = list(rounded(tuple(target), False))
+    if patch != start:
+        reasons["patch"].append(
+            f"shrunk from {start[0]}x{start[1]}x{start[2]} to {patch[0]}x{patch[1]}x"
+            f"{patch[2]} until batch {want} fits: the axis with the largest extent in mm "
+            "first, an anisotropic axis last"
+        )
+    else:
+        reasons["patch"].append(
+            f"{patch[0]}x{patch[1]}x{patch[2]}: the median image (rounded up to the size "
+            "rule), every frame" + ("" if t0 <= MAX_FRAMES else " up to the cap")
+        )
+    reasons["architecture"] += why
+    if batch is None:
+        cap = max(want, int(DATA_FRACTION * fp.cases * fp.voxels / math.prod(patch)))
+        chosen = max(want, largest_batch(graph, patch, budget, device, cap=cap))
+        reasons["batch"].append(
+            f"{chosen}: the largest that fits, at least {MIN_BATCH} (nnU-Net's), at most "
+            f"{cap} (a batch covers at most {DATA_FRACTION:.0%} of the data set's voxels)"
+            if want > 1 else "1: even the smallest patch does not fit 2 samples"
+        )  # fmt: skip
+    else:
+        chosen = batch
+        reasons["batch"].append(f"{batch}: given")
+    shape = (chosen, patch[0], graph.in_channels, patch[1], patch[2])
+    est = step_memory(graph, shape, device)
+    reasons["memory"] = [
+        f"predicted peak {format_bytes(est.peak_bytes)} of {format_bytes(budget)}: weights, "
+        f"gradients, AdamW state, activations kept for backward, workspace (see docs/plan.md)"
+    ]
+    spec = graph.spec
+    flops = sum(graph.flops(shape).values())
+    return Plan(
+        spec=spec, patch=patch, batch=chosen, predicted_bytes=est.peak_bytes, budget=budget,
+        device=device, memory=est, recipe=_recipe(fp, spec, patch, chosen, path),
+        reasons={k: v for k, v in reasons.items() if v}, flops=flops, padded=padded,
+    )  # fmt: skip
