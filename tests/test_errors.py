@@ -491,7 +491,7 @@ CATALOGUE: list[Entry] = [
       "# POST /api/runs/../x/stop"),
     E("studio-memory-budget", "Studio", "a memory budget that is not an amount of memory",
       ("studio", "budget", "lots"), STCNNTError, None,
-      ("is not an amount of memory", "4GiB"), "write it like 4GiB or 512MiB.",
+      ("is not a budget", "GiB"), "write it like 4GiB or 512MiB.",
       "# the studio's Train panel: Memory = lots"),
     E("studio-no-runs", "Studio", "training without a runs folder", ("studio", "no-runs"),
       STCNNTError, None, ("--runs DIR",), "start the studio with --runs DIR.",
@@ -652,7 +652,7 @@ def _studio(action: str, *args: Any) -> Any:
     if action == "run":
         return folders.run_name(args[0])
     if action == "budget":
-        return recipes._budget(args[0])
+        return recipes.budget(args[0])
     if action == "no-runs":
         return workbench.Workbench(None, None)._runs()
     raise ValueError(action)
