@@ -24,7 +24,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 import test_studio_page as page_tests  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
-from test_studio_page import part, set_text, wait  # noqa: E402
+from test_studio_page import part, wait  # noqa: E402
 
 from stcnnt_dsl.studio import server  # noqa: E402
 from stcnnt_dsl.studio.app import create_app  # noqa: E402
@@ -231,17 +231,20 @@ def test_a_second_training_is_refused_while_one_runs_and_stop_keeps_it(browser, 
         live.close()
 
 
-def test_a_training_that_fails_shows_its_message(browser, shapes, tmp_path):
-    live = Live(data=str(shapes), runs=str(tmp_path / "runs"))
+def test_a_training_that_fails_shows_its_message(browser, tmp_path):
+    """A case's file damaged after the studio opened the data set: the training (its own
+    process) fails reading it, and the page shows the data layer's message."""
+    data = make_dataset(tmp_path / "data", kind="2d+t", cases=4)
+    live = Live(data=str(data), runs=str(tmp_path / "runs"))
     try:
         page = open_page(browser, live.url)
-        set_text(page, "editor", "unet(channels=[8, 16], blocks=L1G1, window=5)")
-        Select(part(page, "train-model")).select_by_value("editor")
+        damaged = data / "imagesTr" / "case_002_0000.nii.gz"
+        damaged.write_bytes(damaged.read_bytes()[:200])
         part(page, "train-start").click()
         wait(page, lambda: run_state(page) == "failed", "the run to fail", WAIT_S)
         error = part(page, "train-error")
         assert error.is_displayed() and "failed:" in error.text
-        assert "patch" in error.text and "no checkpoint was written" in error.text
+        assert "case_002_0000.nii.gz" in error.text and "no checkpoint was written" in error.text
         assert "Traceback" not in error.text
     finally:
         live.close()

@@ -76,7 +76,8 @@ def compose(
     if spec_text is not None and spec_text.strip():
         analysis.load_text(spec_text)  # the page's text only: never read as a path
         base = yaml.safe_load(analysis.canonical(spec_text))
-    chosen = plan(dataset, memory=budget(memory), device="cpu", base=base)
+    # the fingerprint the data view computed once (the plan reads no file again)
+    chosen = plan(fingerprint, memory=budget(memory), device="cpu", base=base)
     recipe = yaml.safe_load(yaml.safe_dump(chosen.recipe))  # a plain copy
     data = recipe.setdefault("data", {})
     data["path"] = str(dataset.root)

@@ -42,6 +42,20 @@ def _finish(run_dir: Path, attempt: int, state: str, message: str | None) -> Non
     os.replace(temp, run_dir / "exit.json")
 
 
+def _user_error(err: BaseException) -> BaseException | None:
+    """The `STCNNTError` an exception was raised from, if any (its message is the one to
+    show)."""
+    from stcnnt_dsl.errors import STCNNTError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, STCNNTError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stcnnt_dsl.studio.worker")
     parser.add_argument("run_dir", type=Path)
@@ -86,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BaseException as err:
         traceback.print_exc()
+        user = _user_error(err)
+        if user is not None:  # a user's mistake that a library (MONAI's caching) wrapped
+            _finish(run_dir, args.attempt, "failed", str(user))
+            return 2
         _finish(
             run_dir,
             args.attempt,
