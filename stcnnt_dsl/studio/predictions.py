@@ -10,6 +10,7 @@ checkpoint (a newer checkpoint predicts again).
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,12 @@ class Predictions:
             return document, maps
 
     def _run(self, runs: Runs, name: str, checkpoint: Path) -> tuple[dict, dict[int, np.ndarray]]:
-        from ..data import load_checkpoint, predict_image
+        import torch
+
+        from ..data.predict import load_checkpoint, predict_image
+
+        # half the cores: the server keeps answering the page (and a training may run)
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
         dataset = self.view.dataset
         recipe = yaml.safe_load((checkpoint.parent / "recipe.yaml").read_text(encoding="utf-8"))
