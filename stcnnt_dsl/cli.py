@@ -849,16 +849,34 @@ def _parser() -> argparse.ArgumentParser:
         _cmd_plan,
     )  # fmt: skip
     p.add_argument("dataset", metavar="DATASET", help="a data set folder or a fingerprint .json")
-    p.add_argument("--memory", required=True, metavar="SIZE",
-                   help="the budget: 8GiB, 8GB (10^9 bytes), 512MiB or bytes")
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                   help="the device the prediction is for (default: cuda)")
+    p.add_argument(
+        "--memory",
+        required=True,
+        metavar="SIZE",
+        help="the budget: 8GiB, 8GB (10^9 bytes), 512MiB or bytes",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="the device the prediction is for (default: cuda)",
+    )
     p.add_argument("--base", metavar="ARCH", help="keep this architecture; fit patch and batch")
     p.add_argument("--batch", type=int, metavar="N", help="a fixed batch (default: the largest)")
-    p.add_argument("--search", type=_non_negative, default=0, metavar="N",
-                   help="trials of the multi-objective search (Optuna NSGA-II)")
-    p.add_argument("--proxy", type=_non_negative, default=0, metavar="STEPS",
-                   help="with --search: also the validation loss after STEPS training steps")
+    p.add_argument(
+        "--search",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="trials of the multi-objective search (Optuna NSGA-II)",
+    )
+    p.add_argument(
+        "--proxy",
+        type=_non_negative,
+        default=0,
+        metavar="STEPS",
+        help="with --search: also the validation loss after STEPS training steps",
+    )
     p.add_argument("--seed", type=int, default=0, help="the search's seed (default: 0)")
     p.add_argument("--out", metavar="DIR", help="write arch.yaml, recipe.yaml (and the front)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
