@@ -66,7 +66,7 @@ def shot(chrome: webdriver.Chrome, panel: str, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", default=str(ROOT / "docs"))
-    parser.add_argument("--steps", type=int, default=120, help="training steps")
+    parser.add_argument("--steps", type=int, default=40, help="training steps")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--driver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver")
     args = parser.parse_args(argv)
