@@ -18,6 +18,7 @@ from ..errors import STCNNTError
 from . import recipes
 from .data_view import DataView
 from .folders import Folder
+from .predictions import Predictions
 from .runs import Runs
 
 __all__ = ["Workbench", "add_workbench"]
@@ -62,8 +63,6 @@ class Workbench:
             if self.runs_folder is None
             else Runs(self.runs_folder, parallel=parallel, trainer=trainer)
         )
-        from .predictions import Predictions
-
         self.predictions = Predictions(self.view)
 
     def _runs(self) -> Runs:
