@@ -264,13 +264,12 @@ def create_app(
     max_body: int = MAX_BODY_BYTES,
     data: str | None = None,
     runs: str | None = None,
-    trainer: str = "stcnnt_dsl:train",
 ) -> FastAPI:
     """The studio's app. `initial`: {"name", "text"} the page opens with (the command
     line's ARCH); `allowed_hosts`: Host names it answers besides the loopback ones;
     `timeout`: seconds one analysis may take; `max_running`: analyses at once; `data`:
     the data set the page may read; `runs`: the folder its trainings write
-    (`studio.workbench`); `trainer`: the training function (module:function)."""
+    (`studio.workbench`)."""
     runner = _Runner(timeout, max_running)
     static = resources.files("stcnnt_dsl.studio") / "static"
     index_html = (static / "index.html").read_text(encoding="utf-8")
@@ -320,6 +319,6 @@ def create_app(
     def canonical(request: TextRequest) -> JSONResponse:
         return JSONResponse(runner.run(_canonical, request.text))
 
-    app.state.workbench = Workbench(data, runs, trainer=trainer)
+    app.state.workbench = Workbench(data, runs)
     add_workbench(app, app.state.workbench)
     return app

@@ -108,10 +108,9 @@ def _alive(pid: int, run_dir: Path) -> bool:
 class Runs:
     """The runs under `--runs`: start, stop, resume, and what each one is doing."""
 
-    def __init__(self, folder: Folder, *, parallel: int = 1, trainer: str = "stcnnt_dsl:train"):
+    def __init__(self, folder: Folder, *, parallel: int = 1):
         self.folder = folder
         self.parallel = parallel  # trainings at once without the page asking for more
-        self.trainer = trainer  # module:function the worker calls (recipe, out=, resume=)
         self._lock = threading.Lock()
         self._children: dict[str, subprocess.Popen] = {}  # reaped when they end
         self._seen: dict[str, list[tuple[float, float]]] = {}  # (step, when first seen)
@@ -331,8 +330,6 @@ class Runs:
             "-m",
             "stcnnt_dsl.studio.worker",
             str(run_dir),
-            "--trainer",
-            self.trainer,
         ]
         attempt = int(info.get("attempt", 0)) + 1
         command += ["--attempt", str(attempt)] + (["--resume"] if resume else [])

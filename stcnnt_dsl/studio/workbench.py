@@ -53,16 +53,11 @@ class Workbench:
         runs: str | Path | None,
         *,
         parallel: int = 1,
-        trainer: str = "stcnnt_dsl:train",
     ) -> None:
         self.data = None if data is None else Folder(data, what="--data")
         self.view = DataView(self.data)
         self.runs_folder = None if runs is None else Folder(runs, what="--runs")
-        self.runs = (
-            None
-            if self.runs_folder is None
-            else Runs(self.runs_folder, parallel=parallel, trainer=trainer)
-        )
+        self.runs = None if self.runs_folder is None else Runs(self.runs_folder, parallel=parallel)
         self.predictions = Predictions(self.view)
 
     def _runs(self) -> Runs:

@@ -10,7 +10,6 @@ running.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import signal
@@ -59,7 +58,6 @@ def _user_error(err: BaseException) -> BaseException | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stcnnt_dsl.studio.worker")
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--trainer", default="stcnnt_dsl:train")
     parser.add_argument("--attempt", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
@@ -78,12 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         # leave a core to the studio's server (the page stays responsive while it trains)
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
-        module, _, function = args.trainer.partition(":")
         try:
-            train = getattr(importlib.import_module(module), function)
-        except (ImportError, AttributeError) as err:
+            from stcnnt_dsl.train import train
+        except ImportError as err:
             raise STCNNTError(
-                f"training needs {args.trainer} ({err}); install stcnnt-dsl with its training layer"
+                f'training needs the train extra ({err}): pip install "stcnnt-dsl[train]"'
             ) from None
         train(str(run_dir / "studio-recipe.yaml"), out=str(run_dir), resume=args.resume)
     except Stopped:
