@@ -29,7 +29,6 @@ from .options import OPTIONS
 from .stage_spec import DefaultsSpec, PreSpec
 from .yamlio import Positions
 
-
 HEAD_NAME = r"[a-z_][a-z0-9_]*"  # a head's name: the module heads.NAME, its output's key
 
 
