@@ -24,6 +24,7 @@ from .errors import (
     ShapeError,
     SpecError,
     STCNNTError,
+    TrainError,
     WeightsError,
 )
 from .graph import Accepts, accepts, build_graph, check, infer_shapes
@@ -78,6 +79,7 @@ __all__ = [
     "ShapeError",
     "SpecError",
     "Topology",
+    "TrainError",
     "WeightsError",
     "__version__",
     "accepts",
@@ -108,4 +110,5 @@ __all__ = [
     "render_graph",
     "save_model",
     "to_dot",
+    "train",
 ]

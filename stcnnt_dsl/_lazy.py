@@ -29,6 +29,7 @@ TORCH_NAMES: dict[str, str] = {
     "ExportResult": "stcnnt_dsl.tools.export",
     "import_reference": "stcnnt_dsl.compat.weights",
     "read_reference": "stcnnt_dsl.compat.weights",
+    "train": "stcnnt_dsl.train",  # the [train] extra: MONAI, PEFT, tqdm
     "create_app": "stcnnt_dsl.studio.app",  # FastAPI: the [studio] extra
 }
 

@@ -1,5 +1,5 @@
 """The `stcnnt` command: check, build, profile, graph, explain, schema, export, list,
-import-reference, studio, data inspect, evaluate, predict.
+import-reference, studio, data inspect, evaluate, predict, train.
 
 Exit status: 0 on success; 2 on a user error (bad option, file, syntax, spec or shape),
 with one message on stderr and no traceback; 1 only for a bug (an internal error, shown
@@ -476,7 +476,7 @@ def _cmd_import_reference(args: argparse.Namespace) -> int:
     say = _progress(args)
     say(f"importing {args.file}")
     try:
-        model = compat.import_reference(args.file, config)
+        model = compat.import_reference(args.file, config, part=args.part)
     except WeightsError as err:
         if config is None and "no configuration" in str(err):
             raise WeightsError(
@@ -540,6 +540,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         print(commands.predict_text(result))
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.command import run  # torch, MONAI, PEFT: loaded for this command only
+
+    return run(args)
 
 
 # --------------------------------------------------------------------------- parser
@@ -823,6 +829,8 @@ def _parser() -> argparse.ArgumentParser:
                    "file or inline JSON (when the weights file does not carry one in its "
                    "metadata)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    p.add_argument("--part", choices=["backbone"], help="import the backbone only, whatever "
+                   "head the configuration names")  # fmt: skip
     _add_json(p)
 
     p = command(
@@ -850,6 +858,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     _data_parsers(command)
+
+    p = command(
+        "train",
+        "train from a recipe (also under torchrun)",
+        "train a model from a recipe (YAML: model, task, data, steps, optimizer, ...); "
+        "writes DIR/last.safetensors (with the resumable state), DIR/best.safetensors, "
+        "DIR/metrics.csv and the resolved DIR/recipe.yaml. The same command runs under "
+        'torchrun (DDP or FSDP2). Needs the train extra: pip install "stcnnt-dsl[train]"',
+        ["stcnnt train recipes/segment_2dt.yaml --out runs/seg",
+         "stcnnt train recipe.yaml --out runs/seg --resume",
+         "stcnnt train recipe.yaml --set optimizer.lr=3e-4 --set data.batch=4 --json",
+         "torchrun --nproc_per_node 2 -m stcnnt_dsl.cli train recipe.yaml --out runs/ddp",
+         "stcnnt train --schema > recipe.schema.json"],
+        _cmd_train,
+    )  # fmt: skip
+    p.add_argument("recipe", metavar="RECIPE", nargs="?", help="the recipe (.yaml)")
+    p.add_argument("--out", metavar="DIR", help="the run folder (default: runs/RECIPE_NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in DIR")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a recipe value (YAML), e.g. optimizer.lr=3e-4; repeatable",
+    )
+    p.add_argument("--schema", action="store_true", help="print the recipe's JSON Schema")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    _add_json(p)  # fmt: skip
     return parser
 
 

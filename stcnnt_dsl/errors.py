@@ -18,6 +18,7 @@ __all__ = [
     "STCNNTError",
     "ShapeError",
     "SpecError",
+    "TrainError",
     "WeightsError",
     "caret_excerpt",
     "did_you_mean",
@@ -143,6 +144,12 @@ class ResourceError(SpecError):
 
 class WeightsError(STCNNTError):
     """A weights file that does not match its architecture or is not a safe format."""
+
+
+class TrainError(STCNNTError):
+    """A training run that cannot start or go on: an output folder holding another run,
+    a NaN loss, a checkpoint that cannot be written. The message names the step and the
+    last good checkpoint."""
 
 
 class DataError(STCNNTError):

@@ -298,7 +298,7 @@ class Topology:
 
 
 TOPOLOGIES: dict[str, Topology] = {}
-BUILTIN_TOPOLOGIES = ("unet", "hrnet", "llm")  # registered by stcnnt_dsl.graph.topologies
+BUILTIN_TOPOLOGIES = ("unet", "hrnet", "llm", "mixed_unetr")  # by stcnnt_dsl.graph.topologies
 _LISTENERS: dict[str, list[Callable[[str, Any], None]]] = {
     "topology": [], "head": [], "cell": [],
 }  # fmt: skip

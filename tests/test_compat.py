@@ -195,7 +195,7 @@ def _with(**changes):
         ({"activation_func": "swish"}, "activation_func"),
         ({"norm_mode": "group"}, "norm_mode"),
         ({"window_sizing_method": "adaptive"}, "window_sizing_method"),
-        ({"backbone_model": "STCNNT_mUNET"}, "backbone_model"),
+        ({"backbone_model": "omnivore"}, "backbone_model"),
         ({"n_head": 16}, "n_head"),  # 8 channels: temporal heads would straddle channels
         ({"height": 40, "width": 40}, "patch_size"),  # a 20-pixel window, 8 patches
         ({"backbone_unet.num_resolution_levels": 6}, "backbone_unet.num_resolution_levels"),

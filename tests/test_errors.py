@@ -32,12 +32,14 @@ from stcnnt_dsl import (
     ShapeError,
     SpecError,
     STCNNTError,
+    TrainError,
     WeightsError,
     build,
     check,
     load_spec,
     parse_block,
 )
+from stcnnt_dsl.compat import import_reference, reference_spec
 from stcnnt_dsl.nn import Block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +80,11 @@ _SEG = (
     'model = stcnnt_dsl.build("unet(channels=[8], blocks=L1, window=4, '
     'heads={seg={kind=segmentation, classes=2}})")\n'
 )
+# The smallest training run (issue 24): an in-memory data set "ds" (tests/train_fixtures.py)
+RECIPE = {
+    "model": "unet(channels=[4], blocks=L1, window=4, patch=2, heads=1)", "task": "segment",
+    "data": {"path": "ds", "patch": [1, 16, 16], "batch": 1, "val": 1}, "steps": 1,
+}  # fmt: skip
 CATALOGUE: list[Entry] = [
     # ------------------------------------------------------------------ block strings
     E("block-mixer-digit", "Block strings", "a mixer digit other than 0 or 1 (the reference "
@@ -428,6 +435,92 @@ CATALOGUE: list[Entry] = [
       ("weights", "mismatch"), WeightsError, None,
       ("model.safetensors", "do not match the spec", "shape mismatches"),
       "save the model again with save_model."),
+    # ------------------------------------------------------------------ training (issue 24)
+    E("recipe-unknown-key", "Training recipes", "a misspelt recipe key",
+      ("train", {**RECIPE, "optimzer": {"lr": 0.01}}), SpecError, "optimzer",
+      ('did you mean "optimizer"',), "spell it optimizer.",
+      shown="stcnnt_dsl.train({..., 'optimzer': {'lr': 0.01}})"),
+    E("recipe-unknown-augment", "Training recipes", "an augmentation MONAI does not have",
+      ("train", {**RECIPE, "data": {**RECIPE["data"], "augment": ["RandFlop"]}}), SpecError,
+      "data.augment[0]", ('did you mean "RandFlip"',), "use one of the names listed.",
+      shown="stcnnt_dsl.train({..., 'data': {..., 'augment': ['RandFlop']}})"),
+    E("recipe-task-heads", "Training recipes", "heads that do not fit the task",
+      ("train", {**RECIPE, "heads": {"label": {"kind": "classification", "classes": 2}}}),
+      SpecError, "heads", ("task segment trains a segmentation head", "label (classification)"),
+      "add a segmentation head, or drop heads: to get one.",
+      shown="stcnnt_dsl.train({..., 'task': 'segment', 'heads': {'label': {'kind': "
+            "'classification', 'classes': 2}}})"),
+    E("recipe-patch", "Training recipes", "a patch the architecture cannot run",
+      ("train", {**RECIPE, "data": {**RECIPE["data"], "patch": [1, 20, 20]}}), ShapeError,
+      "data.patch", ("cannot run on patches of [1, 20, 20]", "nearest valid H: 16 or 24"),
+      "use a patch the message names.",
+      shown="stcnnt_dsl.train({..., 'data': {..., 'patch': [1, 20, 20]}})"),
+    E("recipe-init-architecture", "Training recipes", "init weights of another architecture",
+      ("train", {**RECIPE, "init": "other.safetensors"}, {"other": True}), WeightsError, None,
+      ("init: other.safetensors cannot start this model", "in the model"),
+      "start from weights of the same architecture (or part: backbone with strict: false).",
+      shown="stcnnt_dsl.train({..., 'init': 'other.safetensors'})  # another U-Net's weights"),
+    E("recipe-lora-targets", "Training recipes", "LoRA targets that match no stage",
+      ("train", {**RECIPE, "adapt": {"method": "lora", "targets": ["decodr.*"]}}), SpecError,
+      "adapt.targets", ("matches no stage", "encoder.0"), "use the stage names listed.",
+      shown="stcnnt_dsl.train({..., 'adapt': {'method': 'lora', 'targets': ['decodr.*']}})"),
+    E("train-folder-in-use", "Training recipes", "an output folder holding another run",
+      ("train", RECIPE, {"existing": True}), TrainError, None,
+      ("holds another run", "--resume", "--overwrite"),
+      "resume it, overwrite it, or choose another folder.",
+      shown="stcnnt_dsl.train(recipe, out='run')  # run/ holds an earlier run"),
+    E("train-disk-full", "Training recipes", "a full disk while checkpointing",
+      ("train", {**RECIPE, "steps": 2, "checkpoint_every": 1}, {"fault": "disk-full"}),
+      TrainError, None, ("checkpoint at step 2 failed", "No space left", "(step 1) is intact"),
+      "free space and run again with --resume.",
+      shown="stcnnt_dsl.train({..., 'checkpoint_every': 1}, out='run')  # the disk fills up"),
+    E("train-nan", "Training recipes", "a loss that turns NaN",
+      ("train", {**RECIPE, "steps": 6, "checkpoint_every": 1,
+                 "optimizer": {"lr": 1e30}}), TrainError, None,
+      ("the loss is nan at step", "last good checkpoint is run/last.safetensors"),
+      "lower the learning rate or add warm-up.",
+      shown="stcnnt_dsl.train({..., 'optimizer': {'lr': 1e30}, 'checkpoint_every': 1})"),
+    # ------------------------------------------------------------------ issue 20
+    E("option-not-read-inline-value", "Options no cell reads", "an inline option the cell "
+      "does not read with the values it has", ("Block", "L1[qkv=linear, qkv_kernel=5]", 4, 4,
+      {"window": 4, "patch": 1}), SpecError, "Block",
+      ("inline option 'qkv_kernel' is read by nothing", "read only with qkv=conv"),
+      "drop qkv_kernel, or use qkv=conv."),
+    # ------------------------------------------------------------------ issue 25
+    E("mixed-unetr-one-level", "Reference models", "a one-level mixed U-Netr",
+      ("load", {"mixed_unetr": {"channels": [8], "blocks": "L1"}}), SpecError,
+      "mixed_unetr.channels", ("at least 2 levels", "does not run"), "give two or more levels."),
+    E("upernet-first-frame-3d", "Reference models", "the upernet decoder's frame 0 only "
+      "(the reference's UperNet2D) in mode 3d", ("build", {"mixed_unetr": {
+          "channels": [4, 8], "blocks": "C2"}, "heads": {"seg": {
+          "kind": "segmentation", "classes": 2, "decoder": "upernet", "mode": "3d",
+          "frames": "first"}}}), SpecError, "heads.seg.frames", ("mode 2d option",),
+      "drop frames, or use mode 2d."),
+    E("reference-window-partition", "Reference models", "a reference mixed U-Netr with its "
+      "window-partition input stage", ("reference_spec", {"backbone_model": "STCNNT_mUNET",
+      "backbone_mixed_unetr": {"use_window_partition": 1}}), SpecError,
+      "backbone_mixed_unetr.use_window_partition", ("not supported", "use 0"),
+      "train it with use_window_partition 0."),
+    E("reference-mixed-unetr-halves-t", "Reference models", "a reference mixed U-Netr whose "
+      "T is long enough to be halved (time // 2 >= min_T)", ("reference_spec", {
+          "backbone_model": "STCNNT_mUNET", "time": 32, "backbone_mixed_unetr": {}}),
+      SpecError, "backbone_mixed_unetr.min_T", ("time // 2 >= min_T",),
+      "import models with time // 2 < min_T."),
+    E("reference-mixed-unetr-whole-levels", "Reference models", "a whole reference model "
+      "with a 3-level mixed U-Netr (the reference's own factory gives its head the wrong "
+      "channels)", ("reference_spec", {"backbone_model": "STCNNT_mUNET", "post_model":
+      "UperNet3D", "backbone_mixed_unetr": {"num_resolution_levels": 3}}), SpecError,
+      "post_model", ("do not run", "part='backbone'"), "import the backbone and add a head."),
+    E("reference-omnivore", "Reference models", "the reference's omnivore backbone",
+      ("reference_spec", {"backbone_model": "omnivore"}), SpecError, "backbone_model",
+      ("not an ST-CNNT backbone", "SwinUNETR"), "use MONAI's SwinUNETR."),
+    E("reference-backbone-only", "Reference models", "a backbone checkpoint whose "
+      "configuration names a head (the reference parser's default NormPoolLinear)",
+      ("import_backbone_only",), WeightsError, None,
+      ("holds a backbone only", "part='backbone'", "post_model: Identity"),
+      "import_reference(path, part='backbone').",
+      shown="import_reference(backbone_state_dict, {**config, 'post_model': "
+      "'NormPoolLinear'})"),
     # ------------------------------------------------------------------ issue 22: data
     E("data-truncated-dicom", "Imaging data", "a truncated DICOM file (pydicom's own "
       "MR_truncated.dcm)", ("data", "truncated-dicom"), DataError, None,
@@ -597,12 +690,22 @@ def _run(call: tuple) -> Any:
         return Block(text, cin, cout, **options)
     if kind == "weights":
         return stcnnt_dsl.load_model(_weights_file(args[0]))
+    if kind == "reference_spec":
+        return reference_spec(args[0])
+    if kind == "import_backbone_only":
+        config = {"backbone_model": "STCNNT_UNET", "height": 16, "width": 16, "n_head": 2,
+                  "window_size": [8, 8], "backbone_unet": {"C": 2, "num_resolution_levels": 1,
+                  "block_str": ["C2"]}}  # fmt: skip
+        state = {k: torch.zeros(1) for k in ("D0.block.cell_0.attn.conv.conv.weight",)}
+        return import_reference(state, {**config, "post_model": "NormPoolLinear"})
     if kind == "data":
         return _data_mistake(args[0])
     if kind == "code":  # as written in the docs
         return exec(args[0], {"stcnnt_dsl": stcnnt_dsl})
     if kind == "tuning":
         return _with_tuning(*args)
+    if kind == "train":
+        return _train(*args)
     raise ValueError(kind)
 
 
@@ -725,6 +828,45 @@ def _with_tuning(forced: str, cache: str | None) -> Any:
         tuning.reset()
 
 
+@functools.cache
+def _import_training() -> None:
+    import monai.transforms  # noqa: F401
+    import peft  # noqa: F401
+
+    from stcnnt_dsl.train.recipe import AUGMENTS
+
+    AUGMENTS()
+
+
+def _train(recipe: dict, options: dict | None = None) -> Any:
+    """stcnnt_dsl.train on an in-memory data set, with the mistake `options` names."""
+    import train_fixtures
+
+    from stcnnt_dsl.train import state
+
+    options = options or {}
+    Path("ds").mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        train_fixtures.install(patch, {"ds": train_fixtures.ShapesDataset("ds", n=3, frames=1,
+                                                                          size=16)})  # fmt: skip
+        if options.get("other"):
+            other = build("unet(channels=[8], blocks=L1, window=4, patch=2, heads=1)")
+            stcnnt_dsl.save_model(other, "other.safetensors")
+        if options.get("existing"):
+            Path("run").mkdir(exist_ok=True)
+            Path("run/recipe.yaml").write_text("model: unet\n")
+        if options.get("fault") == "disk-full":
+            real = state.save_file
+
+            def save_file(tensors: Any, path: str, metadata: Any = None) -> None:
+                if Path("run/last.safetensors").exists():  # the second checkpoint
+                    raise OSError(28, "No space left on device")
+                real(tensors, path, metadata=metadata)
+
+            patch.setattr(state, "save_file", save_file)
+        return stcnnt_dsl.train(recipe, out="run", quiet=True)
+
+
 def _weights_file(variant: str) -> Path:
     """model.safetensors in the current folder, made wrong in the way `variant` says."""
     from safetensors.torch import save_file
@@ -763,6 +905,8 @@ def test_catalogue_entry(entry: Entry, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)
     if "peft" in str(entry.call):
         import peft  # noqa: F401  (its import takes seconds: not the error's time)
+    if entry.call[0] == "train":  # imported once (MONAI's transforms take seconds), untimed
+        _import_training()
     start = time.perf_counter()
     err = _raise(entry)
     elapsed = time.perf_counter() - start
@@ -774,7 +918,9 @@ def test_catalogue_entry(entry: Entry, tmp_path: Path, monkeypatch: pytest.Monke
     for word in entry.words:
         assert word in str(err), (word, str(err))
     assert "Traceback" not in str(err)
-    assert elapsed < 2.0, f"{entry.id} took {elapsed:.2f}s"
+    # a mistake found while training (NaN, a full disk) comes after a few real steps
+    limit = 10.0 if entry.call[0] == "train" else 2.0
+    assert elapsed < limit, f"{entry.id} took {elapsed:.2f}s"
 
 
 def test_catalogue_ids_are_unique():
@@ -893,6 +1039,8 @@ def _show(entry: Entry) -> str:
             "foreign": 'safetensors.torch.save_file(state_dict, "model.safetensors")',
             "mismatch": "# model.safetensors saved by save_model, then its spec edited",
         }[args[0]] + '\nstcnnt_dsl.load_model("model.safetensors")'
+    if kind == "reference_spec":
+        return f"stcnnt_dsl.compat.reference_spec({args[0]!r})"
     raise ValueError(kind)
 
 

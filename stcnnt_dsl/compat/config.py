@@ -17,7 +17,14 @@ from typing import Any
 
 from ..errors import SpecError
 from ..language.spec import ArchSpec, load_spec
-from .sizing import METHODS, Geometry, ReferenceSizer, hrnet_geometry, unet_geometry
+from .sizing import (
+    METHODS,
+    Geometry,
+    ReferenceSizer,
+    hrnet_geometry,
+    mixed_unetr_geometry,
+    unet_geometry,
+)
 
 __all__ = ["POST_MODELS", "REFERENCE_DEFAULTS", "reference_spec"]
 
@@ -42,6 +49,14 @@ REFERENCE_DEFAULTS: dict[str, Any] = {
     "no_out_channel": 2,
     "backbone_hrnet.C": 32, "backbone_hrnet.num_resolution_levels": 2,
     "backbone_hrnet.block_str": ["T1L1G1"],
+    "time": 1, "use_patches": False, "patch_height": 32, "patch_width": 32, "patch_time": 1,
+    "backbone_mixed_unetr.C": 32, "backbone_mixed_unetr.num_resolution_levels": 2,
+    "backbone_mixed_unetr.block_str": ["T1L1G1", "T1L1G1"],
+    "backbone_mixed_unetr.use_unet_attention": 1, "backbone_mixed_unetr.with_conv": 0,
+    "backbone_mixed_unetr.min_T": 16, "backbone_mixed_unetr.encoder_on_skip_connection": 1,
+    "backbone_mixed_unetr.transformer_for_upsampling": 0,
+    "backbone_mixed_unetr.n_heads": [32, 32, 32, 32], "backbone_mixed_unetr.use_conv_3d": 1,
+    "backbone_mixed_unetr.use_window_partition": 0,
 }  # fmt: skip
 
 _ACTIVATIONS = {
@@ -49,7 +64,7 @@ _ACTIVATIONS = {
     "relu6": "relu6", "elu": "elu", "selu": "selu", "celu": "celu",
 }  # fmt: skip
 _NORMS = ("layer", "batch2d", "instance2d", "batch3d", "instance3d")
-_BACKBONES = {"STCNNT_UNET": "unet", "STCNNT_HRNET": "hrnet"}
+_BACKBONES = {"STCNNT_UNET": "unet", "STCNNT_HRNET": "hrnet", "STCNNT_mUNET": "mixed_unetr"}
 _KINDS = {"L": "local", "G": "global", "T": "temporal", "V": "vit"}
 
 
@@ -307,21 +322,76 @@ def _topology(flat: Mapping[str, Any]) -> str:
     if "backbone_model" in flat:
         name = flat["backbone_model"]
         if name not in _BACKBONES:
+            other = (
+                " (omnivore is a Swin transformer, not an ST-CNNT backbone: out of scope "
+                "here; use MONAI's SwinUNETR, or torchvision's swin3d_t for a Swin video "
+                "backbone)"
+                if "omnivore" in str(name).lower()
+                else ""
+            )
             raise SpecError(
-                f"backbone_model={name!r} is not supported; supported: {', '.join(_BACKBONES)}",
+                f"backbone_model={name!r} is not supported{other}; supported: "
+                f"{', '.join(_BACKBONES)}",
                 "backbone_model",
             )
         return _BACKBONES[name]
     # The reference parser always adds the HR-Net keys; the U-Net keys only for a U-Net.
     if any(k.startswith("backbone_unet.") for k in flat):
         return "unet"
+    if any(k.startswith("backbone_mixed_unetr.") for k in flat):
+        return "mixed_unetr"
     if any(k.startswith("backbone_hrnet.") for k in flat):
         return "hrnet"
     raise SpecError(
-        "cannot tell the backbone: give backbone_model (STCNNT_UNET or STCNNT_HRNET) or a "
-        "backbone_unet / backbone_hrnet section",
+        "cannot tell the backbone: give backbone_model (STCNNT_UNET, STCNNT_HRNET or "
+        "STCNNT_mUNET) or a backbone_unet / backbone_hrnet / backbone_mixed_unetr section",
         "backbone_model",
     )
+
+
+def _check_mixed_unetr(cfg: _Config, levels: int) -> None:
+    """Refuse the mixed U-Netr variants this library does not reproduce, naming the key."""
+    section = "backbone_mixed_unetr"
+    for key, why in (
+        ("use_window_partition", "its window-partition input stage (space-to-depth of the "
+         "input, an extra skip and decoder) is not expressible"),
+        ("transformer_for_upsampling", "its transformer decoder is not expressible (the "
+         "convolutional decoder, 0, is)"),
+    ):  # fmt: skip
+        if cfg.flag(f"{section}.{key}"):
+            raise SpecError(f"{section}.{key}=1 is not supported: {why}; use 0", f"{section}.{key}")
+    if levels == 5 and cfg.flag(f"{section}.encoder_on_skip_connection"):
+        raise SpecError(
+            "the reference's 5-level mixed U-Netr with skip encoders does not run (its "
+            "forward applies E3 to level 4); use 2 to 4 levels",
+            f"{section}.num_resolution_levels",
+        )
+    time, min_t = cfg.integer("time", 1), cfg.integer(f"{section}.min_T", 1)
+    if time // 2 >= min_t:
+        raise SpecError(
+            f"time={time} with min_T={min_t}: the reference then also halves T "
+            f"(time // 2 >= min_T), which this library's mixed_unetr does not do; "
+            f"it imports models with time // 2 < min_T",
+            f"{section}.min_T",
+        )
+
+
+def _mixed_unetr_heads(cfg: _Config, levels: int) -> dict[str, int]:
+    """Heads per block: `n_heads[i]` for encoder level i, the list's last for the bridge
+    (the reference indexes the configured list itself, so a shorter list fails there)."""
+    key = "backbone_mixed_unetr.n_heads"
+    value = cfg.raw(key)
+    if not isinstance(value, (list, tuple)) or len(value) < levels:
+        raise SpecError(
+            f"{key} must list at least one head count per level ({levels}), got {value!r} "
+            "(the reference indexes it per level and fails otherwise)",
+            key,
+        )
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+        raise SpecError(f"{key} must hold positive integers, got {value!r}", key)
+    heads = {f"D{i}": value[i] for i in range(levels)}
+    heads["bridge"] = value[-1]
+    return heads
 
 
 def _hrnet_stage_name(reference_name: str) -> str:
@@ -347,6 +417,8 @@ def reference_spec(config: Any) -> ArchSpec:
     section = f"backbone_{topology}"
     levels = cfg.integer(f"{section}.num_resolution_levels", 1)
     low = 1 if topology == "unet" else 2
+    if topology == "mixed_unetr":
+        _check_mixed_unetr(cfg, levels)
     if not low <= levels <= 5:
         raise SpecError(
             f"the reference {topology} supports {low} to 5 levels, got {levels}",
@@ -354,11 +426,11 @@ def reference_spec(config: Any) -> ArchSpec:
         )
     c = cfg.integer(f"{section}.C", 1)
     in_channels = cfg.integer("no_in_channel", 1)
-    if topology == "unet" and c < in_channels:
+    if topology != "hrnet" and c < in_channels:
         raise SpecError(f"C={c} must be >= no_in_channel={in_channels}", f"{section}.C")
     channels = [c * 2**i for i in range(levels)]
-    stages = levels + 1 if topology == "unet" else levels
-    blocks = _blocks(cfg, f"{section}.block_str", stages, last_is_bridge=topology == "unet")
+    stages = levels + 1 if topology != "hrnet" else levels
+    blocks = _blocks(cfg, f"{section}.block_str", stages, last_is_bridge=topology != "hrnet")
     letters = {letter for cells in blocks for letter, _ in cells}
     spatial_mixers = any(a in "LGV" and d == "1" for cells in blocks for a, d in cells)
     _check_unsupported(cfg, letters, spatial_mixers)
@@ -371,7 +443,16 @@ def reference_spec(config: Any) -> ArchSpec:
         cfg.choice("window_sizing_method", METHODS), cfg.integer("height", 1),
         cfg.integer("width", 1), cfg.pair("window_size"), cfg.pair("patch_size"),
     )  # fmt: skip
-    if topology == "unet":
+    stage_heads: dict[str, int] = {}
+    if topology == "mixed_unetr":
+        geometry = mixed_unetr_geometry(sizer, levels)
+        out_ch = {f"D{i}": channels[i] for i in range(levels)}
+        out_ch["bridge"] = channels[-1]
+        cells_of = {f"D{i}": blocks[i] for i in range(levels)}
+        cells_of["bridge"] = blocks[-1]
+        stage_heads = _mixed_unetr_heads(cfg, levels)
+        defaults["heads"] = stage_heads["D0"]
+    elif topology == "unet":
         geometry = unet_geometry(sizer, levels)
         out_ch = {f"D{i}": channels[i] for i in range(levels)}
         out_ch.update({f"U{i}": channels[max(i - 1, 0)] for i in range(levels)})
@@ -386,20 +467,32 @@ def reference_spec(config: Any) -> ArchSpec:
         name: _stage_options(geom, cells_of[name], name, linear_vit)
         for name, geom in geometry.items()
     }
-    heads = defaults["heads"]
+    for name, count in stage_heads.items():
+        if count != defaults["heads"]:
+            options[name] = {"heads": count, **options[name]}
     for name, cells in cells_of.items():
+        heads = stage_heads.get(name, defaults["heads"])
         if "T" in {letter for letter, _ in cells} and out_ch[name] % heads:
             raise SpecError(
                 f"n_head={heads} does not divide the {out_ch[name]} channels of block {name}: "
                 "the reference then splits the flattened C*H*W frame into heads across "
                 "channel boundaries, which this library's temporal attention (heads = "
                 "groups of channels) cannot express",
-                "n_head",
+                f"{section}.n_heads" if stage_heads else "n_head",
             )
     body: dict[str, Any] = {"channels": channels, "blocks": texts}
     if len(set(texts)) == 1:
         body["blocks"] = texts[0]
-    if topology == "unet":
+    if topology == "mixed_unetr":
+        body.update(
+            gate=cfg.flag(f"{section}.use_unet_attention"),
+            skip_units=cfg.flag(f"{section}.encoder_on_skip_connection"),
+            conv="3d" if cfg.flag(f"{section}.use_conv_3d") else "2d",
+            up="conv" if cfg.flag(f"{section}.with_conv") else "interpolate",
+            encoder=[options[f"D{i}"] for i in range(levels)],
+            bridge=options["bridge"] or None,
+        )
+    elif topology == "unet":
         body.update(
             gate=cfg.flag(f"{section}.use_unet_attention"),
             down="merge",
@@ -424,7 +517,7 @@ def reference_spec(config: Any) -> ArchSpec:
             body["overrides"] = overrides
         body.update(resample="conv", branches=branches)
     spec: dict[str, Any] = {
-        "name": f"reference-{topology}",
+        "name": f"reference-{topology.replace('_', '-')}",
         "description": "translated from a reference implementation configuration",
         "in_channels": in_channels,
         "input_size": [sizer.h, sizer.w],
@@ -446,11 +539,12 @@ POST_MODELS = {
     ),
     "NormPoolLinear": ("classification", {"kind": "classification", "pooling": "norm_avg"}),
 }
+# The reference's UperNet heads: our upernet decoder with its behaviours switched on.
+_UPERNET = {
+    "kind": "segmentation", "decoder": "upernet", "reads": "output", "bins": [1, 2, 4, 6],
+    "dropout": 0.1, "bottleneck_padding": 1, "shared_smooth": True, "top_down": "pairwise",
+}  # fmt: skip
 _NOT_IMPORTABLE = {
-    "UperNet2D": "its 2D variant uses the first frame only and its pyramid pooling pads a "
-    "1x1 convolution, which this library's upernet decoder does not reproduce",
-    "UperNet3D": "its pyramid pooling pads a 1x1 convolution and its FPN shares one "
-    "smoothing convolution, which this library's upernet decoder does not reproduce",
     "SimpleMultidepthConv": "it needs 4 backbone features and the reference's ST-CNNT "
     "backbones give one",
     "UNETR2D": "it needs the omnivore backbone's 5 features (the reference cannot run it "
@@ -473,10 +567,10 @@ def _heads(cfg: _Config, flat: Mapping[str, Any], topology: str) -> dict[str, An
             "model a new head under heads:",
             "post_model",
         )
-    if post not in POST_MODELS:
+    if post not in POST_MODELS and post not in ("UperNet2D", "UperNet3D"):
         raise SpecError(
             f"post_model={post!r} is not a reference head this library knows; known: "
-            + ", ".join([*POST_MODELS, *_NOT_IMPORTABLE]),
+            + ", ".join([*POST_MODELS, "UperNet2D", "UperNet3D", *_NOT_IMPORTABLE]),
             "post_model",
         )
     if topology == "hrnet":
@@ -486,6 +580,32 @@ def _heads(cfg: _Config, flat: Mapping[str, Any], topology: str) -> dict[str, An
             "the backbone and add a head under heads:",
             "post_model",
         )
+    levels_key = "backbone_mixed_unetr.num_resolution_levels"
+    if topology == "mixed_unetr" and (levels := cfg.integer(levels_key, 1)) != 2:
+        c = cfg.integer("backbone_mixed_unetr.C", 1)
+        raise SpecError(
+            f"the reference's whole models with a {levels}-level mixed U-Netr do not run: its "
+            f"factory tells the head C*(levels+1) = {c * (levels + 1)} channels, but the "
+            f"backbone gives 3C = {3 * c} (only 2 levels agree); import the backbone "
+            "(post_model: Identity, or load_weights(model, path, part='backbone')) and add a "
+            "head under heads:",
+            "post_model",
+        )
+    if post in ("UperNet2D", "UperNet3D"):
+        return {"segmentation": _upernet(cfg, post)}
     name, head = POST_MODELS[post]
     size = "classes" if head["kind"] != "enhancement" else "out_channels"
     return {name: {**head, size: cfg.integer("no_out_channel", 1)}}
+
+
+def _upernet(cfg: _Config, post: str) -> dict[str, Any]:
+    """UperNet2D reads frame 0 and resizes to (height, width); UperNet3D resizes to
+    (time, height, width); both to the patch size when `use_patches` is set."""
+    patches = cfg.flag("use_patches")
+    keys = ["height", "width"] if post == "UperNet2D" else ["time", "height", "width"]
+    size = [cfg.integer(f"patch_{k}" if patches else k, 1) for k in keys]
+    head: dict[str, Any] = {**_UPERNET, "classes": cfg.integer("no_out_channel", 1)}
+    head.update(mode="2d" if post == "UperNet2D" else "3d", size=size)
+    if post == "UperNet2D":
+        head["frames"] = "first"
+    return head

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Geometry", "ReferenceSizer", "hrnet_geometry", "unet_geometry"]
+__all__ = ["Geometry", "ReferenceSizer", "hrnet_geometry", "mixed_unetr_geometry", "unet_geometry"]
 
 METHODS = ("mixed", "keep_window_size", "keep_num_window")
 
@@ -109,4 +109,13 @@ def hrnet_geometry(sizer: ReferenceSizer, levels: int) -> dict[str, Geometry]:
             out[f"B{i}{j}"] = sizer.again(i)
         out[f"B{j}{j}"] = sizer.new_level(j)
         out[f"output_B{j}"] = sizer.again(j)
+    return out
+
+
+def mixed_unetr_geometry(sizer: ReferenceSizer, levels: int) -> dict[str, Geometry]:
+    """Geometry per mixed U-Netr block: the encoder levels and the bridge as the U-Net's
+    (its decoder is convolutional)."""
+    out = {f"D{i}": sizer.new_level(i) for i in range(levels)}
+    last = sizer.size(levels - 1)
+    out["bridge"] = sizer.again(levels - 1, (last[0] // 2, last[1] // 2))
     return out

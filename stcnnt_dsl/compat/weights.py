@@ -22,14 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import WeightsError
-from ..graph.nodes import BlockNode, GateNode, Node
+from ..graph.nodes import BlockNode, ConvUnitNode, GateNode, Node
 from ..models.backbone import Backbone
 from ..models.build import build
 from ..models.model import Model
 from ..nn.attention import SpatialAttention, TemporalAttention
 from ..nn.cells import AttentionCell, ConvCell
 from ..nn.functional import relative_position_index
-from .config import reference_spec
+from ..nn.heads import UperNetHead
+from .config import _flatten, reference_spec
 
 __all__ = ["import_reference", "read_reference"]
 
@@ -37,6 +38,15 @@ __all__ = ["import_reference", "read_reference"]
 def _node_prefix(topology: str, node: Node) -> str:
     """The reference module (with `.block.` where it has one) of one of our nodes."""
     m = node.meta
+    if topology == "mixed_unetr":
+        level = m.get("level")
+        if isinstance(node, GateNode):
+            return f"attention_{level}."
+        head, _, _ = node.name.partition(".")
+        name = {"encoder": f"D{level}.block.", "bridge": "bridge.block.",
+                "down": f"down_{level}.block.", "up": f"up_{level}.block.",
+                "skips": f"E{level}.", "decoder": f"U{level}."}[head]  # fmt: skip
+        return name
     if topology == "unet":
         level = m.get("level")
         if isinstance(node, GateNode):
@@ -101,8 +111,43 @@ def _cell_names(cell: nn.Module, key: str) -> list[str] | None:
     return None
 
 
+def _conv_unit_name(unit: nn.Module, key: str) -> str | None:
+    """The reference name (inside `E<i>` / `U<i>`) of a `ConvUnit` key."""
+    head, _, rest = key.partition(".")
+    if head in ("conv1", "conv2"):
+        return f"{head}.conv.{rest}"
+    if head in ("act1", "act2"):
+        return f"nl{head[-1]}.{rest}"
+    if head in ("norm1", "norm2"):
+        return _norm_name(head, getattr(unit, head), rest.partition(".")[2])
+    return None
+
+
 # Our head keys -> the reference's `post.` keys (a rename inside the head).
 _HEAD_KEYS = {"conv.weight": "conv2d.conv.weight", "conv.bias": "conv2d.conv.bias"}
+_UPERNET_KEYS = [
+    (r"psp\.stages\.(\d+)\.conv\.(.*)", "PPN.stages.{0}.1.{1}"),
+    (r"psp\.stages\.(\d+)\.norm\.(.*)", "PPN.stages.{0}.2.{1}"),
+    (r"psp\.bottleneck\.conv\.(.*)", "PPN.bottleneck.0.{0}"),
+    (r"psp\.bottleneck\.norm\.(.*)", "PPN.bottleneck.1.{0}"),
+    (r"fpn\.smooth\.(\d+)\.(.*)", "FPN.smooth_conv.{0}.{1}"),
+    (r"fpn\.fuse\.conv\.(.*)", "FPN.conv_fusion.0.{0}"),
+    (r"fpn\.fuse\.norm\.(.*)", "FPN.conv_fusion.1.{0}"),
+    (r"(head\..*)", "{0}"),
+]
+
+
+def _head_key(head: nn.Module, key: str) -> str:
+    """The reference's name (inside `post.`) of a head's state_dict key."""
+    if isinstance(head, UperNetHead):
+        lateral = re.fullmatch(r"fpn\.lateral\.(\d+)\.(.*)", key)
+        if lateral:  # the reference has no lateral conv for the finest feature
+            return f"FPN.conv1x1.{int(lateral[1]) - 1}.{lateral[2]}"
+        for pattern, template in _UPERNET_KEYS:
+            match = re.fullmatch(pattern, key)
+            if match:
+                return template.format(*match.groups())
+    return _HEAD_KEYS.get(key, key)
 
 
 def _reference_names(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, Callable]]:
@@ -131,6 +176,9 @@ def _reference_names(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, 
                 )
             elif isinstance(node, GateNode):
                 found = [prefix + _GATE[key]] if key in _GATE else None
+            elif isinstance(node, ConvUnitNode):
+                local = _conv_unit_name(module, key)
+                found = None if local is None else [prefix + local]
             else:
                 for pattern, template in _RESAMPLE:
                     match = re.fullmatch(pattern, key)
@@ -142,11 +190,26 @@ def _reference_names(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, 
         if isinstance(node, BlockNode):
             for c, cell in enumerate(module.cells):
                 _optional_names(cell, f"{prefix}cell_{c}.", optional)
+    if graph.topology == "mixed_unetr" and graph.spec.body.gate:
+        for name in unused_reference_modules():
+            optional[theirs + name] = lambda t: None
     if whole:
         for name, head in model.heads.items():
             for key in head.state_dict():
-                names[f"heads.{name}.{key}"] = [f"post.{_HEAD_KEYS.get(key, key)}"]
+                names[f"heads.{name}.{key}"] = [f"post.{_head_key(head, key)}"]
     return names, optional
+
+
+def unused_reference_modules() -> tuple[str, ...]:
+    """Weights the reference's gated mixed U-Netr builds but its forward never uses:
+    `attention_0` (level 0's up-sampled input has 2C channels, its skip C, so the gate is
+    skipped) and `attention_w` (for the window partition, off). They are counted in its
+    parameter count and ignored on import."""
+    return tuple(
+        f"attention_{level}.conv_{part}.conv.weight"
+        for level in ("0", "w")
+        for part in ("query", "x", "gate")
+    )
 
 
 def _optional_names(cell: nn.Module, prefix: str, optional: dict[str, Callable]) -> None:
@@ -239,6 +302,18 @@ def _strip_prefix(weights: Mapping[str, Tensor], first: str) -> dict[str, Tensor
     return {k[len(prefix) :]: v for k, v in weights.items()}
 
 
+_GATE_3D = re.compile(r"(.*\.)?attention_\w+\.conv_(query|x|gate)\.conv\.weight")
+
+
+def reference_tensor(weights: Mapping[str, Tensor], key: str) -> Tensor:
+    """`weights[key]` in the shape our module takes: the mixed U-Netr's gates are 1x1x1
+    `Conv3d`s ([o, i, 1, 1, 1]), ours 1x1 `Conv2d`s (the same map per frame)."""
+    tensor = weights[key]
+    if tensor.dim() == 5 and tensor.shape[-3:] == (1, 1, 1) and _GATE_3D.fullmatch(key):
+        return tensor.squeeze(-1)
+    return tensor
+
+
 def _assemble(
     names: dict[str, list[str]], target: dict[str, Tensor], weights: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
@@ -252,19 +327,23 @@ def _assemble(
             )
         want = tuple(target[key].shape)
         part = (want[0] // len(refs), *want[1:]) if want else want
+        fitted = {r: reference_tensor(weights, r) for r in refs}
         for ref in refs:
-            if tuple(weights[ref].shape) != part:
+            if tuple(fitted[ref].shape) != part:
                 raise WeightsError(
                     f"shape mismatch for reference weight {ref!r}: checkpoint "
                     f"{tuple(weights[ref].shape)}, model built from the configuration {part}"
                 )
-        parts = [weights[r] for r in refs]
+        parts = [fitted[r] for r in refs]
         state[key] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
     return state
 
 
 def import_reference(
-    weights: str | os.PathLike | Mapping[str, Tensor], config: Any = None
+    weights: str | os.PathLike | Mapping[str, Tensor],
+    config: Any = None,
+    *,
+    part: str | None = None,
 ) -> Backbone | Model:
     """A `Backbone` carrying a reference checkpoint's weights, with the same outputs; a
     `Model` with one head (named by its task) for a whole-model checkpoint (keys
@@ -275,7 +354,14 @@ def import_reference(
     `reference_spec`). The model takes our layout [B, T, C, H, W] (the reference backbone
     takes [B, C, T, H, W]: use `x.transpose(1, 2)`), and is returned in training mode like
     any new module: call `.eval()` for inference.
+
+    `part="backbone"`: the `Backbone` only, whatever head the configuration names (a
+    backbone checkpoint, or the backbone of a whole one). A checkpoint without `post.*`
+    weights whose configuration names a head (the reference's parser fills in
+    `post_model: NormPoolLinear`) is refused with a message that says to use it.
     """
+    if part not in (None, "backbone"):
+        raise WeightsError(f"part must be None (all) or 'backbone', got {part!r}")
     if isinstance(weights, (str, os.PathLike)):
         weights, stored = read_reference(weights)
         config = stored if config is None else config
@@ -288,7 +374,21 @@ def import_reference(
             "no configuration: pass config= (the reference configuration dict); only "
             "safetensors files with a 'config' metadata entry carry their own"
         )
-    model = build(reference_spec(config))
+    if part == "backbone":
+        config = {**_flatten(config), "post_model": "Identity"}
+        if any(k.startswith("backbone.") for k in weights):  # a whole model's backbone
+            weights = {k[9:]: v for k, v in weights.items() if k.startswith("backbone.")}
+    spec = reference_spec(config)
+    if spec.heads and not any(k.startswith("post.") or ".post." in k for k in weights):
+        post = _flatten(config).get("post_model")
+        raise WeightsError(
+            f"the checkpoint holds a backbone only (no post.* weights), but its configuration "
+            f"names the head post_model={post!r} (the reference's parser fills in "
+            "NormPoolLinear when none is given); import the backbone with "
+            "import_reference(path, part='backbone') (stcnnt import-reference --part "
+            "backbone), or set post_model: Identity in the configuration"
+        )
+    model = build(spec)
     names, optional = _reference_names(model)
     weights = _strip_prefix(weights, next(iter(names.values()))[0])
     target = model.state_dict()

@@ -163,11 +163,13 @@ def upernet_head_cost(
     bins: Sequence[int] = (1, 2, 4, 6),
     mode: str = "2d",
     reductions: Sequence[int] | None = None,
+    shared_smooth: bool = False,
 ) -> HeadCost:
     """`UperNetHead`: pooling-branch convs on bin^2 cells per frame (2d) or bin^3 cells per
     sample (3d); bottleneck at the deepest level; lateral 1x1 and smoothing 3x3(x3) convs
-    per level; fuse and head convs at the finest level. The head conv runs at the finest
-    feature's resolution, before the final resize."""
+    per level (one set of smoothing weights when `shared_smooth`); fuse and head convs at
+    the finest level. The head conv runs at the finest feature's resolution, before the
+    final resize (the reference's padded bottleneck adds a border, not counted)."""
     n = len(feature_channels)
     hidden = feature_channels[0] if hidden is None else hidden
     taps = _taps(3, mode)
@@ -186,6 +188,8 @@ def upernet_head_cost(
             t.conv(f"fpn.lateral.{i}", c, hidden, 1, positions[i], bias=True)
     for i in range(n - 1):
         t.conv(f"fpn.smooth.{i}", hidden, hidden, taps, positions[i], bias=True)
+        if shared_smooth and i > 0:  # the same weights again
+            t.params -= hidden * hidden * taps + hidden
     t.conv("fpn.fuse.conv", n * hidden, hidden, taps, positions[0], bias=False)
     t.norm(hidden)
     t.conv("head", hidden, classes, taps, positions[0], bias=True)

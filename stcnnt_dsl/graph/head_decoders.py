@@ -50,6 +50,18 @@ register_head(
 
 def _upernet_args(ctx: HeadContext) -> dict[str, Any]:
     v, channels = ctx.values, [f.channels for f in ctx.features]
+    if v["reads"] == "output":  # the backbone's output as the only feature
+        channels = [ctx.out_channels]
+    if v["frames"] == "first" and v["mode"] == "3d":
+        raise ctx.fail("frames: first (frame 0 only) is a mode 2d option; drop it or use "
+                       "mode 2d", "frames")  # fmt: skip
+    size = v["size"]
+    if size is not None and len(size) != (2 if v["mode"] == "2d" else 3):
+        raise ctx.fail(
+            f"size must be [H, W] in mode 2d and [T, H, W] in mode 3d, got {list(size)} with "
+            f"mode {v['mode']}",
+            "size",
+        )
     if len(v["bins"]) > channels[-1]:
         raise ctx.fail(
             f"the deepest feature's {channels[-1]} channels cannot be split among "
@@ -58,13 +70,19 @@ def _upernet_args(ctx: HeadContext) -> dict[str, Any]:
         )
     return {"feature_channels": channels, "classes": v["classes"],
             "hidden": v["hidden"] or channels[0], "bins": tuple(v["bins"]),
-            "mode": v["mode"], "dropout": v["dropout"]}  # fmt: skip
+            "mode": v["mode"], "dropout": v["dropout"],
+            "bottleneck_padding": v["bottleneck_padding"],
+            "shared_smooth": v["shared_smooth"], "top_down": v["top_down"],
+            "frames": v["frames"], "size": size, "reads": v["reads"]}  # fmt: skip
 
 
 def _upernet_cost(a: Mapping[str, Any], features: Sequence[Any], t: int, h: int, w: int) -> Any:
+    reductions = [1] if a.get("reads") == "output" else _reductions(features)
+    frames = 1 if a.get("frames") == "first" else t
     return head_costs.upernet_head_cost(
         a["feature_channels"], a["classes"], hidden=a["hidden"], bins=a["bins"],
-        mode=a["mode"], reductions=_reductions(features), **_geometry(t, h, w),
+        mode=a["mode"], reductions=reductions, shared_smooth=a.get("shared_smooth", False),
+        **_geometry(frames, h, w),
     )  # fmt: skip
 
 
@@ -90,6 +108,34 @@ register_head(
             "bins": HeadKey((1, 2, 4, 6), "pyramid pooling sizes"),
             "mode": HeadKey("2d", "2d: per frame; 3d: over (T, H, W)"),
             "dropout": HeadKey(0.1, "channel dropout after the pyramid pooling"),
+            "reads": HeadKey(
+                "features",
+                "features: the backbone's per-level features; output: its output only (what "
+                "the reference's heads get)",
+            ),
+            "bottleneck_padding": HeadKey(
+                0,
+                "zero padding of the pyramid pooling's 1x1 convolution (the reference pads "
+                "it by 1: one pixel more on every side)",
+            ),
+            "shared_smooth": HeadKey(
+                False, "one FPN smoothing convolution for every level (the reference's)"
+            ),
+            "top_down": HeadKey(
+                "pairwise",
+                "pairwise: level i = smooth(up(lateral i+1) + lateral i) (the reference's); "
+                "cumulative: the sum carries down (the FPN paper's)",
+            ),
+            "frames": HeadKey(
+                "all",
+                "all; first: frame 0 only, output [B, 1, classes, H, W] (the reference's "
+                "UperNet2D); mode 2d",
+            ),
+            "size": HeadKey(
+                None,
+                "resize the output to [H, W] (mode 2d) or [T, H, W] (mode 3d) instead of the "
+                "input's size (the reference resizes to its configured size)",
+            ),
         },
         check_batch=_upernet_batch,
         example={"kind": "segmentation", "classes": 3, "decoder": "upernet", "bins": [1, 2]},

@@ -75,6 +75,11 @@ class HeadNode(Node):
             classes = self.args["classes"]
             return (b, t, classes) if self.args["per_frame"] else (b, classes)
         size = self.args.get("classes", self.args.get("out_channels"))
+        fixed = self.args.get("size")  # the upernet decoder's size and frames
+        if fixed is not None:
+            t, h, w = (t, *fixed) if len(fixed) == 2 else fixed
+        if self.args.get("frames") == "first":
+            t = 1
         return (b, t, size, h, w)
 
     def check_batch(self, b: int, t: int) -> None:

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .geometry import _conv_flops, _conv_params, component_params
 from .resolve import BlockPlan
 from .rules import SizeRule
 
-__all__ = ["INPUT", "BlockNode", "GateNode", "MergeNode", "Node", "ResampleNode"]
+__all__ = ["INPUT", "BlockNode", "ConvUnitNode", "GateNode", "MergeNode", "Node", "ResampleNode"]
 
 INPUT = "input"
 """The name of the model's input in `Node.inputs`."""
@@ -200,3 +201,54 @@ class MergeNode(Node):
 
     kind: ClassVar[str] = "merge"
     has_module: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class ConvUnitNode(Node):
+    """A convolution unit (the mixed U-Netr's skip encoders and decoders, see
+    `stcnnt_dsl.nn.conv_unit`): conv, norm, act, conv, norm, (+ input), act, with 3x3x3
+    (`temporal`) or 3x3 convolutions without bias."""
+
+    in_channels: int = 0
+    residual: bool = False
+    temporal: bool = True
+    norm: str = "instance2d"
+    activation: str = "prelu"
+    padding: str = "reflect"
+    input_size: tuple[int, int] | None = None  # at this node's scale (layer norm)
+
+    kind: ClassVar[str] = "conv_unit"
+
+    @property
+    def _taps(self) -> int:
+        return 3 if self.temporal else 2
+
+    def params(self) -> dict[str, int]:
+        cin, cout = self.in_channels, self.out_channels
+        norm = component_params("norm", self.norm, cout, self.input_size)
+        act = component_params("activation", self.activation)
+        return {
+            "conv1": _conv_params(cin, cout, 3, bias=False, taps=self._taps),
+            "norm1": norm, "act1": act,
+            "conv2": _conv_params(cout, cout, 3, bias=False, taps=self._taps),
+            "norm2": norm, "act2": act,
+        }  # fmt: skip
+
+    def flops(self, t: int, h: int, w: int) -> dict[str, int]:
+        positions = t * (h // self.scale) * (w // self.scale)
+        cin, cout = self.in_channels, self.out_channels
+        return {
+            "conv1": _conv_flops(cin, cout, 3, positions, self._taps),
+            "conv2": _conv_flops(cout, cout, 3, positions, self._taps),
+        }
+
+    def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
+        pixels = frames * (h // self.scale) * (w // self.scale)
+        return {"": (self.in_channels + 5 * self.out_channels) * pixels}
+
+    def rules(self) -> list[tuple[str, SizeRule, int]]:
+        if self.padding != "reflect":
+            return []
+        frames = 2 if self.temporal else 1
+        what = f"{self.name} ({self.label})"
+        return [(what, SizeRule(minimum=2, min_frames=frames), self.scale)]

@@ -39,6 +39,13 @@ def _key_type(name: str) -> Any:
     return None
 
 
+_HEAD_WORDS = {
+    "top_down": ("pairwise", "cumulative"),
+    "frames": ("all", "first"),
+    "reads": ("features", "output"),
+}
+
+
 def _head_value(name: str, value: Any) -> Any:
     """A head key's value, checked by what it is (the kind decides which keys apply)."""
     typed = _key_type(name)
@@ -49,8 +56,20 @@ def _head_value(name: str, value: Any) -> Any:
             raise _error(f"{name} {err}") from None
     if name in ("classes", "out_channels", "hidden", "depth"):
         return _positive(name, value)
-    if name in ("per_frame", "residual"):
+    if name in ("per_frame", "residual", "shared_smooth"):
         return _strict_bool(value)
+    if name == "bottleneck_padding":
+        if value not in (0, 1) or isinstance(value, bool):
+            raise _error(f"bottleneck_padding must be 0 or 1, got {value!r}")
+        return value
+    if name == "size":
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) not in (2, 3):
+            raise _error(f"size must be [H, W] (mode 2d) or [T, H, W] (mode 3d), got {value!r}")
+        return tuple(_positive("size", v) for v in value)
+    if name in _HEAD_WORDS and value not in _HEAD_WORDS[name]:
+        raise _error(f"{name} must be one of {', '.join(_HEAD_WORDS[name])}, got {value!r}")
     if name == "bins":
         if not isinstance(value, list) or not value:
             raise _error(f"bins must be a non-empty list of pooling sizes, got {value!r}")
@@ -70,8 +89,15 @@ def _head_schema(name: str) -> dict[str, Any]:
         return typed.schema()
     if name in ("classes", "out_channels", "hidden", "depth"):
         return _COUNT.schema()
-    if name in ("per_frame", "residual"):
+    if name in ("per_frame", "residual", "shared_smooth"):
         return {"type": "boolean"}
+    if name == "bottleneck_padding":
+        return {"enum": [0, 1]}
+    if name == "size":
+        return {"anyOf": [{"type": "null"}, {"type": "array", "items": _COUNT.schema(),
+                                               "minItems": 2, "maxItems": 3}]}  # fmt: skip
+    if name in _HEAD_WORDS:
+        return {"enum": list(_HEAD_WORDS[name])}
     if name == "bins":
         return {"type": "array", "items": _COUNT.schema(), "minItems": 1}
     if name == "dropout":

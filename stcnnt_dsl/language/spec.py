@@ -25,7 +25,7 @@ from .head_spec import HeadSpec
 from .loading import bundled_text, list_architectures, load_source, load_spec
 from .schema import spec_json_schema
 from .stage_spec import DefaultsSpec, PreSpec, StageSpec
-from .topology_specs import HRNetSpec, LLMSpec, UNetSpec
+from .topology_specs import HRNetSpec, LLMSpec, MixedUNetrSpec, UNetSpec
 
 __all__ = [
     "TOPOLOGIES",
@@ -35,6 +35,7 @@ __all__ = [
     "HRNetSpec",
     "HeadSpec",
     "LLMSpec",
+    "MixedUNetrSpec",
     "PreSpec",
     "SpecSource",
     "StageSpec",

@@ -9,7 +9,7 @@ from pydantic import (
     ValidationError,
 )
 
-from ..errors import DSLSyntaxError, SpecError, STCNNTError
+from ..errors import DSLSyntaxError, SpecError, STCNNTError, _join_path
 from .yamlio import Positions
 
 
@@ -32,7 +32,7 @@ def _from_validation_error(
     path = _loc_path(first["loc"])
     ctx = first.get("ctx") or {}
     if ctx.get("field"):
-        path = f"{path}.{ctx['field']}" if path else ctx["field"]
+        path = _join_path(path, ctx["field"])  # a field of "[2]" is an index
     cause = ctx.get("error")
     if isinstance(cause, DSLSyntaxError):
         if getattr(cause, "index", None) is not None:

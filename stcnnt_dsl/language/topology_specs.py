@@ -198,3 +198,55 @@ class LLMSpec(_OptionFields):  # type: ignore[misc, valid-type]
                     )
                 return len(value)
         return self.depth or 1
+
+
+class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
+    """Mixed U-Netr (the reference's `STCNNT_Mixed_Unetr`): ST-CNNT blocks for the encoder
+    levels and the bridge, convolution units on the skips and for the decoder."""
+
+    channels: Channels
+    levels: PositiveInt | None = None
+    blocks: Blocks = Field(
+        description="one block string for the encoder levels and the bridge, or one per "
+        "level (the bridge uses the last), or one per level plus one for the bridge"
+    )
+    gate: Bool = Field(
+        True,
+        description="attention-gate the skips of levels 1 and deeper (level 0's skip has "
+        "half the channels of its up-sampled input, so the reference never gates it)",
+    )
+    skip_units: Bool = Field(True, description="a residual convolution unit on every skip")
+    conv: Literal["3d", "2d"] = Field(
+        "3d", description="convolution units: 3x3x3 over (T, H, W) or 3x3 per frame"
+    )
+    up: Literal["conv", "interpolate"] = Field(
+        "interpolate", description="up-sampling: bilinear x2, or bilinear x2 then a 3x3 conv"
+    )
+    window_sizing: WindowSizing = Field("fixed", description=_WINDOW_SIZING_HELP)
+    encoder: list[StageSpec] | None = None
+    bridge: StageSpec | None = None
+    overrides: dict[str, StageSpec] | None = _overrides_field()
+
+    @model_validator(mode="after")
+    def _lengths(self) -> MixedUNetrSpec:
+        n = self.num_levels
+        field = "levels" if self.levels else "channels"
+        _at_most(n, MAX_LEVELS, "levels", field, _LEVELS_WHY)
+        if n < 2:
+            raise _error(
+                "the mixed U-Netr needs at least 2 levels (the reference's one-level variant "
+                "does not run: its decoder expects 3C channels and gets 2C)",
+                field,
+            )
+        _check_len(
+            self.blocks,
+            (n, n + 1),
+            "blocks",
+            f"one per level, {n} levels, optionally one more for the bridge",
+        )
+        _check_len(self.encoder, (n,), "encoder", f"one entry per level, {n} levels")
+        return self
+
+    @property
+    def num_levels(self) -> int:
+        return _levels(self.channels, self.levels)

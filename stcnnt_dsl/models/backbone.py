@@ -15,11 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from ..graph.model import ModelGraph
-from ..graph.nodes import INPUT, BlockNode, GateNode, MergeNode, Node, ResampleNode
+from ..graph.nodes import INPUT, BlockNode, ConvUnitNode, GateNode, MergeNode, Node, ResampleNode
 from ..language.spec import ArchSpec
 from ..nn.axes import check_layout, from_btchw, to_btchw
 from ..nn.block import Block
 from ..nn.checks import check_input_tensor
+from ..nn.conv_unit import ConvUnit
 from ..nn.layout import frames_in_layout
 from ..nn.norms import Norm5d
 from ..nn.sampling import AttentionGate, BlockResample, Downsample, Upsample
@@ -44,6 +45,12 @@ def module_of(node: Node) -> nn.Module | None:
         return BlockResample(Block.from_plan(node.plan, node.name), steps)
     if isinstance(node, GateNode):
         return AttentionGate(node.gate_channels, node.out_channels)
+    if isinstance(node, ConvUnitNode):
+        return ConvUnit(
+            node.in_channels, node.out_channels, residual=node.residual,
+            temporal=node.temporal, norm=node.norm, activation=node.activation,
+            padding=node.padding, input_size=node.input_size,
+        )  # fmt: skip
     return None
 
 

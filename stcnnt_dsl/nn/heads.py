@@ -35,10 +35,10 @@ renaming only (see /work/research/reference_heads.md for the facts):
 | `encoder1.layer.conv{j}.conv.weight`  | `stem.conv{j}.weight`              | UNETRHead     |
 | `out.conv.conv.{weight,bias}`         | `out.{weight,bias}`                | UNETRHead     |
 
-ConvHead, ConvAvgHead, NormAvgHead and MultiDepthHead then give the reference's outputs.
-UperNetHead fixes three reference flaws (its 2D variant used frame 0 only, its PSP
-bottleneck padded a 1x1 conv by 1, its FPN shared one smoothing conv), so imported weights
-differ at borders; UNETRHead is UNETR-style, not weight-compatible (the reference's UNETR
+ConvHead, ConvAvgHead, NormAvgHead and MultiDepthHead then give the reference's outputs;
+UperNetHead does with the reference's behaviours switched on (`bottleneck_padding=1`,
+`shared_smooth=True`, `frames="first"` for UperNet2D, `size` its configured size), which
+its defaults leave off; UNETRHead is UNETR-style, not weight-compatible (the reference's UNETR
 needs exactly 5 Swin features and never ran inside `ModelManager`).
 """
 
@@ -141,9 +141,12 @@ class _Layout:
         """Target size of an our-layout tensor [B, T, C, H, W] in working coordinates."""
         return tuple(x.shape[-2:]) if self.dims == 2 else (x.shape[1], *x.shape[-2:])
 
-    def conv(self, c_in: int, c_out: int, kernel: int, *, bias: bool) -> nn.Module:
+    def conv(
+        self, c_in: int, c_out: int, kernel: int, *, bias: bool, padding: int | None = None
+    ) -> nn.Module:
         cls = nn.Conv2d if self.dims == 2 else nn.Conv3d
-        return cls(c_in, c_out, kernel, padding=kernel // 2, bias=bias)
+        pad = kernel // 2 if padding is None else padding
+        return cls(c_in, c_out, kernel, padding=pad, bias=bias)
 
     def batch_norm(self, channels: int) -> nn.Module:
         return (nn.BatchNorm2d if self.dims == 2 else nn.BatchNorm3d)(channels)
@@ -308,9 +311,12 @@ class MultiDepthHead(nn.Module):
 class _ConvNormAct(nn.Module):
     """conv (no bias) -> batch norm -> ReLU [-> channel dropout]."""
 
-    def __init__(self, layout: _Layout, c_in: int, c_out: int, kernel: int, dropout: float = 0):
+    def __init__(
+        self, layout: _Layout, c_in: int, c_out: int, kernel: int, dropout: float = 0,
+        padding: int | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.conv = layout.conv(c_in, c_out, kernel, bias=False)
+        self.conv = layout.conv(c_in, c_out, kernel, bias=False, padding=padding)
         self.norm = layout.batch_norm(c_out)
         self.act = nn.ReLU()
         drop = nn.Dropout2d if layout.dims == 2 else nn.Dropout3d
@@ -337,14 +343,20 @@ class _PoolStage(nn.Module):
 
 class _PSP(nn.Module):
     """Pyramid pooling on the deepest feature: the feature and its pooled, projected,
-    re-enlarged (align_corners=True) copies, concatenated, squeezed back by a 1x1 conv."""
+    re-enlarged (align_corners=True) copies, concatenated, squeezed back by a 1x1 conv
+    (zero-padded by `padding`: the reference pads it by 1, so its output is one pixel
+    larger on every side)."""
 
-    def __init__(self, layout: _Layout, channels: int, bins: Sequence[int], dropout: float) -> None:
+    def __init__(
+        self, layout: _Layout, channels: int, bins: Sequence[int], dropout: float, padding: int
+    ) -> None:
         super().__init__()
         self.layout = layout
         mid = channels // len(bins)
         self.stages = nn.ModuleList(_PoolStage(layout, channels, mid, b) for b in bins)
-        self.bottleneck = _ConvNormAct(layout, channels + mid * len(bins), channels, 1, dropout)
+        self.bottleneck = _ConvNormAct(
+            layout, channels + mid * len(bins), channels, 1, dropout, padding
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[2:]
@@ -353,29 +365,41 @@ class _PSP(nn.Module):
 
 
 class _FPN(nn.Module):
-    """Lateral 1x1 convs to `hidden` channels; level i = smooth(up(level i+1) + level i)
-    (pairwise, as the reference); all levels enlarged to the finest, concatenated, fused."""
+    """Lateral 1x1 convs to `hidden` channels; top-down `pairwise` (the reference's: level
+    i = smooth(up(lateral i+1) + lateral i)) or `cumulative` (the FPN paper's: the sum
+    carries down, level i = smooth(up(sum i+1) + lateral i)); all levels enlarged to the
+    finest, concatenated, fused. `shared_smooth`: one smoothing conv for every level (the
+    reference builds `[conv] * (n - 1)`; its state dict lists it once per level)."""
 
-    def __init__(self, layout: _Layout, channels: Sequence[int], hidden: int) -> None:
+    def __init__(
+        self, layout: _Layout, channels: Sequence[int], hidden: int, *,
+        top_down: str = "pairwise", shared_smooth: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.layout = layout
+        self.top_down = top_down
         self.lateral = nn.ModuleList(
             nn.Identity() if c == hidden and i == 0 else layout.conv(c, hidden, 1, bias=True)
             for i, c in enumerate(channels)
         )
-        self.smooth = nn.ModuleList(
-            layout.conv(hidden, hidden, 3, bias=True) for _ in range(len(channels) - 1)
-        )
+        count = len(channels) - 1
+        if shared_smooth and count:
+            self.smooth = nn.ModuleList([layout.conv(hidden, hidden, 3, bias=True)] * count)
+        else:
+            self.smooth = nn.ModuleList(
+                layout.conv(hidden, hidden, 3, bias=True) for _ in range(count)
+            )
         self.fuse = _ConvNormAct(layout, len(channels) * hidden, hidden, 3)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         lat = [conv(f) for conv, f in zip(self.lateral, features, strict=True)]
         interp = self.layout.interp
-        levels = [
-            smooth(_resize(lat[i + 1], lat[i].shape[2:], interp, True) + lat[i])
-            for i, smooth in enumerate(self.smooth)
-        ]
-        levels.append(lat[-1])
+        levels: list[Tensor] = [lat[-1]]
+        carried = lat[-1]
+        for i in reversed(range(len(self.smooth))):
+            coarser = carried if self.top_down == "cumulative" else lat[i + 1]
+            carried = _resize(coarser, lat[i].shape[2:], interp, True) + lat[i]
+            levels.insert(0, self.smooth[i](carried))
         size = levels[0].shape[2:]
         levels = [_resize(p, size, interp, True) for p in levels]
         return self.fuse(torch.cat(levels, dim=1))
@@ -390,7 +414,15 @@ class UperNetHead(nn.Module):
     with 3x3x3 convs and cubic pooling bins. `hidden` (the FPN width) defaults to the
     finest feature's channels, as in the reference; then that feature needs no lateral
     conv (`fpn.lateral.0` is the identity). Batch norm as in the reference: train with
-    more than one sample per batch (frames count in 2d)."""
+    more than one sample per batch (frames count in 2d).
+
+    The reference's behaviours, as options (all off by default but `top_down`):
+    `bottleneck_padding=1` (its pyramid pooling pads the 1x1 conv), `shared_smooth`
+    (one smoothing conv for every FPN level), `top_down="pairwise"` (no sum carried down;
+    "cumulative" carries it), `frames="first"` (its UperNet2D reads frame 0 only and
+    returns [B, 1, classes, H, W]), `size` (resize to a fixed (H, W) in 2d or (T, H, W)
+    in 3d, its configured size, instead of the output's), `reads="output"` (the
+    backbone's output as the only feature, which is what its heads get)."""
 
     def __init__(
         self,
@@ -401,6 +433,12 @@ class UperNetHead(nn.Module):
         bins: Sequence[int] = (1, 2, 4, 6),
         mode: str = "2d",
         dropout: float = 0.1,
+        bottleneck_padding: int = 0,
+        shared_smooth: bool = False,
+        top_down: str = "pairwise",
+        frames: str = "all",
+        size: Sequence[int] | None = None,
+        reads: str = "features",
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -424,12 +462,45 @@ class UperNetHead(nn.Module):
         if not 0 <= dropout < 1:
             raise SpecError(f"must be in [0, 1), got {dropout!r} ({name})", "dropout")
         self.mode = _mode(mode, name)
+        if bottleneck_padding not in (0, 1):
+            raise SpecError(f"must be 0 or 1, got {bottleneck_padding!r} ({name})",
+                            "bottleneck_padding")  # fmt: skip
+        if top_down not in ("pairwise", "cumulative"):
+            raise SpecError(f"must be 'pairwise' or 'cumulative', got {top_down!r} ({name})",
+                            "top_down")  # fmt: skip
+        if frames not in ("all", "first") or (frames == "first" and self.mode == "3d"):
+            raise SpecError(
+                f"must be 'all' or (in mode 2d) 'first', got {frames!r} with mode "
+                f"{self.mode!r} ({name})",
+                "frames",
+            )
+        self.frames = frames
+        if reads not in ("features", "output"):
+            raise SpecError(f"must be 'features' or 'output', got {reads!r} ({name})", "reads")
+        self.reads = reads
+        dims = 2 if self.mode == "2d" else 3
+        if size is not None:
+            if (
+                isinstance(size, (str, bytes))
+                or not isinstance(size, Sequence)
+                or len(size) != dims
+            ):
+                raise SpecError(
+                    f"must be {'[H, W]' if dims == 2 else '[T, H, W]'} in mode {self.mode}, "
+                    f"got {size!r} ({name})",
+                    "size",
+                )
+            size = tuple(_positive(v, f"size[{i}]", name) for i, v in enumerate(size))
+        self.size = size
         self.layout = _Layout(self.mode)
-        self.psp = _PSP(self.layout, deepest, self.bins, dropout)
-        self.fpn = _FPN(self.layout, self.feature_channels, self.hidden)
+        self.psp = _PSP(self.layout, deepest, self.bins, dropout, bottleneck_padding)
+        self.fpn = _FPN(self.layout, self.feature_channels, self.hidden, top_down=top_down,
+                        shared_smooth=shared_smooth)  # fmt: skip
         self.head = self.layout.conv(self.hidden, classes, 3, bias=True)
 
     def forward(self, x: Tensor, output: Tensor, features: list[Tensor]) -> Tensor:
+        if self.reads == "output":
+            features = [output]
         _check_features(self, features)
         batch = output.shape[0]
         if self.layout.dims == 2 and any(f.shape[1] != output.shape[1] for f in features):
@@ -443,10 +514,13 @@ class UperNetHead(nn.Module):
                 "UperNetHead: the batch norm after the 1x1 pooling bin needs more than one "
                 "sample per batch in training; use batch > 1, drop bin 1, or call .eval()"
             )
+        if self.frames == "first":
+            features = [f[:, :1] for f in features]
+            output = output[:, :1]
         work = [self.layout.enter(f) for f in features]
         work[-1] = self.psp(work[-1])
         y = self.head(self.fpn(work))
-        y = _resize(y, self.layout.size(output), self.layout.interp, False)
+        y = _resize(y, self.size or self.layout.size(output), self.layout.interp, False)
         return self.layout.leave(y, batch)
 
 

@@ -22,7 +22,7 @@ import graphviz
 from ..errors import STCNNTError
 from ..graph.build import build_graph
 from ..graph.model import ModelGraph
-from ..graph.nodes import INPUT, BlockNode, GateNode, MergeNode, Node, ResampleNode
+from ..graph.nodes import INPUT, BlockNode, ConvUnitNode, GateNode, MergeNode, Node, ResampleNode
 from ..graph.shapes import checked
 from ..language.options import as_pair
 from ..registry import CELLS
@@ -38,6 +38,7 @@ INSTALL_HINT = (
 _STAGE_STYLE = {"shape": "box", "style": "rounded,filled", "fillcolor": "#dbe9f6"}
 _DEEPEST_COLOR = "#f6e3c6"
 _OP_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#f2f2f2", "fontsize": "10"}
+_UNIT_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#e3ecfa", "fontsize": "10"}
 _GATE_STYLE = {"shape": "diamond", "style": "filled", "fillcolor": "#fff3b0", "fontsize": "9"}
 _MERGE_STYLE = {"shape": "circle", "fontsize": "9", "fixedsize": "true"}
 _IO_STYLE = {"shape": "oval", "style": "filled", "fillcolor": "#ffffff"}
@@ -154,6 +155,10 @@ class _Dot:
             label = "concat" if node.op == "cat" else "+"
             width = "0.6" if node.op == "cat" else "0.35"
             self.node(node.name, label, **_MERGE_STYLE, width=width)
+        elif isinstance(node, ConvUnitNode):
+            kernel = "3x3x3" if node.temporal else "3x3"
+            text = f"{node.name}\n{node.label}: 2 x {kernel} conv\n{node.out_channels} ch"
+            self.node(node.name, text, **_UNIT_STYLE)
         elif isinstance(node, ResampleNode):
             direction = "down" if node.down else "up"
             text = f"{direction} x{2**node.steps}\n{node.label}"
@@ -235,7 +240,7 @@ def _draw(graph: ModelGraph, d: _Dot) -> None:
             elif (
                 isinstance(node, MergeNode)
                 and node.op == "cat"
-                and graph.topology == "unet"
+                and graph.topology in ("unet", "mixed_unetr")
                 and i == 0
             ):
                 attrs.setdefault("style", "solid")

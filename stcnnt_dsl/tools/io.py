@@ -112,9 +112,13 @@ def save_model(
         )
     path = Path(path)
     _check_target(path)
-    tensors = {}
+    tensors, seen = {}, set()
     for name, tensor in model.state_dict().items():
-        tensors[name] = tensor.detach().to("cpu").contiguous()
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.numel() and tensor.data_ptr() in seen:  # a shared module (upernet's
+            tensor = tensor.clone()  # shared_smooth): one copy per name, as its state dict
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..compat.weights import _reference_names, _strip_prefix, read_reference
+from ..compat.weights import _reference_names, _strip_prefix, read_reference, reference_tensor
 from ..errors import WeightsError
 from ..models.model import Model
 from .io import FORMAT, _migrate, refuse_adapted, unwrap
@@ -105,7 +105,7 @@ def _from_reference(path: Path, model: nn.Module) -> tuple[dict[str, Tensor], li
     out = {}
     for key, refs in names.items():
         if all(r in weights for r in refs):
-            parts = [weights[r] for r in refs]
+            parts = [reference_tensor(weights, r) for r in refs]
             out[key] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
     used = {r for refs in names.values() for r in refs}
     unplaced = sorted(k for k in weights if k not in used and k not in optional)

@@ -5,11 +5,12 @@ Everything downstream (modules, checks, costs, diagrams) works from the graph.""
 
 from __future__ import annotations
 
-from ...language.spec import HRNetSpec, LLMSpec, UNetSpec
+from ...language.spec import HRNetSpec, LLMSpec, MixedUNetrSpec, UNetSpec
 from ...registry import TOPOLOGIES, Topology, register_topology
 from .common import Entry
 from .hrnet import build_hrnet
 from .llm import build_llm
+from .mixed_unetr import build_mixed_unetr
 from .unet import build_unet
 
 __all__ = ["TOPOLOGIES", "Entry", "Topology", "register_topology"]
@@ -38,3 +39,11 @@ register_topology(
         "llm(channels=8, blocks=[T1L1G1, V1C2], window=4, patch=2)",
     )
 )
+register_topology(
+    Topology(
+        "mixed_unetr", MixedUNetrSpec, build_mixed_unetr,
+        "ST-CNNT encoder levels and bridge, convolutional skip units and decoder",
+        ("encoder.{i}", "bridge"),
+        "mixed_unetr(channels=[8, 16], blocks=T1L1G1, window=4, patch=2)",
+    )
+)  # fmt: skip

@@ -1,0 +1,217 @@
+"""Whole reference models (backbone + task head) built by the reference code beside ours.
+
+For each case, the reference implementation (a checkout of
+github.com/Imaging-and-AI/FMImaging, `--reference-src`) builds its backbone and head from
+one configuration, every parameter and batch-norm statistic is perturbed (so each one
+matters), and `stcnnt_dsl.compat.import_reference` imports the whole state dict; both run
+one random input in eval mode and the largest difference is printed:
+
+    python tools/compare_reference_models.py --reference-src /work/research/fmimaging-25
+
+Cases: the mixed U-Netr (`STCNNT_mUNET`) and the U-Net with `UperNet2D`, `UperNet3D` and
+`SimpleConv` heads, and the mixed U-Netr's variants (2-D convolutions, no skip units, no
+gates, up-sampling convs, 3 levels). Exit status 1 when a difference exceeds 1e-4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_reference import ToolError, _namespace, _stub_training_imports
+
+from stcnnt_dsl.compat import import_reference
+
+AGREEMENT = 1e-4
+
+BASE: dict[str, Any] = {
+    "no_in_channel": 1, "no_out_channel": 3, "height": 32, "width": 32, "time": 4,
+    "a_type": "conv", "mixer_type": "conv", "cell_type": "sequential",
+    "window_size": [8, 8], "patch_size": [2, 2], "window_sizing_method": "mixed",
+    "n_head": 8, "kernel_size": 3, "stride": 1, "padding": 1, "stride_s": 1, "stride_t": 1,
+    "separable_conv": False, "mixer_kernel_size": 5, "mixer_stride": 1, "mixer_padding": 2,
+    "normalize_Q_K": False, "cosine_att": 0, "att_with_relative_postion_bias": 1,
+    "att_dropout_p": 0.0, "dropout_p": 0.1, "att_with_output_proj": 1,
+    "scale_ratio_in_mixer": 4.0, "norm_mode": "instance2d", "shuffle_in_window": 0,
+    "is_causal": False, "interp_align_c": False, "use_einsum": False,
+    "temporal_flash_attention": False, "activation_func": "prelu",
+    "upsample_method": "linear", "block_dense_connection": 1, "with_timer": False,
+    "use_patches": False, "pre_model": "Identity",
+}  # fmt: skip
+MIXED = {
+    "C": 8, "num_resolution_levels": 2, "block_str": ["T1L1G1", "T1L1G1"],
+    "use_unet_attention": 1, "use_interpolation": 1, "with_conv": 0, "min_T": 16,
+    "encoder_on_skip_connection": 1, "encoder_on_input": 1, "transformer_for_upsampling": 0,
+    "n_heads": [8, 8, 8, 8], "use_conv_3d": 1, "use_window_partition": 0,
+}  # fmt: skip
+UNET = {
+    "C": 8, "num_resolution_levels": 2, "block_str": ["T1L1G1"], "use_unet_attention": 1,
+    "use_interpolation": 1, "with_conv": 1,
+}  # fmt: skip
+
+
+def cases() -> dict[str, dict[str, Any]]:
+    """Name -> the reference configuration of a whole model."""
+
+    def config(backbone: str, post: str, **section: Any) -> dict[str, Any]:
+        key, body = ("backbone_mixed_unetr", MIXED) if backbone == "STCNNT_mUNET" else (
+            "backbone_unet", UNET)  # fmt: skip
+        out = copy.deepcopy(BASE)
+        out.update(backbone_model=backbone, post_model=post)
+        out[key] = {**body, **section}
+        return out
+
+    deep = config("STCNNT_mUNET", "Identity", num_resolution_levels=4, with_conv=1, C=4,
+                  n_heads=[4, 4, 4, 4, 2])  # fmt: skip
+    deep.update(height=64, width=64)
+    return {
+        "mixed_unetr+UperNet2D": config("STCNNT_mUNET", "UperNet2D"),
+        "mixed_unetr+UperNet3D": config("STCNNT_mUNET", "UperNet3D"),
+        "mixed_unetr+SimpleConv": config("STCNNT_mUNET", "SimpleConv"),
+        "mixed_unetr(conv 2d, up conv)+UperNet3D": config(
+            "STCNNT_mUNET", "UperNet3D", use_conv_3d=0, with_conv=1
+        ),
+        "mixed_unetr(no skip units)+UperNet2D": config(
+            "STCNNT_mUNET", "UperNet2D", encoder_on_skip_connection=0
+        ),
+        # its whole models with other than 2 levels do not run (see docs/compat.md)
+        "mixed_unetr(no gates, 3 levels), backbone": config(
+            "STCNNT_mUNET",
+            "Identity",
+            use_unet_attention=0,
+            num_resolution_levels=3,
+            n_heads=[8, 4, 8, 2],
+        ),
+        "mixed_unetr(4 levels, up conv, 64x64), backbone": deep,
+        "unet+UperNet2D": config("STCNNT_UNET", "UperNet2D"),
+        "unet+UperNet3D": config("STCNNT_UNET", "UperNet3D"),
+    }
+
+
+class _Permute(torch.nn.Module):
+    """torchvision.ops.misc.Permute, for machines without torchvision."""
+
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+def load_reference(src: str) -> dict[str, Any]:
+    """The reference's backbone factories and heads from a checkout."""
+    root = Path(src).expanduser()
+    needed = ["model/backbone/backbone_mixed_unetr.py", "model/task_heads/seg_heads.py"]
+    missing = [n for n in needed if not (root / n).is_file()]
+    if missing:
+        raise ToolError(
+            f"--reference-src {src}: not a checkout of the reference implementation (missing "
+            f"{', '.join(missing)}); git clone https://github.com/Imaging-and-AI/FMImaging"
+        )
+    if "torchvision" in _stub_training_imports():  # the heads' module also needs Permute
+        misc = types.ModuleType("torchvision.ops.misc")
+        misc.Permute = _Permute
+        sys.modules["torchvision.ops.misc"] = sys.modules["torchvision.ops"].misc = misc
+    sys.path[:0] = [str(root / "model" / "backbone"), str(root / "model"), str(root)]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import backbone_mixed_unetr  # type: ignore[import-not-found]
+            import backbone_unet  # type: ignore[import-not-found]
+            from task_heads import seg_heads  # type: ignore[import-not-found]
+    except ModuleNotFoundError as err:
+        raise ToolError(
+            f"--reference-src {src}: its model code does not import: it needs {err.name!r}"
+        ) from None
+    return {
+        "STCNNT_mUNET": backbone_mixed_unetr.STCNNT_Mixed_Unetr_model,
+        "STCNNT_UNET": backbone_unet.STCNNT_Unet_model,
+        "UperNet2D": seg_heads.UperNet2D,
+        "UperNet3D": seg_heads.UperNet3D,
+        "SimpleConv": seg_heads.SimpleConv,
+    }
+
+
+def reference_model(classes: dict[str, Any], config: dict[str, Any], seed: int):
+    """(backbone, head) built and perturbed as the reference's `ModelManager` would hold."""
+    torch.manual_seed(seed)
+    space = _namespace(config)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its window sizes
+        backbone, channels = classes[config["backbone_model"]](space, [config["no_in_channel"]])
+        post = config["post_model"]
+        head = torch.nn.Identity() if post == "Identity" else classes[post](space, channels)
+    with torch.no_grad():
+        for module in (backbone, head):
+            for p in module.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+            for name, b in module.named_buffers():
+                if name.endswith("running_mean"):
+                    b.copy_(0.1 * torch.randn_like(b))
+                elif name.endswith("running_var"):
+                    b.copy_(0.5 + torch.rand_like(b))
+    return backbone.eval(), head.eval()
+
+
+def compare(classes: dict[str, Any], config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Import the reference model built from `config` and run both on one input."""
+    backbone, head = reference_model(classes, config, seed)
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"post.{k}": v for k, v in head.state_dict().items()})
+    if config["post_model"] == "Identity":  # a backbone checkpoint: the reference's own keys
+        state = backbone.state_dict()
+    ours = import_reference(state, config).eval()
+    shape = (2, config["no_in_channel"], config["time"], config["height"], config["width"])
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = head(backbone(x))[-1]
+        out = ours(x.transpose(1, 2))
+        out = (next(iter(out.values())) if isinstance(out, dict) else out).transpose(1, 2)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {
+        "shape": tuple(out.shape),
+        "reference_shape": tuple(ref.shape),
+        "max_diff": (out - ref).abs().max().item() if out.shape == ref.shape else float("inf"),
+        "params": count(ours),
+        "reference_params": count(backbone) + count(head),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--reference-src", required=True, help="a checkout of github.com/Imaging-and-AI/FMImaging"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--case", action="append", choices=list(cases()), help="only this case (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        classes = load_reference(args.reference_src)
+    except ToolError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    worst = 0.0
+    for name, config in cases().items():
+        if args.case and name not in args.case:
+            continue
+        r = compare(classes, config, args.seed)
+        worst = max(worst, r["max_diff"])
+        print(
+            f"{name:45s} out {r['shape']}  max |ours - reference| {r['max_diff']:.2e}  "
+            f"params {r['params']:,} (reference {r['reference_params']:,})"
+        )
+    return 0 if worst <= AGREEMENT else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
