@@ -173,11 +173,9 @@ class HeadSpec(_Strict):
     """A task head: `kind` (segmentation, classification, enhancement) and its keys
     (see `stcnnt_dsl.language.heads`)."""
 
-    model_config = ConfigDict(json_schema_extra=_per_kind)  # type: ignore[typeddict-item]
+    model_config = ConfigDict(json_schema_extra=_per_kind)
 
-    kind: Annotated[Any, WithJsonSchema(_head_schema("kind"))] = Field(
-        description="segmentation, classification or enhancement"
-    )
+    kind: Annotated[Any, WithJsonSchema(_head_schema("kind"))]  # described by _per_kind
 
     @model_validator(mode="after")
     def _fits_its_kind(self) -> HeadSpec:
