@@ -331,6 +331,34 @@ def test_completion_offers_the_keys_and_values_valid_at_the_caret(page):
     assert labels == ["qkv", "qkv_kernel"]
 
 
+def test_completion_under_heads_offers_task_head_keys(page):
+    """`heads:` is the task heads: a head offers kind and its keys, with whole
+    descriptions; the top-level key inserts no attention-heads value."""
+    text = "name: x\nunet:\n  channels: [4, 8]\n  blocks: L1G1\nhe"
+    set_text(page, "editor", text)
+    editor = part(page, "editor")
+    caret_to(page, "editor", len(text))
+    editor.send_keys("a")
+    popup = part(page, "completion")
+    wait(page, popup.is_displayed, "the top-level keys")
+    items = [li.text for li in popup.find_elements(By.TAG_NAME, "li")]
+    assert len(items) == 1 and items[0].startswith("heads") and "task heads" in items[0]
+    editor.send_keys(Keys.ENTER)
+    assert editor.get_attribute("value").endswith("\nheads: ")  # no "auto" offered
+    text += "ads: \n  seg:\n    "
+    set_text(page, "editor", text)
+    caret_to(page, "editor", len(text))
+    editor.send_keys(Keys.CONTROL, " ")
+    wait(page, popup.is_displayed, "a head's keys")
+    labels = [li.text.split()[0] for li in popup.find_elements(By.TAG_NAME, "li")]
+    assert labels[0] == "kind" and {"classes", "decoder", "out_channels"} <= set(labels)
+    editor.send_keys(Keys.ENTER, "seg")
+    wait(page, popup.is_displayed, "the head kinds")
+    assert [li.text for li in popup.find_elements(By.TAG_NAME, "li")] == ["segmentation"]
+    editor.send_keys(Keys.ENTER)
+    assert editor.get_attribute("value").endswith("\n    kind: segmentation")
+
+
 def test_keyboard_leaves_the_editor_and_reaches_the_rows(page):
     editor = part(page, "editor")
     editor.click()

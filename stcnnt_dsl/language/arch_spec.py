@@ -29,6 +29,14 @@ from .options import OPTIONS
 from .stage_spec import DefaultsSpec, PreSpec
 from .yamlio import Positions
 
+HEAD_NAME = r"[a-z_][a-z0-9_]*"  # a head's name: the module heads.NAME, its output's key
+
+
+def _heads_schema(schema: dict[str, Any]) -> None:
+    """`heads:` in the JSON Schema: one head or more, named as `_head_names` checks."""
+    mapping = next(s for s in schema["anyOf"] if s.get("type") == "object")
+    mapping.update(minProperties=1, propertyNames={"pattern": f"^{HEAD_NAME}$"})
+
 
 def _input_size(value: Any) -> tuple[int, int] | None:
     if value is None:
@@ -58,12 +66,13 @@ class ArchSpec(_Strict):
         None,
         description="task heads by name: {kind: segmentation|classification|enhancement, "
         "...}; with heads, build() returns a Model whose forward gives one output per head",
+        json_schema_extra=_heads_schema,
     )
 
     @model_validator(mode="after")
     def _head_names(self) -> ArchSpec:
         for name in self.heads or {}:
-            if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            if not re.fullmatch(HEAD_NAME, name):
                 raise _error(
                     f"a head's name is a lower-case identifier (letters, digits, _): it "
                     f"becomes the module heads.{name} and the key of its output, got {name!r}",

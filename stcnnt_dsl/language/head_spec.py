@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from pydantic import (
     BeforeValidator,
+    ConfigDict,
     Field,
     PlainSerializer,
     WithJsonSchema,
@@ -24,7 +26,7 @@ from .fields import (
     _Strict,
     _strict_bool,
 )
-from .heads import HEAD_KINDS, head_keys
+from .heads import HEAD_KINDS, HeadKind, head_keys
 from .options import OptionValueError
 
 
@@ -112,13 +114,68 @@ def _head_schema(name: str) -> dict[str, Any]:
     return {"enum": words[name]}
 
 
+def _key_help(kind: HeadKind, key: str) -> str:
+    """What a key of a head of `kind` means, with its default."""
+    info = kind.keys[key]
+    if key == kind.choice:
+        text = "; ".join(f"{name}: {help}" for name, help in kind.choices.items())
+    else:
+        text = info.help
+    if info.used_by:
+        text += f" (read by {kind.choice} {' and '.join(info.used_by)})"
+    if info.default is not None:
+        default = list(info.default) if isinstance(info.default, tuple) else info.default
+        text += f" (default: {json.dumps(default)})"
+    return text
+
+
+def _kind_schema(name: str) -> dict[str, Any]:
+    """What a head of kind `name` may hold: its size key (required), its keys and
+    decoders, and the keys a decoder alone reads (the decoder named, or its default)."""
+    kind = HEAD_KINDS[name]
+    rules = []
+    for key, info in kind.keys.items():
+        if info.used_by:
+            rule: dict[str, Any] = {"properties": {kind.choice: {"enum": list(info.used_by)}}}
+            if kind.default not in info.used_by:
+                rule["required"] = [kind.choice]
+            rules.append({"if": {"required": [key]}, "then": rule})
+    return {
+        "if": {"properties": {"kind": {"const": name}}, "required": ["kind"]},
+        "then": {
+            "required": [kind.size],
+            "propertyNames": {"enum": ["kind", *kind.keys]},
+            "properties": {
+                key: {"description": _key_help(kind, key)}
+                | ({"enum": list(kind.choices)} if key == kind.choice else {})
+                for key in kind.keys
+            },
+            "allOf": rules,
+        },
+    }
+
+
+def _per_kind(schema: dict[str, Any]) -> None:
+    """The JSON Schema of a head says what each kind accepts, as `_fits_its_kind` checks,
+    and what each key means."""
+    props = schema["properties"]
+    props["kind"]["description"] = "; ".join(f"{n}: {k.help}" for n, k in HEAD_KINDS.items())
+    for key, prop in props.items():
+        prop.pop("title", None)
+        if key != "kind":
+            helps = [f"{n} heads: {_key_help(k, key)}" for n, k in HEAD_KINDS.items()
+                     if key in k.keys]  # fmt: skip
+            prop["description"] = "; ".join(helps)
+    schema["allOf"] = [_kind_schema(name) for name in HEAD_KINDS]
+
+
 class HeadSpec(_Strict):
     """A task head: `kind` (segmentation, classification, enhancement) and its keys
     (see `stcnnt_dsl.language.heads`)."""
 
-    kind: Annotated[Any, WithJsonSchema(_head_schema("kind"))] = Field(
-        description="segmentation, classification or enhancement"
-    )
+    model_config = ConfigDict(json_schema_extra=_per_kind)
+
+    kind: Annotated[Any, WithJsonSchema(_head_schema("kind"))]  # described by _per_kind
 
     @model_validator(mode="after")
     def _fits_its_kind(self) -> HeadSpec:
