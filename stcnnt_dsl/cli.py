@@ -846,7 +846,8 @@ def _parser() -> argparse.ArgumentParser:
         "its errors, parameters, FLOPs, memory, stages and diagram (needs the studio "
         'extra: pip install "stcnnt-dsl[studio]")',
         ["stcnnt studio", "stcnnt studio arch.yaml --port 8800",
-         "stcnnt studio unet --no-browser --port 0   # any free port"],
+         "stcnnt studio unet --no-browser --port 0   # any free port",
+         "stcnnt studio --data Dataset001 --runs runs   # look, train, predict, export"],
         _cmd_studio,
     )  # fmt: skip
     p.add_argument("arch", metavar="ARCH", nargs="?", help=ARCH_HELP + " (the text to start from)")
@@ -863,6 +864,9 @@ def _parser() -> argparse.ArgumentParser:
         help="port (default: 8765; 0 picks a free one)",
     )
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--data", metavar="DIR", help="a data set to look at and train on (read only)")
+    p.add_argument("--runs", metavar="DIR", help="where trainings are kept (the only folder the "
+                   "studio writes; default with --data: ./stcnnt-runs)")  # fmt: skip
     _data_parsers(command)
 
     p = command(

@@ -146,12 +146,6 @@ class WeightsError(STCNNTError):
     """A weights file that does not match its architecture or is not a safe format."""
 
 
-class TrainError(STCNNTError):
-    """A training run that cannot start or go on: an output folder holding another run,
-    a NaN loss, a checkpoint that cannot be written. The message names the step and the
-    last good checkpoint."""
-
-
 class DataError(STCNNTError):
     """An imaging file, data set or prediction target that cannot be used as given.
 
@@ -161,6 +155,12 @@ class DataError(STCNNTError):
     def __init__(self, message: str, file: object = None) -> None:
         self.file = None if file is None else str(file)
         super().__init__(f"{file}: {message}" if file is not None else message)
+
+
+class TrainError(STCNNTError):
+    """A training run that cannot start or go on: an output folder holding another run,
+    a NaN loss, a checkpoint that cannot be written. The message names the step and the
+    last good checkpoint."""
 
 
 def _join_path(prefix: str, path: str) -> str:

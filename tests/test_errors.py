@@ -41,6 +41,7 @@ from stcnnt_dsl import (
 )
 from stcnnt_dsl.compat import import_reference, reference_spec
 from stcnnt_dsl.nn import Block
+from stcnnt_dsl.studio.folders import OutsideFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
@@ -664,6 +665,23 @@ CATALOGUE: list[Entry] = [
       "validate on)", ("plan", 1, "8GiB"), STCNNTError, None, ("has one case", "at least 2"),
       "add cases, or plan from a larger data set and use --base.",
       shown='stcnnt_dsl.plan({"cases": 1, ...}, memory="8GiB")'),
+    # ------------------------------------------------------------------ studio (issue 27)
+    E("studio-path-outside", "Studio", "a path from a request (or a data set's own list) that "
+      "leaves the folder given with --data (`..`, an absolute path, a link pointing out)",
+      ("studio", "outside", "../secret.nii.gz"), OutsideFolderError, None,
+      ("outside the folder given with --data", "opens nothing else"),
+      "keep the data set's files inside its folder.",
+      "# stcnnt studio --data data: a request or dataset.json naming ../secret.nii.gz"),
+    E("studio-run-name", "Studio", "a run name that is a path", ("studio", "run", "../x"),
+      STCNNTError, None, ("a run name is 1-64 letters",), "give a plain name such as run-2.",
+      "# POST /api/runs/../x/stop"),
+    E("studio-memory-budget", "Studio", "a memory budget that is not an amount of memory",
+      ("studio", "budget", "lots"), STCNNTError, None,
+      ("is not a budget", "GiB"), "write it like 4GiB or 512MiB.",
+      "# the studio's Train panel: Memory = lots"),
+    E("studio-no-runs", "Studio", "training without a runs folder", ("studio", "no-runs"),
+      STCNNTError, None, ("--runs DIR",), "start the studio with --runs DIR.",
+      "# stcnnt studio (no --data, no --runs), then Train"),
 ]  # fmt: skip
 
 
@@ -728,6 +746,8 @@ def _run(call: tuple) -> Any:
         fingerprint = {"cases": cases, "shape": {"median": [12, 101, 117]},
                        "spacing": {"median": [1.0, 1.5, 1.5]}}  # fmt: skip
         return stcnnt_dsl.plan(fingerprint, memory=memory, device="cpu")
+    if kind == "studio":
+        return _studio(*args)
     raise ValueError(kind)
 
 
@@ -887,6 +907,21 @@ def _train(recipe: dict, options: dict | None = None) -> Any:
 
             patch.setattr(state, "save_file", save_file)
         return stcnnt_dsl.train(recipe, out="run", quiet=True)
+
+
+def _studio(action: str, *args: Any) -> Any:
+    from stcnnt_dsl.studio import folders, recipes, workbench
+
+    if action == "outside":
+        Path("data").mkdir(exist_ok=True)
+        return folders.Folder("data", what="--data").inside(args[0])
+    if action == "run":
+        return folders.run_name(args[0])
+    if action == "budget":
+        return recipes.budget(args[0])
+    if action == "no-runs":
+        return workbench.Workbench(None, None)._runs()
+    raise ValueError(action)
 
 
 def _weights_file(variant: str) -> Path:

@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from . import analysis
+from .workbench import Workbench, add_workbench
 
 __all__ = ["ANALYSIS_TIMEOUT_S", "LOOPBACK_HOSTS", "MAX_BODY_BYTES", "create_app", "host_name"]
 
@@ -261,10 +262,14 @@ def create_app(
     timeout: float = ANALYSIS_TIMEOUT_S,
     max_running: int = MAX_RUNNING,
     max_body: int = MAX_BODY_BYTES,
+    data: str | None = None,
+    runs: str | None = None,
 ) -> FastAPI:
     """The studio's app. `initial`: {"name", "text"} the page opens with (the command
     line's ARCH); `allowed_hosts`: Host names it answers besides the loopback ones;
-    `timeout`: seconds one analysis may take; `max_running`: analyses at once."""
+    `timeout`: seconds one analysis may take; `max_running`: analyses at once; `data`:
+    the data set the page may read; `runs`: the folder its trainings write
+    (`studio.workbench`)."""
     runner = _Runner(timeout, max_running)
     static = resources.files("stcnnt_dsl.studio") / "static"
     index_html = (static / "index.html").read_text(encoding="utf-8")
@@ -314,4 +319,6 @@ def create_app(
     def canonical(request: TextRequest) -> JSONResponse:
         return JSONResponse(runner.run(_canonical, request.text))
 
+    app.state.workbench = Workbench(data, runs)
+    add_workbench(app, app.state.workbench)
     return app

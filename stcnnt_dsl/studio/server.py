@@ -156,7 +156,11 @@ def run_studio(args: argparse.Namespace) -> int:
         )
     sock = _bind(host, args.port)
     port = sock.getsockname()[1]
-    app = create_app(initial=initial, allowed_hosts=[host] if specific else [])
+    data, runs = getattr(args, "data", None), getattr(args, "runs", None)
+    if data is not None and runs is None:
+        runs = "stcnnt-runs"
+    app = create_app(initial=initial, allowed_hosts=[host] if specific else [], data=data,
+                     runs=runs)  # fmt: skip
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
     )
