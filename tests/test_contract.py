@@ -32,7 +32,9 @@ PLUGIN_KINDS = ("cascade", "mlp", "convnext")
 
 
 def _registered() -> tuple[list[str], list[str], list[str]]:
-    """Every registered topology, head decoder and cell kind, the plugin's included."""
+    """Every registered topology, head decoder and cell kind: the example plugin's and
+    those of the plugins installed in this environment."""
+    registry.load_plugins()
     stcnnt_example_plugin.register()
     try:
         return list(registry.TOPOLOGIES), list(registry.HEADS), list(registry.CELLS)
