@@ -308,8 +308,8 @@ def test_the_package_has_no_code_evaluation_or_unsafe_loading():
                     problems.append(f"{where}:{node.lineno}: import_module")
     # The dynamic imports, none reachable from a config: the torch-based names of the
     # package, from a closed table of literal module names (tests/test_layout.py checks
-    # the table is literal); the data extra's libraries, from a closed table
-    # (`data/_deps.need` refuses other names); a descriptor's "module:Name" reference,
+    # the table is literal); the optional libraries `data/_deps.need` imports, named by
+    # literals in the package's code; a descriptor's "module:Name" reference,
     # given in Python by whoever registers the kind (specs only pick registered names).
     allowed = {
         str(Path("stcnnt_dsl") / name) for name in ("_lazy.py", "data/_deps.py", "registry.py")
