@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import DataError
 from ._deps import need
 from ._files import atomic_file, atomic_folder
-from .image import Image, reader_failed
+from ._image import Image, reader_failed
 
 __all__ = ["read_dicom", "write_dicom"]
 

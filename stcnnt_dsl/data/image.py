@@ -18,7 +18,6 @@ MONAI's convention; DICOM's LPS is turned into RAS as nibabel and MONAI do).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ import numpy as np
 from ..errors import DataError
 from ._deps import need
 from ._files import atomic_file, suffix_of
+from ._image import Image, reader_failed
+from .dicom import read_dicom, write_dicom
 
 __all__ = ["FORMATS", "Image", "format_of", "read_image", "write_image"]
 
@@ -44,33 +45,6 @@ FORMATS = {
     ".tiff": "tiff",
     ".npy": "npy",
 }
-
-
-@dataclass(frozen=True, eq=False)
-class Image:
-    """An image as the models see it, with what is needed to write a result back.
-
-    `array` float32 `[T, C, H, W]`; `spacing` `(t, h, w)` in mm (t: slice spacing, or the
-    frame interval in the file's unit for time; 1.0 when the file does not say);
-    `affine` 4x4 float64, voxel `(h, w, t)` -> world (RAS mm); `meta`: `format`,
-    `t_axis` ("time" | "slices" | "none"), `dtype` and `shape` as stored, and what the
-    writer of that format needs; `path` the file or folder read.
-    """
-
-    array: np.ndarray
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
-    meta: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """`(T, C, H, W)`."""
-        return tuple(self.array.shape)  # type: ignore[return-value]
-
-    def with_array(self, array: np.ndarray) -> Image:
-        """The same geometry holding another array (a prediction)."""
-        return replace(self, array=array)
 
 
 def format_of(path: Path) -> str:
@@ -112,8 +86,6 @@ def read_image(path: str | Path, *, t_axis: str | None = None) -> Image:
         raise DataError("no such file or folder", path)
     fmt = format_of(path)
     if fmt == "dicom":
-        from .dicom import read_dicom
-
         image = read_dicom(path, t_axis)
     else:
         image = _READERS[fmt](path, t_axis)
@@ -128,17 +100,6 @@ def _check_frames(image: Image, t_axis: str | None) -> None:
             "read it with t_axis='time' or 'slices'",
             image.path,
         )
-
-
-def reader_failed(path: Path, what: str, err: Exception) -> DataError:
-    """The error for a file its library cannot read (unreadable, truncated, not that
-    format): names the file, the library's reason and the fix."""
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return DataError(
-        f"cannot read it as {what} ({reason}); the file may be truncated or not {what}: "
-        "check it opens in a viewer, or export it again",
-        path,
-    )
 
 
 def _float32(data: np.ndarray) -> np.ndarray:
@@ -402,7 +363,5 @@ def write_image(like: Image, array: Any, path: str | Path, *, keep_float: bool =
         raise DataError(f"unknown output format; end the name in one of {', '.join(FORMATS)}", path)
     values = stored_values(array, like, keep_float)
     if fmt == "dicom":
-        from .dicom import write_dicom
-
         return write_dicom(like, values, path)
     return atomic_file(path, lambda tmp: _WRITERS[fmt](like, values, tmp))

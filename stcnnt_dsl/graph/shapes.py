@@ -31,9 +31,9 @@ def frames_word(axes: str) -> str | None:
     return None if "T" not in axes else "D" if axes == LAYOUT_AXES["BCHWD"] else "T"
 
 
-def to_btchw(input_shape: Sequence[int] | str, layout: str = "BTCHW") -> Shape:
-    """An input shape written in `layout`'s axis order, as (B, T, C, H, W)."""
-    axes = layout_axes(layout)
+def shape_values(input_shape: Sequence[int] | str, axes: str, whose: str) -> tuple[int, ...]:
+    """An input shape (ints or "1,16,1,64,64") as one int per axis of `axes`; `whose`
+    names the layout in the error (e.g. "layout BCHWD")."""
     values = input_shape
     if isinstance(values, str):
         try:
@@ -44,10 +44,16 @@ def to_btchw(input_shape: Sequence[int] | str, layout: str = "BTCHW") -> Shape:
     if len(values) != len(axes):
         order = ",".join(axes).replace("T", "D") if axes == "BCHWT" else ",".join(axes)
         raise ShapeError(
-            f"input shape must be {len(axes)} integers {order} (layout {layout.upper()}), "
-            f"got {input_shape!r}",
+            f"input shape must be {len(axes)} integers {order} ({whose}), got {input_shape!r}",
             rule="input shape",
         )
+    return values
+
+
+def to_btchw(input_shape: Sequence[int] | str, layout: str = "BTCHW") -> Shape:
+    """An input shape written in `layout`'s axis order, as (B, T, C, H, W)."""
+    axes = layout_axes(layout)
+    values = shape_values(input_shape, axes, f"layout {layout.upper()}")
     size = dict(zip(axes, values, strict=True))
     return parse_shape(tuple(size.get(axis, 1) for axis in "BTCHW"))
 

@@ -35,9 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from .._version import __version__
-from ..errors import ShapeError, STCNNTError
+from ..errors import STCNNTError
 from ..graph.model import ModelGraph, describe_rule, parse_shape
-from ..graph.shapes import LAYOUT_AXES, check, frames_word
+from ..graph.shapes import LAYOUT_AXES, check, frames_word, shape_values
 from ..models.build import build
 from .io import unwrap
 
@@ -199,20 +199,7 @@ def _resolve(source_or_model: Any) -> nn.Module:
 
 def _shape_in_layout(input_shape: Sequence[int] | str, axes: str) -> tuple[int, ...]:
     """The input shape as ints, one per axis of the model's layout."""
-    values = input_shape
-    if isinstance(values, str):
-        try:
-            values = [int(p) for p in values.replace("x", ",").split(",") if p.strip()]
-        except ValueError:
-            values = None
-    values = tuple(values) if values is not None else ()
-    if len(values) != len(axes):
-        order = ",".join(axes).replace("T", "D") if axes == "BCHWT" else ",".join(axes)
-        raise ShapeError(
-            f"input shape must be {len(axes)} integers {order} (the model's layout), got "
-            f"{input_shape!r}",
-            rule="input shape",
-        )
+    values = shape_values(input_shape, axes, "the model's layout")
     parse_shape(_to_btchw(values, axes))  # the same validation as everywhere else
     return values
 
