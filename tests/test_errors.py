@@ -642,12 +642,6 @@ CATALOGUE: list[Entry] = [
       shown="os.environ['STCNNT_CACHE_DIR'] = '.'\n"
       "Path('tuning.json').write_text('{not json')\n"
       "model = stcnnt_dsl.build('unet-2d-small')\nmodel(torch.ones(1, 1, 1, 32, 32))"),
-    # ------------------------------------------------------------------ issue 20
-    E("option-not-read-inline-value", "Options no cell reads", "an inline option the cell "
-      "does not read with the values it has", ("Block", "L1[qkv=linear, qkv_kernel=5]", 4, 4,
-      {"window": 4, "patch": 1}), SpecError, "Block",
-      ("inline option 'qkv_kernel' is read by nothing", "read only with qkv=conv"),
-      "drop qkv_kernel, or use qkv=conv."),
     # ------------------------------------------------------------------ plan (issue 26)
     E("plan-budget-typo", "Plans", "a memory budget with a unit typo (`8G B`)",
       ("plan", 10, "8G B"), STCNNTError, None, ("'8G B' is not a budget", "8GiB", "8GB"),
