@@ -4,7 +4,7 @@ reference code beside ours (a checkout; the test skips without one).
 
 STCNNT_REFERENCE_DIR names the fixtures' folder (default: shared/reference beside the
 checkout, then /work/shared/reference); STCNNT_REFERENCE_SRC a checkout of
-github.com/Imaging-and-AI/FMImaging (default /work/research/fmimaging-25).
+github.com/Imaging-and-AI/FMImaging (with its requirements, e.g. einops, installed).
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ REFERENCE_DIR = _first_dir(
     "/work/shared/reference",
 )  # fmt: skip
 FIXTURE = None if REFERENCE_DIR is None else REFERENCE_DIR / "reference-mixed-unetr.safetensors"
-REFERENCE_SRC = _first_dir(
-    os.environ.get("STCNNT_REFERENCE_SRC"), "/work/research/fmimaging-25"
-)  # fmt: skip
+REFERENCE_SRC = _first_dir(os.environ.get("STCNNT_REFERENCE_SRC"))
 needs_fixture = pytest.mark.skipif(
     FIXTURE is None or not FIXTURE.is_file(),
     reason="reference-mixed-unetr.safetensors not found (set STCNNT_REFERENCE_DIR)",
