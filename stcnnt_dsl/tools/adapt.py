@@ -139,8 +139,6 @@ def param_groups(
     for name, value in (("lr", lr), ("weight_decay", weight_decay)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
             raise STCNNTError(f"param_groups: {name} must be a number >= 0, got {value!r}")
-    if not lr > 0:
-        raise STCNNTError(f"param_groups: lr must be > 0, got {lr!r}")
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise STCNNTError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
     no_decay = model.no_weight_decay()
