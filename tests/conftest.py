@@ -68,3 +68,18 @@ def forced(monkeypatch):
 
     yield use
     tuning.reset()
+
+
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """Names a test (or a documented example run in-process) registers are removed
+    after it: a leaked norm changes every later message that lists the norms."""
+    from stcnnt_dsl import registry
+
+    tables = (registry.NORMS, registry.ACTIVATIONS, registry.TOPOLOGIES, registry.HEADS,
+              registry.CELLS)  # fmt: skip
+    before = [set(table) for table in tables]
+    yield
+    for table, names in zip(tables, before, strict=True):
+        for name in set(table) - names:
+            registry.unregister(name)
