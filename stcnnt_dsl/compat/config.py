@@ -366,14 +366,14 @@ def _check_mixed_unetr(cfg: _Config, levels: int) -> None:
             "forward applies E3 to level 4); use 2 to 4 levels",
             f"{section}.num_resolution_levels",
         )
+
+
+def _mixed_unetr_halve_time(cfg: _Config, levels: int) -> int:
+    """How many levels halve T: the reference's down-sampling of level i is 3-D while
+    `time // 2^(i+1) >= min_T` (decided once from the configured time)."""
+    section = "backbone_mixed_unetr"
     time, min_t = cfg.integer("time", 1), cfg.integer(f"{section}.min_T", 1)
-    if time // 2 >= min_t:
-        raise SpecError(
-            f"time={time} with min_T={min_t}: the reference then also halves T "
-            f"(time // 2 >= min_T), which this library's mixed_unetr does not do; "
-            f"it imports models with time // 2 < min_T",
-            f"{section}.min_T",
-        )
+    return sum(1 for i in range(levels) if time // 2 ** (i + 1) >= min_t)
 
 
 def _mixed_unetr_heads(cfg: _Config, levels: int) -> dict[str, int]:
@@ -492,6 +492,8 @@ def reference_spec(config: Any) -> ArchSpec:
             encoder=[options[f"D{i}"] for i in range(levels)],
             bridge=options["bridge"] or None,
         )
+        if halve := _mixed_unetr_halve_time(cfg, levels):
+            body["halve_time"] = halve
     elif topology == "unet":
         body.update(
             gate=cfg.flag(f"{section}.use_unet_attention"),

@@ -302,14 +302,17 @@ def _strip_prefix(weights: Mapping[str, Tensor], first: str) -> dict[str, Tensor
     return {k[len(prefix) :]: v for k, v in weights.items()}
 
 
-_GATE_3D = re.compile(r"(.*\.)?attention_\w+\.conv_(query|x|gate)\.conv\.weight")
+_POINTWISE_3D = re.compile(
+    r"(.*\.)?(attention_\w+\.conv_(query|x|gate)|down_\d+\.block\.D2_\d+\.conv)\.conv\.weight"
+)
 
 
 def reference_tensor(weights: Mapping[str, Tensor], key: str) -> Tensor:
-    """`weights[key]` in the shape our module takes: the mixed U-Netr's gates are 1x1x1
-    `Conv3d`s ([o, i, 1, 1, 1]), ours 1x1 `Conv2d`s (the same map per frame)."""
+    """`weights[key]` in the shape our module takes: the mixed U-Netr's gates and its
+    patch merging that halves T are 1x1x1 `Conv3d`s ([o, i, 1, 1, 1]), ours 1x1
+    `Conv2d`s (the same map per frame)."""
     tensor = weights[key]
-    if tensor.dim() == 5 and tensor.shape[-3:] == (1, 1, 1) and _GATE_3D.fullmatch(key):
+    if tensor.dim() == 5 and tensor.shape[-3:] == (1, 1, 1) and _POINTWISE_3D.fullmatch(key):
         return tensor.squeeze(-1)
     return tensor
 

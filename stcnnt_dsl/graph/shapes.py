@@ -133,7 +133,8 @@ def infer_shapes(
         "stages": {s.name: nodes[s.name] for s in graph.stages},
         "nodes": nodes,
         "features": [
-            (b, t, f.channels, h // f.reduction, w // f.reduction) for f in graph.features
+            (b, t // graph.node(f.name).time_scale, f.channels, h // f.reduction, w // f.reduction)
+            for f in graph.features
         ],
         "heads": {head.head_name: nodes[head.name] for head in graph.heads},
     }

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BeforeValidator,
     Field,
+    WithJsonSchema,
     model_validator,
 )
 
+from .options import Int, OptionValueError
 from .fields import (
     Blocks,
     Bool,
@@ -200,6 +203,23 @@ class LLMSpec(_OptionFields):  # type: ignore[misc, valid-type]
         return self.depth or 1
 
 
+_LEVEL_COUNT = Int(minimum=0)
+
+
+def _level_count(name: str, value: Any) -> int:
+    try:
+        return _LEVEL_COUNT.check(value)
+    except OptionValueError:
+        raise _error(f"{name} must be an integer >= 0, got {value!r}", name) from None
+
+
+LevelCount = Annotated[
+    Any,
+    BeforeValidator(lambda v, info: _level_count(info.field_name or "value", v)),
+    WithJsonSchema(_LEVEL_COUNT.schema()),
+]
+
+
 class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
     """Mixed U-Netr (the reference's `STCNNT_Mixed_Unetr`): ST-CNNT blocks for the encoder
     levels and the bridge, convolution units on the skips and for the decoder."""
@@ -222,6 +242,12 @@ class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
     up: Literal["conv", "interpolate"] = Field(
         "interpolate", description="up-sampling: bilinear x2, or bilinear x2 then a 3x3 conv"
     )
+    halve_time: LevelCount = Field(
+        0,
+        description="how many levels, from the finest, also halve T when they down-sample "
+        "(2x2x2 patch merging; the way back is trilinear x2, with a 3x3x3 conv for "
+        "up: conv): the reference's min_T. T must then be a multiple of 2^halve_time",
+    )
     window_sizing: WindowSizing = Field("fixed", description=_WINDOW_SIZING_HELP)
     encoder: list[StageSpec] | None = None
     bridge: StageSpec | None = None
@@ -232,6 +258,12 @@ class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
         n = self.num_levels
         field = "levels" if self.levels else "channels"
         _at_most(n, MAX_LEVELS, "levels", field, _LEVELS_WHY)
+        if self.halve_time > n:
+            raise _error(
+                f"halve_time={self.halve_time} is more than the {n} levels that down-sample; "
+                f"use 0 to {n}",
+                "halve_time",
+            )
         if n < 2:
             raise _error(
                 "the mixed U-Netr needs at least 2 levels (the reference's one-level variant "

@@ -35,11 +35,13 @@ def module_of(node: Node) -> nn.Module | None:
     if isinstance(node, ResampleNode):
         if node.op in ("merge", "pool"):
             mode = "merge" if node.op == "merge" else "interpolate"
-            return Downsample(node.in_channels, node.out_channels, node.steps, mode)
+            return Downsample(
+                node.in_channels, node.out_channels, node.steps, mode, temporal=node.temporal
+            )
         if node.op in ("upconv", "upsample"):
             return Upsample(
                 node.in_channels, node.out_channels, node.steps,
-                conv=node.op == "upconv", padding=node.padding,
+                conv=node.op == "upconv", padding=node.padding, temporal=node.temporal,
             )  # fmt: skip
         steps = node.steps if node.scale < node.in_scale else -node.steps
         return BlockResample(Block.from_plan(node.plan, node.name), steps)

@@ -1,6 +1,7 @@
 """Resolution changes between levels and the U-Net's attention gate.
 
-T is never resampled: every module here works frame by frame on [B, T, C, H, W].
+The modules work frame by frame on [B, T, C, H, W], except with `temporal` (the mixed
+U-Netr's `halve_time`), where down- and up-sampling halve and double T as well.
 """
 
 from __future__ import annotations
@@ -32,14 +33,22 @@ def space_to_depth(x: Tensor) -> Tensor:
 
 
 class PatchMerge(nn.Module):
-    """2x down-sampling by patch merging: 2x2 space-to-depth, then a 1x1 conv."""
+    """2x down-sampling by patch merging: 2x2 space-to-depth, then a 1x1 conv. With
+    `temporal`, T is halved too: the 2x2 groups of even frames, then of odd frames
+    (8C channels, the reference's 3-D patch merging order)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, temporal: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(4 * in_channels, out_channels, 1, bias=False)
+        self.temporal = temporal
+        depth = 8 if temporal else 4
+        self.conv = nn.Conv2d(depth * in_channels, out_channels, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return frames(lambda f: self.conv(space_to_depth(f)), x)
+        if not self.temporal:
+            return frames(lambda f: self.conv(space_to_depth(f)), x)
+        even, odd = x[:, 0::2].flatten(0, 1), x[:, 1::2].flatten(0, 1)
+        merged = torch.cat([space_to_depth(even), space_to_depth(odd)], dim=1)
+        return self.conv(merged).unflatten(0, (x.shape[0], -1))
 
 
 class Downsample(nn.Module):
@@ -47,13 +56,19 @@ class Downsample(nn.Module):
     which is what bilinear interpolation to half size computes)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, steps: int = 1, mode: str = "merge"
+        self,
+        in_channels: int,
+        out_channels: int,
+        steps: int = 1,
+        mode: str = "merge",
+        *,
+        temporal: bool = False,
     ) -> None:
         super().__init__()
         self.mode = mode
         if mode == "merge":
             self.merges = nn.ModuleList(
-                PatchMerge(in_channels if k == 0 else out_channels, out_channels)
+                PatchMerge(in_channels if k == 0 else out_channels, out_channels, temporal=temporal)
                 for k in range(steps)
             )
         else:
@@ -71,7 +86,8 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """`steps` x (bilinear 2x up-sampling [+ 3x3 conv without bias])."""
+    """`steps` x (bilinear 2x up-sampling [+ 3x3 conv without bias]); with `temporal`,
+    trilinear over (T, H, W) [+ 3x3x3 conv]."""
 
     def __init__(
         self,
@@ -81,13 +97,16 @@ class Upsample(nn.Module):
         *,
         conv: bool = True,
         padding: str = "zeros",
+        temporal: bool = False,
     ) -> None:
         super().__init__()
         self.steps = steps
+        self.temporal = temporal
         self.convs = None
         if conv:
+            kind = nn.Conv3d if temporal else nn.Conv2d
             self.convs = nn.ModuleList(
-                nn.Conv2d(
+                kind(
                     in_channels if k == 0 else out_channels,
                     out_channels,
                     3,
@@ -101,6 +120,14 @@ class Upsample(nn.Module):
             raise ValueError("up-sampling without a conv cannot change the channels")
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.temporal:
+            y = x.transpose(1, 2)  # [B, C, T, H, W]
+            for k in range(self.steps):
+                y = F.interpolate(y, scale_factor=2.0, mode="trilinear", align_corners=False)
+                if self.convs is not None:
+                    y = self.convs[k](y)
+            return y.transpose(1, 2)
+
         def run(f: Tensor) -> Tensor:
             for k in range(self.steps):
                 f = F.interpolate(f, scale_factor=2.0, mode="bilinear", align_corners=False)

@@ -9,11 +9,17 @@ channels: the attention gate (levels >= 1) weighs the skip by it, then
 reference: `decoder.i` gives channels[max(i - 1, 1)] for i >= 1 and `decoder.0` keeps its
 channels[0] + channels[1] = 3C input channels, the model's output.
 
+With `halve_time: k`, the down-sampling of levels 0..k-1 halves T too (2x2x2 patch
+merging) and their up-sampling doubles it back (trilinear): level i runs on
+T / 2^min(i, k) frames.
+
 Names: `encoder.i`, `skips.i`, `down.i`, `bridge`, `up.i`, `gates.i`, `cat:decoder.i`,
 `decoder.i`.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from ...language.options import resolve_options
 from ...language.spec import MixedUNetrSpec, SpecSource
@@ -70,6 +76,11 @@ def build_mixed_unetr(source: SpecSource, entry: Entry) -> ModelGraph:
     stages = {s.name: s for s in _stages(source, body, entry)}
     unit = resolve_options(_UNIT_OPTIONS, stage_layers(source, None, "mixed_unetr", 1))
     size = source.spec.input_size
+    halve = body.halve_time
+
+    def frames(level: int) -> int:
+        """1/scale of T at `level`."""
+        return 2 ** min(level, halve)
 
     def conv_unit(name, label, inputs, cin, cout, level, residual) -> ConvUnitNode:
         scale = 2**level
@@ -79,42 +90,46 @@ def build_mixed_unetr(source: SpecSource, entry: Entry) -> ModelGraph:
             temporal=body.conv == "3d", norm=unit["norm"].value,
             activation=unit["activation"].value, padding=unit["padding"].value,
             input_size=None if size is None else (size[0] // scale, size[1] // scale),
+            time_scale=frames(level),
         )  # fmt: skip
 
     nodes: list[Node] = []
     previous = entry.name
     for i in range(n):
         enc = stages[f"encoder.{i}"]
-        nodes.append(enc.node(source, [previous]))
+        nodes.append(replace(enc.node(source, [previous]), time_scale=frames(i)))
         if body.skip_units:
             nodes.append(conv_unit(f"skips.{i}", "skip unit", (enc.name,), ch[i], ch[i], i, True))
         nodes.append(ResampleNode(
             name=f"down.{i}", inputs=(enc.name,), out_channels=ch[i], scale=2 ** (i + 1),
-            label="patch merge", path="mixed_unetr", meta={"level": i}, op="merge", steps=1,
-            in_channels=ch[i], in_scale=2**i,
+            label="patch merge" + " (T too)" * (i < halve), path="mixed_unetr",
+            meta={"level": i}, op="merge", steps=1, in_channels=ch[i], in_scale=2**i,
+            temporal=i < halve, time_scale=frames(i + 1),
         ))  # fmt: skip
         previous = f"down.{i}"
-    nodes.append(stages["bridge"].node(source, [previous]))
+    nodes.append(replace(stages["bridge"].node(source, [previous]), time_scale=frames(n)))
     previous = "bridge"
     for i in reversed(range(n)):
         op = "upconv" if body.up == "conv" else "upsample"
+        label = "trilinear" if i < halve else "bilinear"
+        label += (" + 3x3x3 conv" if i < halve else " + 3x3 conv") * (op == "upconv")
         nodes.append(ResampleNode(
             name=f"up.{i}", inputs=(previous,), out_channels=up_ch[i], scale=2**i,
-            label="bilinear + 3x3 conv" if op == "upconv" else "bilinear", path="mixed_unetr.up",
-            meta={"level": i}, op=op, steps=1, in_channels=up_ch[i], in_scale=2 ** (i + 1),
-            padding=unit["padding"].value,
+            label=label, path="mixed_unetr.up", meta={"level": i}, op=op, steps=1,
+            in_channels=up_ch[i], in_scale=2 ** (i + 1), padding=unit["padding"].value,
+            temporal=i < halve, time_scale=frames(i),
         ))  # fmt: skip
         skip = f"skips.{i}" if body.skip_units else f"encoder.{i}"
         if body.gate and i > 0:
             nodes.append(GateNode(
                 name=f"gates.{i}", inputs=(f"up.{i}", skip), out_channels=ch[i],
                 scale=2**i, label="attention gate", path="mixed_unetr.gate",
-                meta={"level": i}, gate_channels=up_ch[i],
+                meta={"level": i}, gate_channels=up_ch[i], time_scale=frames(i),
             ))  # fmt: skip
             skip = f"gates.{i}"
         nodes.append(MergeNode(
             name=f"cat:decoder.{i}", inputs=(skip, f"up.{i}"), out_channels=ch[i] + up_ch[i],
-            scale=2**i, label="concat", meta={"level": i}, op="cat",
+            scale=2**i, label="concat", meta={"level": i}, op="cat", time_scale=frames(i),
         ))  # fmt: skip
         nodes.append(conv_unit(f"decoder.{i}", f"decoder level {i}", (f"cat:decoder.{i}",),
                                ch[i] + up_ch[i], dec_ch[i], i, False))  # fmt: skip
