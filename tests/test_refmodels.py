@@ -153,6 +153,78 @@ def test_mixed_unetr_needs_two_levels():
         stcnnt_dsl.load_spec({"mixed_unetr": {"channels": [8], "blocks": "C2"}})
 
 
+# --------------------------------------------------------------------------- halving T
+
+
+def _halving(**body) -> dict:
+    return {"mixed_unetr": {"channels": [4, 8, 16], "blocks": "T1L1G1", "window": 4,
+                            "patch": 2, **body}, "in_channels": 2}  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "frames"), [
+    ({"halve_time": 2}, [8, 4, 2, 2]),
+    ({"halve_time": 2, "up": "conv"}, [8, 4, 2, 2]),
+    ({"halve_time": 3, "conv": "2d"}, [8, 4, 2, 1]),
+])  # fmt: skip
+def test_halve_time_shapes_and_costs_are_the_modules(body, frames):
+    """T per level from infer_shapes is what the modules give (hooks); parameters and
+    FLOPs of the graph are the module's numel and FlopCounterMode's count."""
+    from stcnnt_dsl.tools.flops import count_flops_analytic, count_flops_torch
+
+    spec = _halving(**body)
+    model = stcnnt_dsl.build(spec, seed=0).eval()
+    shape = (1, 8, 2, 32, 32)
+    inferred = stcnnt_dsl.infer_shapes(spec, shape)
+    levels = ["encoder.0", "encoder.1", "encoder.2", "bridge"]
+    assert [inferred["nodes"][n][1] for n in levels] == frames
+    seen = {}
+    for name in inferred["nodes"]:
+        if model.graph.node(name).has_module:
+            model.get_submodule(name).register_forward_hook(
+                lambda m, i, o, n=name: seen.__setitem__(n, tuple(o.shape))
+            )
+    x = torch.randn(shape)
+    with torch.no_grad():
+        y = model(x)
+    assert seen == {n: s for n, s in inferred["nodes"].items() if n in seen}
+    assert tuple(y.shape) == inferred["output"] == (1, 8, 12, 32, 32)
+    assert [f[1] for f in inferred["features"]] == frames[:3]
+    assert sum(model.graph.params().values()) == _params(model)
+    assert count_flops_analytic(model.graph, shape).total == count_flops_torch(model, x).total
+
+
+def test_halve_time_needs_a_multiple_of_2_to_the_halve_time():
+    spec = _halving(halve_time=2)
+    assert stcnnt_dsl.accepts(spec).text == "H and W multiples of 32, T a multiple of 4"
+    with pytest.raises(stcnnt_dsl.ShapeError, match="down.1 .*multiple of 2, got T=3") as err:
+        stcnnt_dsl.check(spec, (1, 6, 2, 32, 32))
+    assert err.value.nearest["T"] == [4, 8]
+    # 3x3x3 reflect-padded units need 2 frames at the deepest halved level: T >= 8
+    reflect = {**spec, "defaults": {"padding": "reflect"}}
+    assert stcnnt_dsl.accepts(reflect).text.endswith("T a multiple of 4 >= 8")
+    with pytest.raises(stcnnt_dsl.ShapeError, match="T=4 is 1 frames there"):
+        stcnnt_dsl.check(reflect, (1, 4, 2, 32, 32))
+    stcnnt_dsl.check(reflect, (1, 8, 2, 32, 32))
+
+
+def test_halve_time_at_most_the_levels():
+    with pytest.raises(SpecError, match="halve_time=4 is more than the 3 levels"):
+        stcnnt_dsl.load_spec(_halving(halve_time=4))
+    with pytest.raises(SpecError, match="integer >= 0"):
+        stcnnt_dsl.load_spec(_halving(halve_time=-1))
+
+
+@pytest.mark.parametrize(("time", "min_t", "levels", "halve"), [
+    (2, 16, 2, 0), (8, 2, 3, 2), (16, 4, 3, 2), (16, 2, 3, 3), (32, 16, 2, 1),
+])  # fmt: skip
+def test_reference_min_t_becomes_halve_time(time, min_t, levels, halve):
+    """The reference's down-sampling of level i halves T while time // 2^(i+1) >= min_T."""
+    config = _mixed(time=time)
+    config["backbone_mixed_unetr"].update(min_T=min_t, num_resolution_levels=levels,
+                                          n_heads=[2] * (levels + 1))  # fmt: skip
+    assert reference_spec(config).body.halve_time == halve
+
+
 def test_conv_unit_matches_its_formula():
     torch.manual_seed(0)
     unit = ConvUnit(3, 3, residual=True).eval()
@@ -189,7 +261,6 @@ def test_conv_unit_matches_its_formula():
         ({"n_heads": [8]}, "backbone_mixed_unetr.n_heads", "one head count per level"),
         ({"num_resolution_levels": 5, "n_heads": [1] * 6},
          "backbone_mixed_unetr.num_resolution_levels", "E3"),
-        ({"min_T": 1}, "backbone_mixed_unetr.min_T", "halves T"),
     ],
 )  # fmt: skip
 def test_mixed_unetr_refusals_name_the_key(section, key, match):
@@ -348,13 +419,29 @@ def _compare(*cases: str) -> str:
 def test_whole_reference_models_agree():
     out = _compare("mixed_unetr+UperNet3D")
     # the mixed U-Netr of C=8: ours has the reference's parameters but its 272 unused ones
-    assert "params 496,516 (reference 496,788)" in out
+    assert "params 496,516 (reference 496,788, unused 272)" in out
 
 
 @needs_checkout
 @pytest.mark.slow
 def test_every_compared_reference_model_agrees():
-    assert len(_compare().splitlines()) == 9
+    assert len(_compare().splitlines()) == 11
+
+
+@needs_checkout
+def test_reference_models_that_halve_t_agree():
+    """The reference's min_T: T=8 with min_T=2 halves T at 2 of 3 levels, T=16 with
+    min_T=4 at both levels of a whole model; outputs to 1e-4 (the tool's exit status),
+    parameters equal."""
+    out = _compare("mixed_unetr(T=8, min_T=2, 3 levels), backbone",
+                   "mixed_unetr(T=16, min_T=4, up conv)+UperNet3D")  # fmt: skip
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert "out (2, 24, 8, 32, 32)" in lines[0] and "out (2, 3, 16, 32, 32)" in lines[1]
+    for line in lines:
+        counts = line.split("params ")[1].replace(",", "").strip(")").split()
+        ours, reference, unused = int(counts[0]), int(counts[2]), int(counts[4])
+        assert ours + unused == reference and unused == 272, line
 
 
 def test_round_trip_of_a_whole_mixed_unetr_with_upernet():

@@ -154,9 +154,9 @@ class ModelGraph:
             try:
                 check_size(rule, sh, sw, where=where, path=node.path, t=t // ts)
             except ShapeError as err:
-                at = f" (the input's {h}x{w} is {sh}x{sw} at 1/{scale} scale)" if scale > 1 else ""
-                if ts > 1:
-                    at += f" (its T={t} is {t // ts} there)"
+                notes = [f"the input's {h}x{w} is {sh}x{sw} at 1/{scale} scale"] * (scale > 1)
+                notes += [f"its T={t} is {t // ts} frames there"] * (ts > 1)
+                at = f" ({', '.join(notes)})" if notes else ""
                 sizes = f"H={h}, W={w}" if frames is None else f"{frames}={t}, H={h}, W={w}"
                 reason = f"input {sizes} cannot run: valid inputs are "
                 reason += describe_rule(whole, frames)

@@ -210,7 +210,7 @@ def _level_count(name: str, value: Any) -> int:
     try:
         return _LEVEL_COUNT.check(value)
     except OptionValueError:
-        raise _error(f"{name} must be an integer >= 0, got {value!r}", name) from None
+        raise _error(f"{name} must be an integer >= 0, got {value!r}") from None
 
 
 LevelCount = Annotated[
