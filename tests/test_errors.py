@@ -502,11 +502,6 @@ CATALOGUE: list[Entry] = [
       "backbone_mixed_unetr": {"use_window_partition": 1}}), SpecError,
       "backbone_mixed_unetr.use_window_partition", ("not supported", "use 0"),
       "train it with use_window_partition 0."),
-    E("reference-mixed-unetr-halves-t", "Reference models", "a reference mixed U-Netr whose "
-      "T is long enough to be halved (time // 2 >= min_T)", ("reference_spec", {
-          "backbone_model": "STCNNT_mUNET", "time": 32, "backbone_mixed_unetr": {}}),
-      SpecError, "backbone_mixed_unetr.min_T", ("time // 2 >= min_T",),
-      "import models with time // 2 < min_T."),
     E("reference-mixed-unetr-whole-levels", "Reference models", "a whole reference model "
       "with a 3-level mixed U-Netr (the reference's own factory gives its head the wrong "
       "channels)", ("reference_spec", {"backbone_model": "STCNNT_mUNET", "post_model":
@@ -676,6 +671,17 @@ CATALOGUE: list[Entry] = [
     E("studio-no-runs", "Studio", "training without a runs folder", ("studio", "no-runs"),
       STCNNTError, None, ("--runs DIR",), "start the studio with --runs DIR.",
       "# stcnnt studio (no --data, no --runs), then Train"),
+    # ------------------------------------------------------------------ issue 25 (session 3)
+    E("mixed-unetr-halve-time-levels", "Reference models", "a mixed U-Netr that halves T at "
+      "more levels than it has", ("load", {"mixed_unetr": {"channels": [8, 16], "blocks": "C2",
+                                                           "halve_time": 3}}),
+      SpecError, "mixed_unetr.halve_time", ("more than the 2 levels", "use 0 to 2"),
+      "give at most one per level."),
+    E("input-t-halved", "Inputs", "a T that a mixed U-Netr's halve_time cannot halve",
+      ("check", {"mixed_unetr": {"channels": [8, 16], "blocks": "C2", "halve_time": 2}},
+       (1, 6, 1, 32, 32)), ShapeError, "mixed_unetr",
+      ("T a multiple of 4", "down.1 (patch merge (T too))", "T=6 is 3 frames there"),
+      "use a multiple of 2^halve_time frames."),
 ]  # fmt: skip
 
 

@@ -146,6 +146,9 @@ class ModelGraph:
             )
         whole = self.rule()
         nearest = _nearest(whole, h, w)
+        mt = whole.frames_multiple
+        if mt > 1 and (t % mt or t < whole.min_frames):
+            nearest["T"] = sorted({max(whole.min_frames, v) for v in nearest_multiples(t, mt)})
         hint = "; ".join(
             f"nearest valid {k}: {' or '.join(map(str, v))}" for k, v in nearest.items()
         )
@@ -163,8 +166,6 @@ class ModelGraph:
                 if nearest:
                     reason += f"; {hint}"
                 reason += f". The first rule it breaks: {where}: {err.rule}{at}"
-                if "T" in err.nearest:
-                    nearest = {**nearest, "T": [v * ts for v in err.nearest["T"]]}
                 raise ShapeError(
                     reason, node.path, rule=err.rule, nearest=nearest or err.nearest
                 ) from None
