@@ -682,6 +682,11 @@ CATALOGUE: list[Entry] = [
        (1, 6, 1, 32, 32)), ShapeError, "mixed_unetr",
       ("T a multiple of 4", "down.1 (patch merge (T too))", "T=6 is 3 frames there"),
       "use a multiple of 2^halve_time frames."),
+    E("mixed-unetr-decoder-without-blocks", "Reference models", "options for mixed U-Netr "
+      "decoder blocks while its decoder is convolution units", ("load", {"mixed_unetr": {
+          "channels": [8, 16], "blocks": "C2", "decoder": [{"window": 4}, {}]}}),
+      SpecError, "mixed_unetr.decoder", ("add decoder_blocks: true",),
+      "add decoder_blocks: true, or drop decoder."),
 ]  # fmt: skip
 
 

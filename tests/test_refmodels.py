@@ -165,6 +165,7 @@ def _halving(**body) -> dict:
     ({"halve_time": 2}, [8, 4, 2, 2]),
     ({"halve_time": 2, "up": "conv"}, [8, 4, 2, 2]),
     ({"halve_time": 3, "conv": "2d"}, [8, 4, 2, 1]),
+    ({"halve_time": 1, "decoder_blocks": True}, [8, 4, 4, 4]),
 ])  # fmt: skip
 def test_halve_time_shapes_and_costs_are_the_modules(body, frames):
     """T per level from infer_shapes is what the modules give (hooks); parameters and
@@ -205,6 +206,18 @@ def test_halve_time_needs_a_multiple_of_2_to_the_halve_time():
     with pytest.raises(stcnnt_dsl.ShapeError, match="T=4 is 1 frames there"):
         stcnnt_dsl.check(reflect, (1, 4, 2, 32, 32))
     stcnnt_dsl.check(reflect, (1, 8, 2, 32, 32))
+
+
+def test_decoder_blocks_take_their_level_options():
+    spec = _halving(decoder_blocks=True, decoder=[{"window": 8}, {}, {}])
+    graph = stcnnt_dsl.build(spec).graph
+    decoder = [graph.node(f"decoder.{i}") for i in range(3)]
+    assert [n.kind for n in decoder] == ["block"] * 3
+    assert [(n.in_channels, n.out_channels) for n in decoder] == [(12, 12), (16, 8), (32, 8)]
+    assert decoder[0].plan.cells[1].geometry.window == (8, 8)
+    with pytest.raises(SpecError, match="add decoder_blocks: true") as err:
+        stcnnt_dsl.load_spec(_halving(decoder=[{}, {}, {}]))
+    assert err.value.path == "mixed_unetr.decoder"
 
 
 def test_halve_time_at_most_the_levels():
@@ -255,8 +268,6 @@ def test_conv_unit_matches_its_formula():
     "section, key, match",
     [
         ({"use_window_partition": 1}, "backbone_mixed_unetr.use_window_partition", "window"),
-        ({"transformer_for_upsampling": 1}, "backbone_mixed_unetr.transformer_for_upsampling",
-         "decoder"),
         ({"n_heads": 8}, "backbone_mixed_unetr.n_heads", "one head count per level"),
         ({"n_heads": [8]}, "backbone_mixed_unetr.n_heads", "one head count per level"),
         ({"num_resolution_levels": 5, "n_heads": [1] * 6},
@@ -425,7 +436,20 @@ def test_whole_reference_models_agree():
 @needs_checkout
 @pytest.mark.slow
 def test_every_compared_reference_model_agrees():
-    assert len(_compare().splitlines()) == 11
+    assert len(_compare().splitlines()) == 13
+
+
+@needs_checkout
+def test_reference_transformer_decoders_agree():
+    """transformer_for_upsampling: decoder blocks of each level's block string (the
+    U-Net's decoder window sizes), in a whole model and a 4-level backbone halving T."""
+    out = _compare("mixed_unetr(transformer decoder)+UperNet3D",
+                   "mixed_unetr(transformer decoder, 4 levels, T=8, min_T=2), backbone")  # fmt: skip
+    lines = out.splitlines()
+    assert "out (2, 3, 4, 32, 32)" in lines[0] and "out (2, 12, 8, 64, 64)" in lines[1]
+    for line in lines:
+        counts = line.split("params ")[1].replace(",", "").strip(")").split()
+        assert int(counts[0]) + int(counts[4]) == int(counts[2]), line
 
 
 @needs_checkout

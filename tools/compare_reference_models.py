@@ -10,7 +10,7 @@ one random input in eval mode and the largest difference is printed:
 
 Cases: the mixed U-Netr (`STCNNT_mUNET`) and the U-Net with `UperNet2D`, `UperNet3D` and
 `SimpleConv` heads, and the mixed U-Netr's variants (2-D convolutions, no skip units, no
-gates, up-sampling convs, 3 levels, T halved by `min_T`). Exit status 1 when a difference
+gates, up-sampling convs, 3 levels, T halved by `min_T`, the transformer decoder). Exit status 1 when a difference
 exceeds 1e-4. `unused` counts the reference's parameters that it builds but never runs
 (ours leave them out).
 """
@@ -81,6 +81,11 @@ def cases() -> dict[str, dict[str, Any]]:
     deep = config("STCNNT_mUNET", "Identity", num_resolution_levels=4, with_conv=1, C=4,
                   n_heads=[4, 4, 4, 4, 2])  # fmt: skip
     deep.update(height=64, width=64)
+    transformer = copy.deepcopy(deep)  # the decoder's blocks: each level's block string
+    transformer.update(time=8)
+    transformer["backbone_mixed_unetr"].update(
+        transformer_for_upsampling=1, min_T=2, block_str=["T1L1G1", "T1V1", "L1G1", "T1", "G1"]
+    )
     return {
         "mixed_unetr+UperNet2D": config("STCNNT_mUNET", "UperNet2D"),
         "mixed_unetr+UperNet3D": config("STCNNT_mUNET", "UperNet3D"),
@@ -107,6 +112,10 @@ def cases() -> dict[str, dict[str, Any]]:
         "mixed_unetr(T=16, min_T=4, up conv)+UperNet3D": halving(
             "UperNet3D", 16, 4, with_conv=1
         ),
+        "mixed_unetr(transformer decoder)+UperNet3D": config(
+            "STCNNT_mUNET", "UperNet3D", transformer_for_upsampling=1
+        ),
+        "mixed_unetr(transformer decoder, 4 levels, T=8, min_T=2), backbone": transformer,
         "unet+UperNet2D": config("STCNNT_UNET", "UperNet2D"),
         "unet+UperNet3D": config("STCNNT_UNET", "UperNet3D"),
     }
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         r = compare(classes, config, args.seed)
         worst = max(worst, r["max_diff"])
         print(
-            f"{name:45s} out {r['shape']}  max |ours - reference| {r['max_diff']:.2e}  "
+            f"{name:50s} out {r['shape']}  max |ours - reference| {r['max_diff']:.2e}  "
             f"params {r['params']:,} (reference {r['reference_params']:,}, "
             f"unused {r['reference_unused']:,})"
         )

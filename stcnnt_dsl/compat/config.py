@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import SpecError
+from ..graph.topologies.mixed_unetr import decoder_channels
 from ..language.spec import ArchSpec, load_spec
 from .sizing import (
     METHODS,
@@ -355,8 +356,6 @@ def _check_mixed_unetr(cfg: _Config, levels: int) -> None:
     for key, why in (
         ("use_window_partition", "its window-partition input stage (space-to-depth of the "
          "input, an extra skip and decoder) is not expressible"),
-        ("transformer_for_upsampling", "its transformer decoder is not expressible (the "
-         "convolutional decoder, 0, is)"),
     ):  # fmt: skip
         if cfg.flag(f"{section}.{key}"):
             raise SpecError(f"{section}.{key}=1 is not supported: {why}; use 0", f"{section}.{key}")
@@ -376,9 +375,10 @@ def _mixed_unetr_halve_time(cfg: _Config, levels: int) -> int:
     return sum(1 for i in range(levels) if time // 2 ** (i + 1) >= min_t)
 
 
-def _mixed_unetr_heads(cfg: _Config, levels: int) -> dict[str, int]:
-    """Heads per block: `n_heads[i]` for encoder level i, the list's last for the bridge
-    (the reference indexes the configured list itself, so a shorter list fails there)."""
+def _mixed_unetr_heads(cfg: _Config, levels: int, decoder_blocks: bool) -> dict[str, int]:
+    """Heads per block: `n_heads[i]` for encoder (and decoder) level i, the list's last
+    for the bridge (the reference indexes the configured list itself, so a shorter list
+    fails there)."""
     key = "backbone_mixed_unetr.n_heads"
     value = cfg.raw(key)
     if not isinstance(value, (list, tuple)) or len(value) < levels:
@@ -391,6 +391,8 @@ def _mixed_unetr_heads(cfg: _Config, levels: int) -> dict[str, int]:
         raise SpecError(f"{key} must hold positive integers, got {value!r}", key)
     heads = {f"D{i}": value[i] for i in range(levels)}
     heads["bridge"] = value[-1]
+    if decoder_blocks:
+        heads.update({f"U{i}": value[i] for i in range(levels)})
     return heads
 
 
@@ -444,13 +446,18 @@ def reference_spec(config: Any) -> ArchSpec:
         cfg.integer("width", 1), cfg.pair("window_size"), cfg.pair("patch_size"),
     )  # fmt: skip
     stage_heads: dict[str, int] = {}
+    decoder_blocks = topology == "mixed_unetr" and cfg.flag(f"{section}.transformer_for_upsampling")
     if topology == "mixed_unetr":
-        geometry = mixed_unetr_geometry(sizer, levels)
+        # its transformer decoder's blocks are sized as the U-Net's decoder blocks
+        geometry = (unet_geometry if decoder_blocks else mixed_unetr_geometry)(sizer, levels)
         out_ch = {f"D{i}": channels[i] for i in range(levels)}
         out_ch["bridge"] = channels[-1]
         cells_of = {f"D{i}": blocks[i] for i in range(levels)}
         cells_of["bridge"] = blocks[-1]
-        stage_heads = _mixed_unetr_heads(cfg, levels)
+        if decoder_blocks:
+            out_ch.update({f"U{i}": c for i, c in enumerate(decoder_channels(channels)[1])})
+            cells_of.update({f"U{i}": blocks[i] for i in range(levels)})
+        stage_heads = _mixed_unetr_heads(cfg, levels, decoder_blocks)
         defaults["heads"] = stage_heads["D0"]
     elif topology == "unet":
         geometry = unet_geometry(sizer, levels)
@@ -494,6 +501,8 @@ def reference_spec(config: Any) -> ArchSpec:
         )
         if halve := _mixed_unetr_halve_time(cfg, levels):
             body["halve_time"] = halve
+        if decoder_blocks:
+            body.update(decoder_blocks=True, decoder=[options[f"U{i}"] for i in range(levels)])
     elif topology == "unet":
         body.update(
             gate=cfg.flag(f"{section}.use_unet_attention"),

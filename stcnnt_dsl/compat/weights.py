@@ -43,9 +43,10 @@ def _node_prefix(topology: str, node: Node) -> str:
         if isinstance(node, GateNode):
             return f"attention_{level}."
         head, _, _ = node.name.partition(".")
+        decoder = f"U{level}.block." if isinstance(node, BlockNode) else f"U{level}."
         name = {"encoder": f"D{level}.block.", "bridge": "bridge.block.",
                 "down": f"down_{level}.block.", "up": f"up_{level}.block.",
-                "skips": f"E{level}.", "decoder": f"U{level}."}[head]  # fmt: skip
+                "skips": f"E{level}.", "decoder": decoder}[head]  # fmt: skip
         return name
     if topology == "unet":
         level = m.get("level")

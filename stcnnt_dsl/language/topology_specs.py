@@ -222,7 +222,8 @@ LevelCount = Annotated[
 
 class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
     """Mixed U-Netr (the reference's `STCNNT_Mixed_Unetr`): ST-CNNT blocks for the encoder
-    levels and the bridge, convolution units on the skips and for the decoder."""
+    levels and the bridge, convolution units on the skips and for the decoder (or
+    ST-CNNT blocks there too, `decoder_blocks`)."""
 
     channels: Channels
     levels: PositiveInt | None = None
@@ -248,9 +249,17 @@ class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
         "(2x2x2 patch merging; the way back is trilinear x2, with a 3x3x3 conv for "
         "up: conv): the reference's min_T. T must then be a multiple of 2^halve_time",
     )
+    decoder_blocks: Bool = Field(
+        False,
+        description="decoder levels are ST-CNNT blocks of their level's block string (the "
+        "reference's transformer_for_upsampling) instead of convolution units",
+    )
     window_sizing: WindowSizing = Field("fixed", description=_WINDOW_SIZING_HELP)
     encoder: list[StageSpec] | None = None
     bridge: StageSpec | None = None
+    decoder: list[StageSpec] | None = Field(
+        None, description="per-level options of the decoder blocks (with decoder_blocks)"
+    )
     overrides: dict[str, StageSpec] | None = _overrides_field()
 
     @model_validator(mode="after")
@@ -277,6 +286,13 @@ class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
             f"one per level, {n} levels, optionally one more for the bridge",
         )
         _check_len(self.encoder, (n,), "encoder", f"one entry per level, {n} levels")
+        if self.decoder is not None and not self.decoder_blocks:
+            raise _error(
+                "decoder sets options of decoder blocks, but the decoder levels are "
+                "convolution units; add decoder_blocks: true, or drop decoder",
+                "decoder",
+            )
+        _check_len(self.decoder, (n,), "decoder", f"one entry per level, {n} levels")
         return self
 
     @property

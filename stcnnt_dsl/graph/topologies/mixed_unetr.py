@@ -5,8 +5,9 @@ Level i runs at H/2^i with channels[i] (= C*2^i): encoder block i, a convolution
 its skip (`skips.i`, residual), 2x down-sampling by patch merging; the bridge at H/2^L
 keeps channels[-1]. Going up, level i's up-sampled input has channels[max(i, 1)]
 channels: the attention gate (levels >= 1) weighs the skip by it, then
-`decoder.i` (a convolution unit) takes [skip, up-sampled]. The channel counts follow the
-reference: `decoder.i` gives channels[max(i - 1, 1)] for i >= 1 and `decoder.0` keeps its
+`decoder.i` (a convolution unit, or with `decoder_blocks` a block of level i's block
+string) takes [skip, up-sampled]. The channel counts follow the reference: `decoder.i`
+gives channels[max(i - 1, 1)] for i >= 1 and `decoder.0` keeps its
 channels[0] + channels[1] = 3C input channels, the model's output.
 
 With `halve_time: k`, the down-sampling of levels 0..k-1 halves T too (2x2x2 patch
@@ -65,6 +66,14 @@ def _stages(source: SpecSource, body: MixedUNetrSpec, entry: Entry) -> list[Stag
     ]  # fmt: skip
     stages.append(stage("bridge", "bridge", body.bridge, "mixed_unetr.bridge", n, ch[-1],
                         ch[-1], 2**n))  # fmt: skip
+    if body.decoder_blocks:
+        up, out = decoder_channels(ch)
+        dec, key = (body.decoder, "decoder") if body.decoder else (enc, "encoder")
+        stages += [
+            stage(f"decoder.{i}", f"decoder level {i}", dec[i], f"mixed_unetr.{key}[{i}]", i,
+                  ch[i] + up[i], out[i], 2**i)
+            for i in reversed(range(n))
+        ]  # fmt: skip
     return apply_overrides(source, stages)
 
 
@@ -131,8 +140,12 @@ def build_mixed_unetr(source: SpecSource, entry: Entry) -> ModelGraph:
             name=f"cat:decoder.{i}", inputs=(skip, f"up.{i}"), out_channels=ch[i] + up_ch[i],
             scale=2**i, label="concat", meta={"level": i}, op="cat", time_scale=frames(i),
         ))  # fmt: skip
-        nodes.append(conv_unit(f"decoder.{i}", f"decoder level {i}", (f"cat:decoder.{i}",),
-                               ch[i] + up_ch[i], dec_ch[i], i, False))  # fmt: skip
+        if body.decoder_blocks:
+            block = stages[f"decoder.{i}"].node(source, [f"cat:decoder.{i}"])
+            nodes.append(replace(block, time_scale=frames(i)))
+        else:
+            nodes.append(conv_unit(f"decoder.{i}", f"decoder level {i}", (f"cat:decoder.{i}",),
+                                   ch[i] + up_ch[i], dec_ch[i], i, False))  # fmt: skip
         previous = f"decoder.{i}"
     features = tuple(Feature(f"decoder.{i}", dec_ch[i], 2**i) for i in range(n))
     rows = []
