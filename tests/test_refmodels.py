@@ -197,7 +197,7 @@ def test_halve_time_shapes_and_costs_are_the_modules(body, frames):
 def test_halve_time_needs_a_multiple_of_2_to_the_halve_time():
     spec = _halving(halve_time=2)
     assert stcnnt_dsl.accepts(spec).text == "H and W multiples of 32, T a multiple of 4"
-    with pytest.raises(stcnnt_dsl.ShapeError, match="down.1 .*multiple of 2, got T=3") as err:
+    with pytest.raises(stcnnt_dsl.ShapeError, match=r"down\.1 .*multiple of 2, got T=3") as err:
         stcnnt_dsl.check(spec, (1, 6, 2, 32, 32))
     assert err.value.nearest["T"] == [4, 8]
     # 3x3x3 reflect-padded units need 2 frames at the deepest halved level: T >= 8
@@ -443,8 +443,10 @@ def test_every_compared_reference_model_agrees():
 def test_reference_transformer_decoders_agree():
     """transformer_for_upsampling: decoder blocks of each level's block string (the
     U-Net's decoder window sizes), in a whole model and a 4-level backbone halving T."""
-    out = _compare("mixed_unetr(transformer decoder)+UperNet3D",
-                   "mixed_unetr(transformer decoder, 4 levels, T=8, min_T=2), backbone")  # fmt: skip
+    out = _compare(
+        "mixed_unetr(transformer decoder)+UperNet3D",
+        "mixed_unetr(transformer decoder, 4 levels, T=8, min_T=2), backbone",
+    )
     lines = out.splitlines()
     assert "out (2, 3, 4, 32, 32)" in lines[0] and "out (2, 12, 8, 64, 64)" in lines[1]
     for line in lines:

@@ -10,9 +10,9 @@ one random input in eval mode and the largest difference is printed:
 
 Cases: the mixed U-Netr (`STCNNT_mUNET`) and the U-Net with `UperNet2D`, `UperNet3D` and
 `SimpleConv` heads, and the mixed U-Netr's variants (2-D convolutions, no skip units, no
-gates, up-sampling convs, 3 levels, T halved by `min_T`, the transformer decoder). Exit status 1 when a difference
-exceeds 1e-4. `unused` counts the reference's parameters that it builds but never runs
-(ours leave them out).
+gates, up-sampling convs, 3 levels, T halved by `min_T`, the transformer decoder). Exit
+status 1 when a difference exceeds 1e-4. `unused` counts the reference's parameters that
+it builds but never runs (ours leave them out).
 """
 
 from __future__ import annotations
@@ -109,9 +109,7 @@ def cases() -> dict[str, dict[str, Any]]:
         "mixed_unetr(T=8, min_T=2, 3 levels), backbone": halving(
             "Identity", 8, 2, num_resolution_levels=3
         ),
-        "mixed_unetr(T=16, min_T=4, up conv)+UperNet3D": halving(
-            "UperNet3D", 16, 4, with_conv=1
-        ),
+        "mixed_unetr(T=16, min_T=4, up conv)+UperNet3D": halving("UperNet3D", 16, 4, with_conv=1),
         "mixed_unetr(transformer decoder)+UperNet3D": config(
             "STCNNT_mUNET", "UperNet3D", transformer_for_upsampling=1
         ),

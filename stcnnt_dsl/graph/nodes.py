@@ -1,11 +1,12 @@
 """The nodes of a model graph: blocks, resamplers, attention gates and merges.
 
 A node knows its inputs (names of other nodes, or `input`), its output channels and
-resolution (1/scale of the input's H and W, 1/time_scale of its T), and its own costs as pure functions: parameters by
-module path, FLOPs and saved activations for an input size, and the size rules it puts
-on the input. Its `name` is its module path in the compiled model (`encoder.1`,
-`level1.stage2`, `gates.0`), which is also the name `overrides:`, `explain` and error
-messages use; merges have no module and are named `sum:<consumer>` / `cat:<consumer>`.
+resolution (1/scale of the input's H and W, 1/time_scale of its T), and its own costs
+as pure functions: parameters by module path, FLOPs and saved activations for an input
+size, and the size rules it puts on the input. Its `name` is its module path in the
+compiled model (`encoder.1`, `level1.stage2`, `gates.0`), which is also the name
+`overrides:`, `explain` and error messages use; merges have no module and are named
+`sum:<consumer>` / `cat:<consumer>`.
 """
 
 from __future__ import annotations
@@ -176,8 +177,7 @@ class ResampleNode(Node):
         pixels_in = frames * self._size(h, w, self.in_scale)
         if self.op == "merge":
             return {
-                "": self.in_channels * self._t_in * pixels_in
-                + self.out_channels * pixels_in // 4
+                "": self.in_channels * self._t_in * pixels_in + self.out_channels * pixels_in // 4
             }
         if self.op == "upconv":
             out = frames * self._size(h, w, self.scale)

@@ -11,7 +11,6 @@ from pydantic import (
     model_validator,
 )
 
-from .options import Int, OptionValueError
 from .fields import (
     Blocks,
     Bool,
@@ -20,6 +19,7 @@ from .fields import (
     _error,
     _OptionFields,
 )
+from .options import Int, OptionValueError
 from .stage_spec import StageSpec
 
 MAX_LEVELS = 16
