@@ -497,11 +497,6 @@ CATALOGUE: list[Entry] = [
           "kind": "segmentation", "classes": 2, "decoder": "upernet", "mode": "3d",
           "frames": "first"}}}), SpecError, "heads.seg.frames", ("mode 2d option",),
       "drop frames, or use mode 2d."),
-    E("reference-window-partition", "Reference models", "a reference mixed U-Netr with its "
-      "window-partition input stage", ("reference_spec", {"backbone_model": "STCNNT_mUNET",
-      "backbone_mixed_unetr": {"use_window_partition": 1}}), SpecError,
-      "backbone_mixed_unetr.use_window_partition", ("not supported", "use 0"),
-      "train it with use_window_partition 0."),
     E("reference-mixed-unetr-whole-levels", "Reference models", "a whole reference model "
       "with a 3-level mixed U-Netr (the reference's own factory gives its head the wrong "
       "channels)", ("reference_spec", {"backbone_model": "STCNNT_mUNET", "post_model":
@@ -687,6 +682,11 @@ CATALOGUE: list[Entry] = [
           "channels": [8, 16], "blocks": "C2", "decoder": [{"window": 4}, {}]}}),
       SpecError, "mixed_unetr.decoder", ("add decoder_blocks: true",),
       "add decoder_blocks: true, or drop decoder."),
+    E("mixed-unetr-input-unit-without-partition", "Reference models", "a mixed U-Netr input "
+      "unit without a window partition", ("load", {"mixed_unetr": {
+          "channels": [8, 16], "blocks": "C2", "input_unit": True}}),
+      SpecError, "mixed_unetr.input_unit", ("needs a partition stage",),
+      "set partition: 2d or 3d, or drop input_unit."),
 ]  # fmt: skip
 
 

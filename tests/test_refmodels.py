@@ -166,6 +166,10 @@ def _halving(**body) -> dict:
     ({"halve_time": 2, "up": "conv"}, [8, 4, 2, 2]),
     ({"halve_time": 3, "conv": "2d"}, [8, 4, 2, 1]),
     ({"halve_time": 1, "decoder_blocks": True}, [8, 4, 4, 4]),
+    ({"partition": "3d", "halve_time": 1, "input_unit": True, "window": 2, "patch": 1},
+     [4, 2, 2, 2]),
+    ({"partition": "2d", "decoder_blocks": True, "up": "conv", "window": 2, "patch": 1},
+     [8, 8, 8, 8]),
 ])  # fmt: skip
 def test_halve_time_shapes_and_costs_are_the_modules(body, frames):
     """T per level from infer_shapes is what the modules give (hooks); parameters and
@@ -188,8 +192,11 @@ def test_halve_time_shapes_and_costs_are_the_modules(body, frames):
     with torch.no_grad():
         y = model(x)
     assert seen == {n: s for n, s in inferred["nodes"].items() if n in seen}
-    assert tuple(y.shape) == inferred["output"] == (1, 8, 12, 32, 32)
-    assert [f[1] for f in inferred["features"]] == frames[:3]
+    assert tuple(y.shape) == inferred["output"] == (1, 8, model.out_channels, 32, 32)
+    with torch.no_grad():
+        features = [tuple(f.shape) for f in model.forward_features(x)]
+    assert features == inferred["features"]
+    assert [f[1] for f in features][-3:] == frames[:3]  # the decoder levels
     assert sum(model.graph.params().values()) == _params(model)
     assert count_flops_analytic(model.graph, shape).total == count_flops_torch(model, x).total
 
@@ -218,6 +225,47 @@ def test_decoder_blocks_take_their_level_options():
     with pytest.raises(SpecError, match="add decoder_blocks: true") as err:
         stcnnt_dsl.load_spec(_halving(decoder=[{}, {}, {}]))
     assert err.value.path == "mixed_unetr.decoder"
+
+
+def test_partition_channel_orders():
+    """space_to_depth: channel c*4 + dh*2 + dw holds x[c, 2i + dh, 2j + dw] (c*8 + dt*4 + ...
+    in 3d); reference: the reference's WindowPartition2D, the [C, H/2, W/2, 2, 2] memory
+    viewed as [4C, H/2, W/2]."""
+    from stcnnt_dsl.nn.sampling import partition
+
+    x = torch.arange(2 * 4 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 4, 3, 4, 6)
+    y = partition(x)
+    for c, dh, dw in [(0, 0, 0), (1, 1, 0), (2, 0, 1), (2, 1, 1)]:
+        assert torch.equal(y[:, :, c * 4 + dh * 2 + dw], x[:, :, c, dh::2, dw::2])
+    y3 = partition(x, temporal=True)
+    assert torch.equal(y3[:, :, 2 * 8 + 1 * 4 + 0 * 2 + 1], x[:, 1::2, 2, 0::2, 1::2])
+    ref = partition(x, order="reference")
+    blocks = x.reshape(2, 4, 3, 2, 2, 3, 2).permute(0, 1, 2, 3, 5, 4, 6)  # [C, H', W', 2, 2]
+    assert torch.equal(ref, blocks.reshape(2, 4, 12, 2, 3))
+    assert not torch.equal(ref, y)
+
+
+def test_input_unit_needs_a_partition():
+    with pytest.raises(SpecError, match="input_unit needs a partition stage") as err:
+        stcnnt_dsl.load_spec(_halving(input_unit=True))
+    assert err.value.path == "mixed_unetr.input_unit"
+
+
+@pytest.mark.parametrize(("time", "min_t", "on_input", "part", "halve", "out"), [
+    (4, 16, 1, "2d", 0, 20), (16, 2, 1, "3d", 2, 20), (8, 4, 0, "2d", 1, 16),
+])  # fmt: skip
+def test_reference_window_partition_translates(time, min_t, on_input, part, halve, out):
+    """3-D when time // 2 > min_T (strictly), then the levels halve T while
+    (time // 2) // 2^(i+1) >= min_T; 5C out with the input unit, else 4C."""
+    config = _mixed(time=time, height=64, width=64)
+    config["backbone_mixed_unetr"].update(use_window_partition=1, min_T=min_t,
+                                          encoder_on_input=on_input)  # fmt: skip
+    spec = reference_spec(config)
+    body = spec.body
+    assert (body.partition, body.halve_time, body.input_unit) == (part, halve, bool(on_input))
+    assert body.partition_order == ("reference" if part == "2d" else "space_to_depth")
+    assert spec.input_size == (64, 64) or list(spec.input_size) == [64, 64]
+    assert stcnnt_dsl.build(spec).out_channels == out
 
 
 def test_halve_time_at_most_the_levels():
@@ -267,7 +315,6 @@ def test_conv_unit_matches_its_formula():
 @pytest.mark.parametrize(
     "section, key, match",
     [
-        ({"use_window_partition": 1}, "backbone_mixed_unetr.use_window_partition", "window"),
         ({"n_heads": 8}, "backbone_mixed_unetr.n_heads", "one head count per level"),
         ({"n_heads": [8]}, "backbone_mixed_unetr.n_heads", "one head count per level"),
         ({"num_resolution_levels": 5, "n_heads": [1] * 6},
@@ -436,7 +483,7 @@ def test_whole_reference_models_agree():
 @needs_checkout
 @pytest.mark.slow
 def test_every_compared_reference_model_agrees():
-    assert len(_compare().splitlines()) == 13
+    assert len(_compare().splitlines()) == 17
 
 
 @needs_checkout
@@ -449,6 +496,22 @@ def test_reference_transformer_decoders_agree():
     )
     lines = out.splitlines()
     assert "out (2, 3, 4, 32, 32)" in lines[0] and "out (2, 12, 8, 64, 64)" in lines[1]
+    for line in lines:
+        counts = line.split("params ")[1].replace(",", "").strip(")").split()
+        assert int(counts[0]) + int(counts[4]) == int(counts[2]), line
+
+
+@needs_checkout
+def test_reference_window_partitions_agree():
+    """use_window_partition: the 2-D partition (the reference's reshuffle) with the input
+    unit (5C out), and the 3-D one (T halved, then by 2 levels) under a UperNet3D head
+    without units (4C out, which its factory's head expects with 3 levels)."""
+    out = _compare(
+        "mixed_unetr(2-D window partition, 3 levels), backbone",
+        "mixed_unetr(3-D partition, 2d convs, no units)+UperNet3D",
+    )
+    lines = out.splitlines()
+    assert "out (2, 40, 4, 64, 64)" in lines[0] and "out (2, 3, 8, 64, 64)" in lines[1]
     for line in lines:
         counts = line.split("params ")[1].replace(",", "").strip(")").split()
         assert int(counts[0]) + int(counts[4]) == int(counts[2]), line

@@ -10,7 +10,8 @@ one random input in eval mode and the largest difference is printed:
 
 Cases: the mixed U-Netr (`STCNNT_mUNET`) and the U-Net with `UperNet2D`, `UperNet3D` and
 `SimpleConv` heads, and the mixed U-Netr's variants (2-D convolutions, no skip units, no
-gates, up-sampling convs, 3 levels, T halved by `min_T`, the transformer decoder). Exit
+gates, up-sampling convs, 3 levels, T halved by `min_T`, the transformer decoder, the
+window partition). Exit
 status 1 when a difference exceeds 1e-4. `unused` counts the reference's parameters that
 it builds but never runs (ours leave them out).
 """
@@ -78,6 +79,12 @@ def cases() -> dict[str, dict[str, Any]]:
         out["time"] = time
         return out
 
+    def partition(post: str, time: int, **section: Any) -> dict[str, Any]:
+        out = config("STCNNT_mUNET", post, use_window_partition=1, num_resolution_levels=3,
+                     **section)  # fmt: skip
+        out.update(time=time, height=64, width=64)
+        return out
+
     deep = config("STCNNT_mUNET", "Identity", num_resolution_levels=4, with_conv=1, C=4,
                   n_heads=[4, 4, 4, 4, 2])  # fmt: skip
     deep.update(height=64, width=64)
@@ -114,6 +121,26 @@ def cases() -> dict[str, dict[str, Any]]:
             "STCNNT_mUNET", "UperNet3D", transformer_for_upsampling=1
         ),
         "mixed_unetr(transformer decoder, 4 levels, T=8, min_T=2), backbone": transformer,
+        # time // 2 <= min_T: its 2-D partition (the reference's reshuffle), input unit
+        "mixed_unetr(2-D window partition, 3 levels), backbone": partition(
+            "Identity", 4, use_unet_attention=0
+        ),
+        # time // 2 > min_T: its 3-D partition halves T, then levels 0 and 1 halve it
+        "mixed_unetr(3-D window partition, T=16, min_T=2), backbone": partition(
+            "Identity", 16, min_T=2
+        ),
+        # 4C without the input unit: a whole model of 3 levels runs
+        "mixed_unetr(3-D partition, 2d convs, no units)+UperNet3D": partition(
+            "UperNet3D",
+            8,
+            min_T=2,
+            encoder_on_input=0,
+            encoder_on_skip_connection=0,
+            use_conv_3d=0,
+        ),
+        "mixed_unetr(2-D partition, transformer decoder, up conv), backbone": partition(
+            "Identity", 4, encoder_on_input=0, with_conv=1, transformer_for_upsampling=1
+        ),
         "unet+UperNet2D": config("STCNNT_UNET", "UperNet2D"),
         "unet+UperNet3D": config("STCNNT_UNET", "UperNet3D"),
     }
@@ -232,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         r = compare(classes, config, args.seed)
         worst = max(worst, r["max_diff"])
         print(
-            f"{name:50s} out {r['shape']}  max |ours - reference| {r['max_diff']:.2e}  "
+            f"{name:60s} out {r['shape']}  max |ours - reference| {r['max_diff']:.2e}  "
             f"params {r['params']:,} (reference {r['reference_params']:,}, "
             f"unused {r['reference_unused']:,})"
         )

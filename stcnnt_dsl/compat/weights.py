@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import WeightsError
-from ..graph.nodes import BlockNode, ConvUnitNode, GateNode, Node
+from ..graph.nodes import BlockNode, ConvUnitNode, GateNode, Node, PartitionNode
 from ..models.backbone import Backbone
 from ..models.build import build
 from ..models.model import Model
@@ -43,10 +43,13 @@ def _node_prefix(topology: str, node: Node) -> str:
         if isinstance(node, GateNode):
             return f"attention_{level}."
         head, _, _ = node.name.partition(".")
-        decoder = f"U{level}.block." if isinstance(node, BlockNode) else f"U{level}."
+        block = ".block" * isinstance(node, BlockNode)
         name = {"encoder": f"D{level}.block.", "bridge": "bridge.block.",
                 "down": f"down_{level}.block.", "up": f"up_{level}.block.",
-                "skips": f"E{level}.", "decoder": decoder}[head]  # fmt: skip
+                "skips": f"E{level}.", "decoder": f"U{level}{block}.",
+                "partition": "conv_window_partition.", "partition_skip": "EW.",
+                "input_unit": "E.", "partition_decoder": f"UW{block}.",
+                "partition_up": "up_w.block."}[head]  # fmt: skip
         return name
     if topology == "unet":
         level = m.get("level")
@@ -177,6 +180,8 @@ def _reference_names(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, 
                 )
             elif isinstance(node, GateNode):
                 found = [prefix + _GATE[key]] if key in _GATE else None
+            elif isinstance(node, PartitionNode):
+                found = [prefix + key]
             elif isinstance(node, ConvUnitNode):
                 local = _conv_unit_name(module, key)
                 found = None if local is None else [prefix + local]

@@ -19,7 +19,16 @@ from .geometry import _conv_flops, _conv_params, component_params
 from .resolve import BlockPlan
 from .rules import SizeRule
 
-__all__ = ["INPUT", "BlockNode", "ConvUnitNode", "GateNode", "MergeNode", "Node", "ResampleNode"]
+__all__ = [
+    "INPUT",
+    "BlockNode",
+    "ConvUnitNode",
+    "GateNode",
+    "MergeNode",
+    "Node",
+    "PartitionNode",
+    "ResampleNode",
+]
 
 INPUT = "input"
 """The name of the model's input in `Node.inputs`."""
@@ -283,3 +292,43 @@ class ConvUnitNode(Node):
         frames = 2 if self.temporal else 1
         what = f"{self.name} ({self.label})"
         return [(what, SizeRule(minimum=2, min_frames=frames), self.scale)]
+
+
+@dataclass(frozen=True)
+class PartitionNode(ResampleNode):
+    """The mixed U-Netr's window partition of its input (`partition: 2d | 3d`): 2x2
+    (2x2x2 with `temporal`) space-to-depth, channel-major (channel c*4 + dh*2 + dw, or
+    c*8 + dt*4 + dh*2 + dw), then one 3x3 (`conv_temporal`: 3x3x3) conv without bias.
+    `order="reference"` reproduces the reference's 2-D reshuffle instead (see
+    `stcnnt_dsl.nn.sampling.partition`)."""
+
+    op: str = "partition"
+    conv_temporal: bool = True
+    order: str = "space_to_depth"
+
+    @property
+    def _depth(self) -> int:
+        return 8 if self.temporal else 4
+
+    def params(self) -> dict[str, int]:
+        taps = 3 if self.conv_temporal else 2
+        cin = self._depth * self.in_channels
+        return {"conv": _conv_params(cin, self.out_channels, 3, bias=False, taps=taps)}
+
+    def flops(self, t: int, h: int, w: int) -> dict[str, int]:
+        taps = 3 if self.conv_temporal else 2
+        cin = self._depth * self.in_channels
+        positions = t * self._size(h, w, self.scale)
+        return {"conv": _conv_flops(cin, self.out_channels, 3, positions, taps)}
+
+    def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
+        out = frames * self._size(h, w, self.scale)
+        return {"": (self._depth * self.in_channels + self.out_channels) * out}
+
+    def rules(self) -> list[tuple[str, SizeRule, int]]:
+        rules = super().rules()
+        if self.padding == "reflect":  # the conv's reflect padding, at the partition's size
+            frames = (2 if self.conv_temporal else 1) * self._t_in  # in input frames
+            what = f"{self.name} ({self.label})"
+            rules.append((what, SizeRule(minimum=2, min_frames=frames), self.scale))
+        return rules

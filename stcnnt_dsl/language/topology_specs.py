@@ -249,6 +249,24 @@ class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
         "(2x2x2 patch merging; the way back is trilinear x2, with a 3x3x3 conv for "
         "up: conv): the reference's min_T. T must then be a multiple of 2^halve_time",
     )
+    partition: Literal["none", "2d", "3d"] = Field(
+        "none",
+        description="a window-partition input stage (the reference's use_window_partition): "
+        "2x2 space-to-depth (3d: 2x2x2, halving T) and a 3x3x3 (conv: 2d, 3x3) conv to "
+        "channels[0]; the levels then run at half size, and a decoder unit and an "
+        "up-sampling bring 4 x channels[0] back to full size",
+    )
+    partition_order: Literal["space_to_depth", "reference"] = Field(
+        "space_to_depth",
+        description="the channel order of partition: 2d; reference: the reference's "
+        "WindowPartition2D reshuffle (its view of [C, H/2, W/2, 2, 2] as [4C, H/2, W/2])",
+    )
+    input_unit: Bool = Field(
+        False,
+        description="with partition: a convolution unit on the full-size input, "
+        "concatenated before the output (channels[0] more channels; the reference's "
+        "encoder_on_input)",
+    )
     decoder_blocks: Bool = Field(
         False,
         description="decoder levels are ST-CNNT blocks of their level's block string (the "
@@ -286,6 +304,12 @@ class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
             f"one per level, {n} levels, optionally one more for the bridge",
         )
         _check_len(self.encoder, (n,), "encoder", f"one entry per level, {n} levels")
+        if self.input_unit and self.partition == "none":
+            raise _error(
+                "input_unit needs a partition stage (the reference builds its input unit "
+                "only with the window partition); set partition: 2d or 3d, or drop input_unit",
+                "input_unit",
+            )
         if self.decoder is not None and not self.decoder_blocks:
             raise _error(
                 "decoder sets options of decoder blocks, but the decoder levels are "

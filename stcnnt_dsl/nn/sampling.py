@@ -19,6 +19,8 @@ __all__ = [
     "Downsample",
     "PatchMerge",
     "Upsample",
+    "WindowPartition",
+    "partition",
     "space_to_depth",
 ]
 
@@ -171,3 +173,47 @@ class BlockResample(nn.Module):
             x,
         )
         return self.block(x)
+
+
+def partition(x: Tensor, *, temporal: bool = False, order: str = "space_to_depth") -> Tensor:
+    """[B, T, C, H, W] -> [B, T, 4C, H/2, W/2] (temporal: [B, T/2, 8C, H/2, W/2]): 2x2
+    (x2 frames) space-to-depth, channel-major (c*4 + dh*2 + dw; c*8 + dt*4 + dh*2 + dw).
+    `order="reference"` (2-D only) is the reference's `WindowPartition2D`, which views
+    the [C, H/2, W/2, 2, 2] layout as [4C, H/2, W/2]: each new channel holds a quarter of
+    the rows' 2x2 blocks, not one offset (a fixed reshuffle of the pixels)."""
+    b, t, c, h, w = x.shape
+    if temporal:
+        y = x.reshape(b, t // 2, 2, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 2, 5, 7, 4, 6)
+        return y.reshape(b, t // 2, 8 * c, h // 2, w // 2)
+    y = x.reshape(b, t, c, h // 2, 2, w // 2, 2)
+    y = y.permute(0, 1, 2, 3, 5, 4, 6) if order == "reference" else y.permute(0, 1, 2, 4, 6, 3, 5)
+    return y.reshape(b, t, 4 * c, h // 2, w // 2)
+
+
+class WindowPartition(nn.Module):
+    """The mixed U-Netr's input stage: `partition`, then a 3x3x3 (`conv_temporal`) or
+    3x3 conv without bias."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        temporal: bool,
+        conv_temporal: bool,
+        order: str = "space_to_depth",
+        padding: str = "zeros",
+    ) -> None:
+        super().__init__()
+        self.temporal, self.order, self.conv_temporal = temporal, order, conv_temporal
+        depth = 8 if temporal else 4
+        kind = nn.Conv3d if conv_temporal else nn.Conv2d
+        self.conv = kind(
+            depth * in_channels, out_channels, 3, padding=1, padding_mode=padding, bias=False
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = partition(x, temporal=self.temporal, order=self.order)
+        if self.conv_temporal:
+            return self.conv(y.transpose(1, 2)).transpose(1, 2)
+        return frames(self.conv, y)
