@@ -268,6 +268,23 @@ def test_reference_window_partition_translates(time, min_t, on_input, part, halv
     assert stcnnt_dsl.build(spec).out_channels == out
 
 
+def test_prediction_windows_take_a_multiple_of_the_halved_t():
+    """predict_image on a real 15-slice DICOM (pydicom's rtdose.dcm) with a model that
+    halves T once: the window has 16 slices (MONAI pads), the labels 15."""
+    pydicom = pytest.importorskip("pydicom", reason="the data extra is not installed")
+    from stcnnt_dsl.data import read_image
+    from stcnnt_dsl.data.predict import predict_image, valid_patch
+
+    image = read_image(pydicom.data.get_testdata_file("rtdose.dcm"))
+    spec = {**_halving(halve_time=1, channels=[4, 8]), "in_channels": 1,
+            "heads": {"seg": {"kind": "segmentation", "classes": 3}}}  # fmt: skip
+    model = stcnnt_dsl.build(spec, seed=0).eval()
+    t, _, h, w = image.shape
+    assert t == 15 and valid_patch(model, (t, h, w)) == (16, 16, 16)
+    assert valid_patch(model, (100, 16, 16)) == (32, 16, 16)
+    assert predict_image(model, image, overlap=0.25)["seg"].array.shape == (15, 1, h, w)
+
+
 def test_halve_time_at_most_the_levels():
     with pytest.raises(SpecError, match="halve_time=4 is more than the 3 levels"):
         stcnnt_dsl.load_spec(_halving(halve_time=4))
