@@ -153,6 +153,7 @@ def _valid_inputs(rule: Any) -> dict[str, Any]:
         "multiple": [mh, mw],
         "minimum": smallest,
         "min_frames": rule.min_frames,
+        "frames_multiple": rule.frames_multiple,
         "exact": None if rule.exact is None else list(rule.exact),
         "text": describe_rule(rule),
     }

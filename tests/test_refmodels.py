@@ -203,7 +203,9 @@ def test_halve_time_shapes_and_costs_are_the_modules(body, frames):
 
 def test_halve_time_needs_a_multiple_of_2_to_the_halve_time():
     spec = _halving(halve_time=2)
-    assert stcnnt_dsl.accepts(spec).text == "H and W multiples of 32, T a multiple of 4"
+    accepts = stcnnt_dsl.accepts(spec)
+    assert accepts.text == "H and W multiples of 32, T a multiple of 4"
+    assert (accepts.frames_multiple, accepts.min_frames) == (4, 4)
     with pytest.raises(stcnnt_dsl.ShapeError, match=r"down\.1 .*multiple of 2, got T=3") as err:
         stcnnt_dsl.check(spec, (1, 6, 2, 32, 32))
     assert err.value.nearest["T"] == [4, 8]
