@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stcnnt_dsl"
 
 # The layers, lowest first; a module may import its own layer and the ones below.
 LAYERS = {
-    "base": ("errors", "registry", "_version", "_lazy", "machine"),
+    "base": ("errors", "registry", "_version", "_lazy", "machine", "units"),
     "language": ("language",),
     "graph": ("graph",),
     "nn": ("nn",),

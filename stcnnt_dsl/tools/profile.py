@@ -47,6 +47,7 @@ from ..graph.shapes import checked
 from ..machine import cpu
 from ..models.build import build
 from ..models.model import model_of
+from ..units import human
 from .flops import (
     FLOP_CONVENTION,
     FlopCount,
@@ -55,7 +56,6 @@ from .flops import (
     count_flops_torch,
     roll_up,
 )
-from .units import human
 
 __all__ = ["ModuleRow", "ProfileReport", "human", "profile"]
 
