@@ -10,8 +10,9 @@ graph (tests/test_layout.py)."""
 from typing import Any
 
 from .._lazy import load
+from .activations import make_activation
 from .attention import SpatialAttention, TemporalAttention
-from .cells import AttentionCell, ConvCell, DropPath, Mixer, make_activation
+from .cells import AttentionCell, ConvCell, DropPath, Mixer
 from .norms import Norm5d
 from .stack import CellStack
 

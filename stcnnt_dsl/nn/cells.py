@@ -17,43 +17,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..errors import SpecError
-from ..registry import ACTIVATIONS, CONV3D, TEMPORAL
+from ..registry import CONV3D, TEMPORAL
 from . import lean
+from .activations import make_activation, onednn_unary
 from .attention import SpatialAttention, TemporalAttention
-from .functional import ONEDNN_UNARY, can_fuse, fused_conv2d
+from .functional import can_fuse, fused_conv2d
 from .norms import Norm5d
 
 __all__ = ["AttentionCell", "ConvCell", "DropPath", "Mixer", "make_activation"]
-
-
-def make_activation(name: str) -> nn.Module:
-    """The activation called `name` (see the `activation` option; registered ones via
-    `stcnnt_dsl.register_activation`)."""
-    component = ACTIVATIONS.get(name)
-    if component is not None and component.factory is not None:
-        return component.factory()
-    factories = {
-        "gelu": nn.GELU,
-        "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-        "prelu": lambda: nn.PReLU(num_parameters=1, init=0.25),
-        "relu": nn.ReLU,
-        "relu6": nn.ReLU6,
-        "leaky_relu": lambda: nn.LeakyReLU(0.1),
-        "silu": nn.SiLU,
-        "elu": nn.ELU,
-        "selu": nn.SELU,
-        "celu": nn.CELU,
-        "tanh": nn.Tanh,
-        "identity": nn.Identity,
-    }
-    if name not in factories:
-        raise SpecError(
-            f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)} (or register "
-            "it with stcnnt_dsl.register_activation)",
-            "activation",
-        )
-    return factories[name]()
 
 
 def frames(module: nn.Module, x: Tensor) -> Tensor:
@@ -98,7 +69,7 @@ class Mixer(nn.Sequential):
         if dropout:
             layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
-        self._unary = ONEDNN_UNARY.get(activation)
+        self._unary = onednn_unary(activation)
 
     def forward(self, x: Tensor) -> Tensor:
         f = lean.mixer(self[0], self[1], self[2], x.flatten(0, 1))
