@@ -511,8 +511,11 @@ def _completion(page, text: str) -> list[tuple[str, str]]:
     popup = part(page, "completion")
     wait(page, popup.is_displayed, "the completion list")
     items = popup.find_elements(By.TAG_NAME, "li")
-    pairs = [(li.find_element(By.CLASS_NAME, "k").text,
-              li.find_element(By.CLASS_NAME, "d").get_attribute("textContent")) for li in items]  # fmt: skip
+    pairs = [
+        (li.find_element(By.CLASS_NAME, "k").text,
+         li.find_element(By.CLASS_NAME, "d").get_attribute("textContent"))
+        for li in items
+    ]  # fmt: skip
     part(page, "editor").send_keys(Keys.ESCAPE)
     return pairs
 
@@ -548,5 +551,5 @@ def test_texts_that_are_no_spec_get_short_true_messages(page):
                         ("[" * 20_000, "(20,000 characters)")):  # fmt: skip
         set_text(page, "editor", text)
         error = part(page, "error")
-        wait(page, lambda w=words: error.is_displayed() and w in error.text, words)
+        wait(page, lambda e=error, w=words: e.is_displayed() and w in e.text, words)
         assert len(error.text) < 600 and "is not a file" not in error.text

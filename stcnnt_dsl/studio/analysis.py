@@ -24,6 +24,7 @@ from ..graph.guard import estimate, guard
 from ..graph.model import ModelGraph, describe_rule, parse_shape
 from ..graph.nodes import BlockNode, MergeNode
 from ..graph.shapes import checked
+from ..language.options import options_for_kind
 from ..language.spec import (
     SpecSource,
     dump_spec,
@@ -31,7 +32,6 @@ from ..language.spec import (
     load_source,
     spec_json_schema,
 )
-from ..language.options import options_for_kind
 from ..language.spec import bundled_text as _bundled_text
 from ..registry import KIND_TO_LETTER, cell_kinds, has_mixer_digit
 from ..tools.diagram import to_dot
