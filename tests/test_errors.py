@@ -676,6 +676,20 @@ CATALOGUE: list[Entry] = [
     E("studio-no-runs", "Studio", "training without a runs folder", ("studio", "no-runs"),
       STCNNTError, None, ("--runs DIR",), "start the studio with --runs DIR.",
       "# stcnnt studio (no --data, no --runs), then Train"),
+    # issue 23 (session 3)
+    E("studio-text-is-a-path", "Studio", "a file's path typed into the studio's editor (texts "
+      "sent by the page are never read as paths)", ("studio", "text", "/etc/passwd"),
+      SpecError, None, ("never read as a file path",),
+      "paste the file's contents, or start the studio with the file: stcnnt studio FILE.",
+      "# the studio's editor: /etc/passwd"),
+    E("text-very-long", "Sources and YAML", "a long text that is no spec (a paste of 20,000 "
+      "brackets): the message quotes its start only", ("text", "[" * 20_000), SpecError, None,
+      ("... (20,000 characters) is not a file",), "write YAML or an expression.",
+      "stcnnt_dsl.load_spec('[' * 20_000)"),
+    E("yaml-error-at-the-end", "Sources and YAML", "YAML that ends inside a bracket (the parser "
+      "reports the line after the last: the error is placed at the text's end)",
+      ("text", "unet:\n  channels: [16]\n  defaults: {"), DSLSyntaxError, (3, 14),
+      ("invalid YAML",), "close the bracket: `defaults: {}` or a block mapping."),
 ]  # fmt: skip
 
 
@@ -915,6 +929,10 @@ def _studio(action: str, *args: Any) -> Any:
         return recipes.budget(args[0])
     if action == "no-runs":
         return workbench.Workbench(None, None)._runs()
+    if action == "text":
+        from stcnnt_dsl.studio import analysis
+
+        return analysis.load_text(args[0])
     raise ValueError(action)
 
 
