@@ -258,6 +258,16 @@ def test_a_malformed_body_gets_the_documented_error(client, endpoint, body):
     assert doc["error"]["type"] == "BadRequest" and endpoint in doc["error"]["message"]
 
 
+@pytest.mark.parametrize(("method", "url", "status"), [("get", "/api/architectures/nope", 404),
+                                                       ("get", "/api/nothing", 404),
+                                                       ("get", "/api/analyze", 405)])  # fmt: skip
+def test_http_errors_get_the_documented_shape(client, method, url, status):
+    response = getattr(client, method)(url)
+    assert response.status_code == status
+    doc = response.json()
+    assert doc["ok"] is False and set(doc["error"]) == {"message", "line", "column", "path", "type"}
+
+
 def test_cells_endpoint_lists_the_options_each_cell_reads(client):
     from stcnnt_dsl.language.options import options_for_kind
 

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import analysis
 from .workbench import Workbench, add_workbench
@@ -261,8 +262,17 @@ def _bad_request(request: Request, err: RequestValidationError) -> JSONResponse:
         + "; ".join(problems[:5])
         + "); docs/studio.md (The API) gives each endpoint's body"
     )
-    error = {"message": message, "line": None, "column": None, "path": "", "type": "BadRequest"}
-    return JSONResponse({"ok": False, "error": error}, status_code=422)
+    return _error_response(message, "BadRequest", 422)
+
+
+def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    """An unknown route or bundled name (404), a wrong method (405): the same shape."""
+    return _error_response(str(err.detail), "HTTPError", err.status_code)
+
+
+def _error_response(message: str, kind: str, status: int) -> JSONResponse:
+    error = {"message": message, "line": None, "column": None, "path": "", "type": kind}
+    return JSONResponse({"ok": False, "error": error}, status_code=status)
 
 
 def _canonical(text: str) -> dict:
@@ -297,6 +307,7 @@ def create_app(
     app.add_middleware(_Guard, allowed_hosts={*LOOPBACK_HOSTS, *allowed_hosts}, max_body=max_body)
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     app.add_exception_handler(RequestValidationError, _bad_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.state.runner = runner
 
     @app.get("/", response_class=HTMLResponse)
