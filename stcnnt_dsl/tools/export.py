@@ -285,6 +285,14 @@ class _Blocks(nn.Module):
         return tuple(out[name] for name in self.names)
 
 
+# torch.export's fake tensors cache each op's output by its input metadata. With
+# symbolic sizes a hit is not free: the cached output is rebuilt from symbolic sizes and
+# strides (empty_strided, set_), each step sympy arithmetic, and that cost more than
+# running the meta kernel again: measured with cProfile on unet-2d-small, the trace took
+# 19.2 s of CPU with the cache and 11.5 s without (tools/bench_export.py --export-only).
+FAKE_TENSOR_CACHE = False
+
+
 def _trace(
     model: nn.Module,
     shape: tuple[int, ...],
@@ -316,7 +324,8 @@ def _trace(
     x = torch.zeros(example, device=_placement(model)[0])
     wrapper = _Blocks(model, names, h if blocked else None)
     try:
-        return torch.export.export(wrapper, (x,), dynamic_shapes=(dims,), strict=False)
+        with torch._dynamo.config.patch(fake_tensor_cache_enabled=FAKE_TENSOR_CACHE):
+            return torch.export.export(wrapper, (x,), dynamic_shapes=(dims,), strict=False)
     except torch._dynamo.exc.UserError as err:  # the graph would depend on the sizes
         if "Constraints violated" not in str(err):
             raise
