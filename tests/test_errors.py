@@ -294,7 +294,7 @@ CATALOGUE: list[Entry] = [
     E("resource-params", "Resources", "an absurd channel count (refused in milliseconds)",
       ("build", {"unet": {"channels": [1_000_000_000], "blocks": "L1"}}), ResourceError,
       "unet.encoder[0]", ("parameters", "over the limit", "max_params", "STCNNT_MAX_PARAMS",
-                          "decoder.0 alone"),
+                          "decoder.0 (spec path unet.encoder[0]) alone"),
       "fix the typo, or raise the limit (max_params=..., STCNNT_MAX_PARAMS)."),
     E("resource-memory", "Resources", "an input far too big for memory",
       ("check", "unet", (64, 64, 1, 512, 512)), ResourceError, "unet.encoder[0]",
