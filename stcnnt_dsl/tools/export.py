@@ -117,7 +117,8 @@ def export(
         x = x.to(device=device, dtype=dtype)
         with torch.no_grad():
             expected = _named_outputs(model(x))
-        with _quiet_torch():
+        cache = torch._dynamo.config.patch(fake_tensor_cache_enabled=FAKE_TENSOR_CACHE)
+        with _quiet_torch(), cache:
             program = _trace(model, shape, axes, rule, tuple(expected), graph.name)
             proto = _to_onnx(program, tuple(expected))
     if rule.exact is None:
@@ -287,9 +288,9 @@ class _Blocks(nn.Module):
 
 # torch.export's fake tensors cache each op's output by its input metadata. With
 # symbolic sizes a hit is not free: the cached output is rebuilt from symbolic sizes and
-# strides (empty_strided, set_), each step sympy arithmetic, and that cost more than
-# running the meta kernel again: measured with cProfile on unet-2d-small, the trace took
-# 19.2 s of CPU with the cache and 11.5 s without (tools/bench_export.py --export-only).
+# strides (empty_strided, set_), each step sympy arithmetic, and that costs about what
+# running the meta kernel again does. The trace and torch's re-trace for ONNX run
+# without it (tools/bench_export.py --export-only; docs/export.md has the numbers).
 FAKE_TENSOR_CACHE = False
 
 
@@ -324,8 +325,7 @@ def _trace(
     x = torch.zeros(example, device=_placement(model)[0])
     wrapper = _Blocks(model, names, h if blocked else None)
     try:
-        with torch._dynamo.config.patch(fake_tensor_cache_enabled=FAKE_TENSOR_CACHE):
-            return torch.export.export(wrapper, (x,), dynamic_shapes=(dims,), strict=False)
+        return torch.export.export(wrapper, (x,), dynamic_shapes=(dims,), strict=False)
     except torch._dynamo.exc.UserError as err:  # the graph would depend on the sizes
         if "Constraints violated" not in str(err):
             raise
