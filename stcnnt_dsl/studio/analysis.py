@@ -1,9 +1,10 @@
 """Everything the studio shows about a spec, computed from its text.
 
 The server and the page talk only to the functions here: `analyze`, `compare`,
-`explain_stage`, `canonical`, `architectures`, `bundled_text`, `default_input` and
-`schema`. They read the model graph (`stcnnt_dsl.graph`): no module is built, no tensor
-made, nothing timed, and torch is never imported, so an answer takes milliseconds.
+`explain_stage`, `canonical`, `architectures`, `bundled_text`, `default_input`,
+`cell_options` and `schema`. They read the model graph (`stcnnt_dsl.graph`): no module
+is built, no tensor made, nothing timed, and torch is never imported, so an answer takes
+milliseconds.
 
 `text` is always text (YAML, a one-line expression or a bundled name), never a path:
 a studio must not read files a browser names.
