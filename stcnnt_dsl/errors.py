@@ -22,6 +22,7 @@ __all__ = [
     "WeightsError",
     "caret_excerpt",
     "did_you_mean",
+    "quoted",
 ]
 
 
@@ -43,6 +44,14 @@ def caret_excerpt(text: str, line: int, column: int) -> str:
     return f"    {prefix}{shown}{suffix}\n    {' ' * pad}^"
 
 
+def quoted(text: str, limit: int = 60) -> str:
+    """`text` quoted for a message, cut to about `limit` characters: a message never
+    repeats a pasted 20,000-character text."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 class DSLSyntaxError(STCNNTError):
     """A block string or topology expression that does not parse.
 
@@ -53,6 +62,9 @@ class DSLSyntaxError(STCNNTError):
     def __init__(
         self, message: str, *, text: str, line: int, column: int, source: str | None = None
     ) -> None:
+        lines = text.split("\n")
+        if line > len(lines):  # past the end (a parser's end of stream): the text's end
+            line, column = len(lines), len(lines[-1]) + 1
         self.reason = message
         self.text = text
         self.line = line

@@ -294,7 +294,7 @@ CATALOGUE: list[Entry] = [
     E("resource-params", "Resources", "an absurd channel count (refused in milliseconds)",
       ("build", {"unet": {"channels": [1_000_000_000], "blocks": "L1"}}), ResourceError,
       "unet.encoder[0]", ("parameters", "over the limit", "max_params", "STCNNT_MAX_PARAMS",
-                          "decoder.0 alone"),
+                          "decoder.0 (spec path unet.encoder[0]) alone"),
       "fix the typo, or raise the limit (max_params=..., STCNNT_MAX_PARAMS)."),
     E("resource-memory", "Resources", "an input far too big for memory",
       ("check", "unet", (64, 64, 1, 512, 512)), ResourceError, "unet.encoder[0]",
@@ -687,6 +687,20 @@ CATALOGUE: list[Entry] = [
           "channels": [8, 16], "blocks": "C2", "input_unit": True}}),
       SpecError, "mixed_unetr.input_unit", ("needs a partition stage",),
       "set partition: 2d or 3d, or drop input_unit."),
+    # issue 23 (session 3)
+    E("studio-text-is-a-path", "Studio", "a file's path typed into the studio's editor (texts "
+      "sent by the page are never read as paths)", ("studio", "text", "/etc/passwd"),
+      SpecError, None, ("never read as a file path",),
+      "paste the file's contents, or start the studio with the file: stcnnt studio FILE.",
+      "# the studio's editor: /etc/passwd"),
+    E("text-very-long", "Sources and YAML", "a long text that is no spec (a paste of 20,000 "
+      "brackets): the message quotes its start only", ("text", "[" * 20_000), SpecError, None,
+      ("... (20,000 characters) is not a file",), "write YAML or an expression.",
+      "stcnnt_dsl.load_spec('[' * 20_000)"),
+    E("yaml-error-at-the-end", "Sources and YAML", "YAML that ends inside a bracket (the parser "
+      "reports the line after the last: the error is placed at the text's end)",
+      ("text", "unet:\n  channels: [16]\n  defaults: {"), DSLSyntaxError, (3, 14),
+      ("invalid YAML",), "close the bracket: `defaults: {}` or a block mapping."),
 ]  # fmt: skip
 
 
@@ -926,6 +940,10 @@ def _studio(action: str, *args: Any) -> Any:
         return recipes.budget(args[0])
     if action == "no-runs":
         return workbench.Workbench(None, None)._runs()
+    if action == "text":
+        from stcnnt_dsl.studio import analysis
+
+        return analysis.load_text(args[0])
     raise ValueError(action)
 
 

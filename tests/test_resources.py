@@ -227,8 +227,9 @@ def test_guard_returns_the_estimate_and_names_the_biggest_stage():
     with pytest.raises(ResourceError) as info:
         guard("unet", max_params=1_000_000)
     biggest = max(est.per_stage, key=est.per_stage.get)
-    assert biggest == "bridge" and f"{biggest} alone has" in str(info.value)
-    assert info.value.path == build_graph("unet").node(biggest).path
+    path = build_graph("unet").node(biggest).path
+    assert biggest == "bridge" and f"{biggest} (spec path {path}) alone has" in str(info.value)
+    assert info.value.path == path  # the message names the path the error carries
 
 
 def test_block_params_match_a_standalone_block():

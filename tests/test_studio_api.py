@@ -153,7 +153,10 @@ def test_shape_error_keeps_the_spec_parts(client):
     doc = post(client, TINY, "1,1,1,36,36")
     assert doc["ok"] is False
     err = doc["error"]
-    assert err["path"].startswith("unet.") and err["line"] is None and "nearest" in err["message"]
+    # the input's mistake (issue 23): labelled as the input's, not the text's
+    assert err["path"] == "input" and err["line"] is None and "nearest" in err["message"]
+    assert err["type"] == "ShapeError" and "encoder.0 cell 0" in err["message"]
+    assert not err["message"].startswith("unet.")
     assert err["nearest"] == {"H": [32, 64], "W": [32, 64]}
     assert doc["params"] == estimate(TINY).params  # the model is fine, the input is not
     assert [s["shape"] for s in doc["stages"]] == [None] * len(doc["stages"])
@@ -164,7 +167,10 @@ def test_bad_input_shape_is_reported_on_the_input(client):
     for bad in ("1,1,1,32", "a,b,c,d,e", "1,1,1,0,32"):
         err = post(client, TINY, bad)["error"]
         assert err["path"] == "input" and err["line"] is None, bad
-    assert post(client, TINY, "1,1,3,32,32")["error"]["path"] == "in_channels"
+    err = post(client, TINY, "1,1,3,32,32")["error"]  # channels, memory: the input's too
+    assert err["path"] == "input" and "C=3" in err["message"]
+    err = post(client, TINY, "100000,64,1,512,512")["error"]
+    assert err["path"] == "input" and "max_memory" in err["message"]
 
 
 def test_blank_input_uses_the_default_input(client):
@@ -203,6 +209,73 @@ def test_text_is_never_read_as_a_path(client, tmp_path, monkeypatch):
 def test_empty_text_says_what_to_write(client):
     err = post(client, "  \n")["error"]
     assert "empty" in err["message"] and err["line"] is None
+
+
+def test_a_text_naming_a_file_is_told_texts_are_never_paths(client):
+    err = post(client, "/etc/passwd")["error"]
+    assert "never read as a file path" in err["message"] and "is not a file" not in err["message"]
+    # load_spec (which does read files) keeps its own words
+    with pytest.raises(stcnnt_dsl.SpecError, match="is not a file, a bundled"):
+        stcnnt_dsl.load_spec("no-such-arch")
+
+
+@pytest.mark.parametrize("text", ["[" * 20_000, "[1, " * 5_000, "a" * 20_000])
+def test_a_long_unreadable_text_is_quoted_as_an_excerpt(client, text):
+    err = post(client, text)["error"]
+    assert len(err["message"]) < 600 and f"({len(text.strip()):,} characters)" in err["message"]
+    with pytest.raises(stcnnt_dsl.SpecError) as info:  # the library's message, not the page's
+        stcnnt_dsl.load_spec(text)
+    assert len(str(info.value)) < 600
+
+
+@pytest.mark.parametrize("ending", ["  defaults: {", "x: [", "x: [1"])
+def test_an_error_past_the_last_line_is_placed_at_the_end(client, ending):
+    text = TINY + ending  # no newline after it: YAML reports the line after the last
+    err = post(client, text)["error"]
+    lines = text.split("\n")
+    assert (err["line"], err["column"]) == (len(lines), len(lines[-1]) + 1), err
+
+
+def test_a_parameter_error_names_the_path_it_carries(client):
+    err = post(client, "name: x\nunet:\n  channels: [100000]\n  blocks: L1G1\n")["error"]
+    assert err["type"] == "ResourceError" and err["path"] == "unet.encoder[0]"
+    # decoder.0 is the largest stage; its cells are written at the path the error carries
+    assert "decoder.0 (spec path unet.encoder[0]) alone has" in err["message"]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body"),
+    [("/api/analyze", "{"), ("/api/analyze", "{}"), ("/api/analyze", '{"text": 5}'),
+     ("/api/analyze", "[]"), ("/api/compare", '{"a": {"text": "unet"}}'),
+     ("/api/explain", '{"text": "unet"}'), ("/api/canonical", "null")],
+)  # fmt: skip
+def test_a_malformed_body_gets_the_documented_error(client, endpoint, body):
+    response = client.post(endpoint, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    doc = response.json()
+    assert set(doc) == {"ok", "error"} and doc["ok"] is False  # not FastAPI's {"detail"}
+    assert set(doc["error"]) == {"message", "line", "column", "path", "type"}
+    assert doc["error"]["type"] == "BadRequest" and endpoint in doc["error"]["message"]
+
+
+@pytest.mark.parametrize(("method", "url", "status"), [("get", "/api/architectures/nope", 404),
+                                                       ("get", "/api/nothing", 404),
+                                                       ("get", "/api/analyze", 405)])  # fmt: skip
+def test_http_errors_get_the_documented_shape(client, method, url, status):
+    response = getattr(client, method)(url)
+    assert response.status_code == status
+    doc = response.json()
+    assert doc["ok"] is False and set(doc["error"]) == {"message", "line", "column", "path", "type"}
+
+
+def test_cells_endpoint_lists_the_options_each_cell_reads(client):
+    from stcnnt_dsl.language.options import options_for_kind
+
+    cells = client.get("/api/cells").json()
+    assert set(cells) == {"L0", "L1", "G0", "G1", "T0", "T1", "V0", "V1", "C2", "C3"}
+    assert cells["T1"] == list(options_for_kind("temporal", mixer=True))
+    assert "qk_stride" in cells["T1"] and "qk_stride" not in cells["L1"]
+    assert "mixer_ratio" in cells["L1"] and "mixer_ratio" not in cells["L0"]
 
 
 # --------------------------------------------------------------------------- endpoints

@@ -443,3 +443,113 @@ def _contrast(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 
     hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
     return (hi + 0.05) / (lo + 0.05)
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+def test_an_input_shape_error_is_the_inputs(page):
+    set_text(page, "editor", TINY)
+    analyzed(page, TINY, "1,1,1,64,64")
+    box = part(page, "input-shape")
+    box.clear()
+    box.send_keys("1,1,1,33,32")  # the spec is fine; H=33 is not a multiple of 32
+    error = part(page, "error")
+    wait(page, lambda: error.is_displayed() and "Input shape:" in error.text, "the input's error")
+    assert "unet.encoder" not in error.text and "encoder.0 cell 0" in error.text
+    assert box.get_attribute("aria-invalid") == "true"
+    assert part(page, "editor").get_attribute("aria-invalid") is None  # the text is fine
+    assert page.find_elements(By.CSS_SELECTOR, "[data-testid=error-mark]") == []
+    button = error.find_element(By.XPATH, ".//button[.='Edit input']")
+    part(page, "editor").click()
+    button.click()
+    assert page.switch_to.active_element == box
+    box.send_keys(Keys.BACKSPACE * 5, "32,32")
+    wait(page, lambda: not error.is_displayed(), "the error to go")
+    assert box.get_attribute("aria-invalid") == "false"
+
+
+def test_a_half_typed_text_keeps_the_last_analysis_and_the_bar_still(page):
+    set_text(page, "editor", TINY)
+    doc = analyzed(page, TINY, "1,1,1,64,64")
+    toggle = part(page, "compare-toggle")
+    rect = "const r = arguments[0].getBoundingClientRect(); return [r.left, r.top, r.width];"
+    before = page.execute_script(rect, toggle)
+    accepts = part(page, "accepts").text
+    rows = len(page.find_elements(By.CSS_SELECTOR, "[data-testid=stages] tbody tr"))
+    caret_to(page, "editor", TINY.index("L1G1") + 4)
+    part(page, "editor").send_keys("X")  # "L1G1X": half a cell
+    wait(page, lambda: part(page, "error").is_displayed(), "the error")
+    wait(page, lambda: part(page, "totals").get_attribute("data-stale") == "true", "stale totals")
+    assert params_shown(page) == f"{doc['params']:,}"  # the last valid numbers, dimmed
+    assert "stale" in part(page, "totals").get_attribute("class")
+    assert part(page, "stages").get_attribute("data-stale") == "true"
+    assert len(page.find_elements(By.CSS_SELECTOR, "[data-testid=stages] tbody tr")) == rows
+    assert part(page, "accepts").text == accepts
+    assert page.execute_script(rect, toggle) == before  # the bar does not move
+    part(page, "editor").send_keys(Keys.BACKSPACE)
+    wait(page, lambda: part(page, "totals").get_attribute("data-stale") == "false", "fresh")
+    assert page.execute_script(rect, toggle) == before
+
+
+def test_an_error_past_the_last_line_is_marked_at_the_end(page):
+    text = TINY + "  defaults: {"  # YAML's end of stream: the line after the last
+    set_text(page, "editor", text)
+    mark = wait(page, lambda: page.find_elements(By.CSS_SELECTOR, "[data-testid=error-mark]"),
+                "the error mark")[0]  # fmt: skip
+    last = text.split("\n")
+    assert (mark.get_attribute("data-line"), mark.get_attribute("data-column")) == (
+        str(len(last)), str(len(last[-1]) + 1))  # fmt: skip
+    assert f"Line {len(last)}, column {len(last[-1]) + 1}" in part(page, "error").text
+    assert page.find_element(By.CSS_SELECTOR, "#pane-a .gutter .err").text == str(len(last))
+
+
+def _completion(page, text: str) -> list[tuple[str, str]]:
+    set_text(page, "editor", text)
+    caret_to(page, "editor", len(text))
+    part(page, "editor").send_keys(Keys.CONTROL, " ")
+    popup = part(page, "completion")
+    wait(page, popup.is_displayed, "the completion list")
+    items = popup.find_elements(By.TAG_NAME, "li")
+    pairs = [
+        (li.find_element(By.CLASS_NAME, "k").text,
+         li.find_element(By.CLASS_NAME, "d").get_attribute("textContent"))
+        for li in items
+    ]  # fmt: skip
+    part(page, "editor").send_keys(Keys.ESCAPE)
+    return pairs
+
+
+def test_inline_options_are_the_ones_the_cell_reads_with_whole_descriptions(page):
+    from stcnnt_dsl.language.options import OPTIONS
+
+    reads = analysis.cell_options()
+    local = _completion(page, "unet(channels=[4, 8], blocks=L1[qk")
+    assert [k for k, _ in local] == [o for o in reads["L1"] if o.startswith("qk")]
+    assert "qk_stride" not in dict(local)  # temporal cells only
+    temporal = _completion(page, "unet(channels=[4, 8], blocks=T1[qk")
+    assert "qk_stride" in dict(temporal)
+    # Whole descriptions: not cut at the first ":" or ";"
+    described = dict(_completion(page, "unet(channels=[4, 8], blocks=L1[win"))
+    whole = OPTIONS["window"].schema["description"]
+    assert ":" in whole.split("(default")[0] and described["window"] == whole
+
+
+def test_start_from_says_when_the_text_is_no_longer_the_example(page):
+    menu = Select(part(page, "architectures"))
+    assert menu.first_selected_option.get_attribute("value") == "bundled:unet"
+    set_text(page, "editor", TINY)  # all the text replaced
+    wait(page, lambda: menu.first_selected_option.text == "your text", "'your text'")
+    menu.select_by_value("bundled:unet")  # the example again
+    text = analysis.bundled_text("unet")
+    wait(page, lambda: part(page, "editor").get_attribute("value") == text, "the unet text")
+    assert menu.first_selected_option.get_attribute("value") == "bundled:unet"
+
+
+def test_texts_that_are_no_spec_get_short_true_messages(page):
+    for text, words in (("/etc/passwd", "never read as a file path"),
+                        ("[" * 20_000, "(20,000 characters)")):  # fmt: skip
+        set_text(page, "editor", text)
+        error = part(page, "error")
+        wait(page, lambda e=error, w=words: e.is_displayed() and w in e.text, words)
+        assert len(error.text) < 600 and "is not a file" not in error.text

@@ -30,6 +30,7 @@ Usage:
     python tools/bench_export.py --pairs 9 --json export-bench.json
     python tools/bench_export.py --arch hrnet --input 1,4,1,128,128 --profile
     python tools/bench_export.py --export-only --arch unet-2d-small,unet   # export time
+    python tools/bench_export.py --export-only --variants full-optimiser,cached-trace,current
 """
 
 from __future__ import annotations
@@ -176,46 +177,71 @@ def machine() -> dict[str, Any]:
     }
 
 
-def export_times(args: argparse.Namespace) -> int:
-    """Seconds per export phase, old (full optimiser) and new (lean) side by side: the
-    two alternate per architecture, so other load on the machine hits both alike."""
+# The export's settings being compared (`stcnnt_dsl.tools.export` module attributes):
+# "full-optimiser" is the export before issue 23's first session, "cached-trace" before
+# its third (main at f92d868), "current" what the library does now.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full-optimiser": {"OPTIMIZE": "full", "FAKE_TENSOR_CACHE": True},
+    "cached-trace": {"OPTIMIZE": "lean", "FAKE_TENSOR_CACHE": True},
+    "current": {"OPTIMIZE": "lean", "FAKE_TENSOR_CACHE": False},
+}
+PHASES = {"_trace": "trace", "_to_onnx": "onnx", "_optimize": "optimise", "_verify": "ort_check"}
+
+
+def export_once(arch: str, variant: str, threads: int) -> dict[str, Any]:
+    """One export of `arch` with the settings of `variant`, in this (fresh) process:
+    seconds of wall-clock and of this process's CPU per phase. `onnx` is torch's
+    translation (its decompositions re-trace the graph) and includes `optimise`."""
     from stcnnt_dsl.tools import export as exporter
 
-    torch.set_num_threads(args.threads)
-    phases = ("_trace", "_to_onnx", "_optimize", "_verify")
-    spent: dict[str, float] = {}
-    for name in phases:
+    torch.set_num_threads(threads)
+    for name, value in VARIANTS[variant].items():
+        setattr(exporter, name, value)
+    spent: dict[str, list[float]] = {}
+    for name in PHASES:
         inner = getattr(exporter, name)
 
         def timed(*a, _inner=inner, _name=name, **k):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             try:
                 return _inner(*a, **k)
             finally:
-                spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - start
+                spent[_name] = [time.perf_counter() - wall, time.process_time() - cpu]
 
         setattr(exporter, name, timed)
-    rows = []
-    archs = args.arch.split(",")
     with tempfile.TemporaryDirectory() as folder:
-        for arch in archs:
-            for mode in ("full", "lean") if len(rows) % 4 == 0 else ("lean", "full"):
-                exporter.OPTIMIZE = mode
-                spent.clear()
-                start = time.perf_counter()
-                stcnnt_dsl.export(arch, Path(folder) / f"{arch}-{mode}.onnx")
-                total = time.perf_counter() - start
-                optimize = spent.get("_optimize", 0.0)
-                rows.append({
-                    "arch": arch, "optimiser": mode, "total_s": round(total, 1),
-                    "trace_s": round(spent["_trace"], 1),
-                    "translate_s": round(spent["_to_onnx"] - optimize, 1)
-                    if mode == "lean" else None,
-                    "onnx_s": round(spent["_to_onnx"], 1),
-                    "ort_check_s": round(spent["_verify"], 1),
-                })  # fmt: skip
+        wall, cpu = time.perf_counter(), time.process_time()
+        stcnnt_dsl.export(arch, Path(folder) / f"{arch}.onnx")
+        total = [time.perf_counter() - wall, time.process_time() - cpu]
+    row: dict[str, Any] = {"arch": arch, "variant": variant}
+    for key, (wall_s, cpu_s) in [("total", total)] + [(PHASES[n], spent[n]) for n in PHASES]:
+        row[f"{key}_s"] = round(wall_s, 1)
+        row[f"{key}_cpu_s"] = round(cpu_s, 1)
+    return row
+
+
+def export_times(args: argparse.Namespace) -> int:
+    """Seconds per export phase for each --variant, side by side: every export runs in a
+    fresh process (as `stcnnt export` does: no cache of an earlier export helps it), and
+    the variants alternate per round, so other load on the machine hits them alike.
+    CPU seconds (this process's) move less with that load than wall-clock ones."""
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    rows = []
+    for arch in args.arch.split(","):
+        for round_ in range(args.rounds):
+            for variant in variants if round_ % 2 == 0 else variants[::-1]:
+                command = [sys.executable, __file__, "--export-one", arch, "--variant", variant,
+                           "--threads", str(args.threads)]  # fmt: skip
+                done = subprocess.run(command, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise SystemExit(f"{arch} ({variant}) failed:\n{done.stderr[-2000:]}")
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), flush=True)
-    out = {"commit": commit(), "threads": args.threads, "machine": machine(), "exports": rows}
+    out = {"commit": commit(), "threads": args.threads, "torch": torch.__version__,
+           "machine": machine(), "exports": rows}  # fmt: skip
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
@@ -258,10 +284,24 @@ def main(argv: list[str] | None = None) -> int:
         "--export-only",
         action="store_true",
         help="time the export itself (trace, translation, optimisation, ORT check) of each "
-        "--arch with onnxscript's full optimiser (the old path) and the lean one, "
-        "interleaved; no inference timing",
+        "--arch with each of --variants, interleaved, each in a fresh process; no inference "
+        "timing",
     )
+    parser.add_argument(
+        "--variants",
+        default="cached-trace,current",
+        help="with --export-only: the export settings compared, from "
+        f"{', '.join(VARIANTS)} (default: cached-trace,current)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="with --export-only: exports per variant"
+    )
+    parser.add_argument("--export-one", metavar="ARCH", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="current", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.export_one:
+        print(json.dumps(export_once(args.export_one, args.variant, args.threads)))
+        return 0
     if args.export_only:
         return export_times(args)
 

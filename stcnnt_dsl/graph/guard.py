@@ -209,14 +209,15 @@ def guard(
     est = estimate(graph, input_shape, dtype=dtype)
     if est.params > params_limit:
         node, biggest = max(est.per_stage.items(), key=lambda kv: kv[1])
+        path = _path(graph, node)
         raise ResourceError(
             f"the {graph.name} model would have {_count(est.params)} parameters "
             f"({_human(est.param_bytes)} as {est.dtype}), over the limit of "
-            f"{_limit_text(params_limit)} parameters (max_params); {node} alone has "
-            f"{_count(biggest)}. Check the channel counts and the window and patch sizes, or "
-            f"raise the limit: max_params=... (build, check) or the {ENV_MAX_PARAMS} "
+            f"{_limit_text(params_limit)} parameters (max_params); {_named(node, path)} alone "
+            f"has {_count(biggest)}. Check the channel counts and the window and patch sizes, "
+            f"or raise the limit: max_params=... (build, check) or the {ENV_MAX_PARAMS} "
             "environment variable",
-            _path(graph, node),
+            path,
         )
     if est.memory_bytes > memory_limit:
         where = f" for input {tuple(est.input_shape)}" if est.input_shape else ""
@@ -225,14 +226,15 @@ def guard(
             parts += f" + activations kept for backward {_human(est.activation_bytes)}"
         table = est.per_stage_activation_bytes or {"": 0}
         node, value = max(table.items(), key=lambda kv: kv[1])
-        biggest = f"; {node} alone needs {_human(value)}" if node else ""
+        path = _path(graph, node)
+        biggest = f"; {_named(node, path)} alone needs {_human(value)}" if node else ""
         raise ResourceError(
             f"the {graph.name} model's estimated memory{where} is {_human(est.memory_bytes)} "
             f"({parts}), over the limit of {_human(memory_limit)} (max_memory){biggest}. "
             "Use a smaller input (batch, frames, H, W) or model, or raise the limit: "
             f"max_memory=... in bytes (build, check) or the {ENV_MAX_MEMORY} environment "
             "variable (e.g. 512GiB)",
-            _path(graph, node),
+            path,
         )
     return est
 
@@ -248,6 +250,12 @@ def guard_params(params: int, name: str) -> None:
             "variable",
             name,
         )
+
+
+def _named(node: str, path: str) -> str:
+    """A node as a message names it, with the spec path the error carries when the two
+    read differently (decoder.0's cells are written at unet.encoder[0])."""
+    return f"{node} (spec path {path})" if path else node
 
 
 def _path(graph: ModelGraph, node: str) -> str:

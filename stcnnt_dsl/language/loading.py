@@ -14,7 +14,7 @@ from pydantic import (
     ValidationError,
 )
 
-from ..errors import DSLSyntaxError, SpecError, caret_excerpt, did_you_mean, either
+from ..errors import DSLSyntaxError, SpecError, caret_excerpt, did_you_mean, either, quoted
 from ..registry import load_plugins, topology_names
 from .arch_spec import ArchSpec, SpecSource
 from .parser import parse_expression
@@ -221,7 +221,7 @@ def load_source(source: Any, *, read_files: bool = True) -> SpecSource:
         return _from_expression(text)
     if one_line and text.endswith((".yaml", ".yml", ".json")) and not read_files:
         raise SpecError(
-            f"{text!r} looks like a file name; here an architecture is given as text "
+            f"{quoted(text)} looks like a file name; here an architecture is given as text "
             "(YAML, an expression or a bundled name), never read from a path"
         )
     if one_line and read_files and (text.endswith((".yaml", ".yml", ".json"))
@@ -229,10 +229,12 @@ def load_source(source: Any, *, read_files: bool = True) -> SpecSource:
         return _load_file(Path(text))
     if not one_line or ":" in text or text.startswith("#"):
         return _load_text(source, None)
-    hint = did_you_mean(text, list_architectures())
+    hint = did_you_mean(text, list_architectures()) if len(text) < 100 else ""
+    what = "a file, a bundled architecture" if read_files else "a bundled architecture"
+    never = "" if read_files else " (a text given here is never read as a file path)"
     raise SpecError(
-        f"{text!r} is not a file, a bundled architecture{hint}, an expression like "
-        "unet(channels=[32,64], blocks=T1L1G1), or YAML text; bundled: "
+        f"{quoted(text)} is not {what}{hint}, an expression like "
+        f"unet(channels=[32,64], blocks=T1L1G1), or YAML text{never}; bundled: "
         + ", ".join(list_architectures())
     )
 

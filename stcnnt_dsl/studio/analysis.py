@@ -1,9 +1,10 @@
 """Everything the studio shows about a spec, computed from its text.
 
 The server and the page talk only to the functions here: `analyze`, `compare`,
-`explain_stage`, `canonical`, `architectures`, `bundled_text`, `default_input` and
-`schema`. They read the model graph (`stcnnt_dsl.graph`): no module is built, no tensor
-made, nothing timed, and torch is never imported, so an answer takes milliseconds.
+`explain_stage`, `canonical`, `architectures`, `bundled_text`, `default_input`,
+`cell_options` and `schema`. They read the model graph (`stcnnt_dsl.graph`): no module
+is built, no tensor made, nothing timed, and torch is never imported, so an answer takes
+milliseconds.
 
 `text` is always text (YAML, a one-line expression or a bundled name), never a path:
 a studio must not read files a browser names.
@@ -24,6 +25,7 @@ from ..graph.guard import estimate, guard
 from ..graph.model import ModelGraph, describe_rule, parse_shape
 from ..graph.nodes import BlockNode, MergeNode
 from ..graph.shapes import checked
+from ..language.options import options_for_kind
 from ..language.spec import (
     SpecSource,
     dump_spec,
@@ -32,6 +34,7 @@ from ..language.spec import (
     spec_json_schema,
 )
 from ..language.spec import bundled_text as _bundled_text
+from ..registry import KIND_TO_LETTER, cell_kinds, has_mixer_digit
 from ..tools.diagram import to_dot
 from ..tools.explain import explain
 
@@ -40,6 +43,7 @@ __all__ = [
     "architectures",
     "bundled_text",
     "canonical",
+    "cell_options",
     "compare",
     "default_input",
     "error_document",
@@ -96,7 +100,9 @@ def error_document(err: BaseException, text: str | None = None, path: str | None
     column = getattr(err, "column", None)
     reason = getattr(err, "reason", None)
     where = path if path is not None else getattr(err, "path", None)
-    if isinstance(err, DSLSyntaxError):
+    if path == "input":  # the input box's mistake, not the text's: no spec path, no line
+        message, line, column = reason or str(err), None, None
+    elif isinstance(err, DSLSyntaxError):
         # The reason of a syntax error in a YAML field starts with that field's path.
         match = _PATH_PREFIX.match(reason or "")
         where = match.group(1) if match else ""
@@ -276,8 +282,8 @@ def _analyze(text: str, input_text: str) -> dict[str, Any]:
         return result
     try:
         graph, shape = checked(graph, shape, memory=True)  # sizes, then the memory guard
-    except STCNNTError as err:
-        result["error"] = _user_error(err, text)
+    except STCNNTError as err:  # the spec is valid (guarded above): the input is not
+        result["error"] = _user_error(err, text, path="input")
         return result
     itemsize = 4  # float32 bytes: the studio shows the default precision
     flops = graph.per_node(graph.flops(shape))
@@ -390,6 +396,20 @@ def bundled_text(name: str) -> str:
             "bundled: " + ", ".join(list_architectures())
         )
     return _bundled_text(name)
+
+
+def cell_options() -> dict[str, list[str]]:
+    """The options each cell token of a block string reads inline (`L1`, `T0`, `C2`, and
+    registered kinds): what completion offers inside `L1[...]`, from the options table."""
+    out = {}
+    for kind in cell_kinds():
+        letter = KIND_TO_LETTER[kind]
+        if has_mixer_digit(kind):
+            for digit in (0, 1):
+                out[f"{letter}{digit}"] = list(options_for_kind(kind, mixer=bool(digit)))
+        else:
+            out[letter] = list(options_for_kind(kind))
+    return out
 
 
 def schema() -> dict[str, Any]:

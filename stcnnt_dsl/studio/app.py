@@ -19,10 +19,12 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import analysis
 from .workbench import Workbench, add_workbench
@@ -245,6 +247,34 @@ def _without_analysis(error: dict) -> dict:
 # --------------------------------------------------------------------------- the app
 
 
+def _bad_request(request: Request, err: RequestValidationError) -> JSONResponse:
+    """A body the endpoint cannot read (not JSON, a field missing or of the wrong type):
+    the documented error shape, not FastAPI's `{"detail": ...}`."""
+    problems = []
+    for item in err.errors():
+        if item.get("type") == "json_invalid":
+            problems.append("it is not valid JSON")
+            continue
+        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+        problems.append(f"{where or 'the body'}: {item.get('msg', 'invalid')}")
+    message = (
+        f"the request body of {request.url.path} is not what it takes ("
+        + "; ".join(problems[:5])
+        + "); docs/studio.md (The API) gives each endpoint's body"
+    )
+    return _error_response(message, "BadRequest", 422)
+
+
+def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    """An unknown route or bundled name (404), a wrong method (405): the same shape."""
+    return _error_response(str(err.detail), "HTTPError", err.status_code)
+
+
+def _error_response(message: str, kind: str, status: int) -> JSONResponse:
+    error = {"message": message, "line": None, "column": None, "path": "", "type": kind}
+    return JSONResponse({"ok": False, "error": error}, status_code=status)
+
+
 def _canonical(text: str) -> dict:
     try:
         yaml_text = analysis.canonical(text)
@@ -276,6 +306,8 @@ def create_app(
     app = FastAPI(title="stcnnt studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_Guard, allowed_hosts={*LOOPBACK_HOSTS, *allowed_hosts}, max_body=max_body)
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.add_exception_handler(RequestValidationError, _bad_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.state.runner = runner
 
     @app.get("/", response_class=HTMLResponse)
@@ -301,6 +333,11 @@ def create_app(
     @app.get("/api/schema")
     def schema() -> dict:
         return analysis.schema()
+
+    @app.get("/api/cells")
+    def cells() -> dict:
+        """The options each cell token reads inline (completion inside `L1[...]`)."""
+        return analysis.cell_options()
 
     @app.post("/api/analyze")
     def analyze(request: AnalyzeRequest) -> JSONResponse:

@@ -117,7 +117,8 @@ def export(
         x = x.to(device=device, dtype=dtype)
         with torch.no_grad():
             expected = _named_outputs(model(x))
-        with _quiet_torch():
+        cache = torch._dynamo.config.patch(fake_tensor_cache_enabled=FAKE_TENSOR_CACHE)
+        with _quiet_torch(), cache:
             program = _trace(model, shape, axes, rule, tuple(expected), graph.name)
             proto = _to_onnx(program, tuple(expected))
     if rule.exact is None:
@@ -283,6 +284,14 @@ class _Blocks(nn.Module):
         if isinstance(out, Tensor):
             return out
         return tuple(out[name] for name in self.names)
+
+
+# torch.export's fake tensors cache each op's output by its input metadata. With
+# symbolic sizes a hit is not free: the cached output is rebuilt from symbolic sizes and
+# strides (empty_strided, set_), each step sympy arithmetic, which costs more than
+# running the meta kernel again: the trace takes 20-30 % less CPU without it, torch's
+# re-trace for ONNX about the same (tools/bench_export.py --export-only; docs/export.md).
+FAKE_TENSOR_CACHE = False
 
 
 def _trace(

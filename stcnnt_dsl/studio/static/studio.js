@@ -197,7 +197,11 @@
     }
 
     setError(error) {
-      const located = error && error.line != null ? { line: error.line, column: error.column || 1 } : null;
+      let located = error && error.line != null ? { line: error.line, column: error.column || 1 } : null;
+      const lines = this.text.split("\n");
+      if (located && located.line > lines.length) {  // past the end: mark the text's end
+        located = { line: lines.length, column: lines[lines.length - 1].length + 1 };
+      }
       const same = JSON.stringify(located) === JSON.stringify(this.error);
       this.error = located;
       if (error) this.ta.setAttribute("aria-invalid", "true");
@@ -374,11 +378,6 @@
     },
   };
 
-  function shortDescription(text) {
-    const first = (text || "").split(/(?<=[.;:])\s|\s\(default/)[0];
-    return first.length > 70 ? first.slice(0, 67) + "…" : first;
-  }
-
   function parseYamlLine(raw) {
     const m = /^(\s*)(-\s+)?(?:([A-Za-z_][\w.-]*)\s*:(?=\s|$)(.*))?/.exec(raw);
     return { indent: m[1].length, dash: m[2] ? m[2].length : 0, key: m[3] || null, rest: m[4] || "" };
@@ -431,13 +430,26 @@
   function keyItems(s, present, partial, suffix) {
     return schemaTools.keys(s)
       .filter((k) => !present.has(k.name) && k.name.startsWith(partial))
-      .map((k) => ({ label: k.name, insert: k.name + suffix, detail: shortDescription(k.description) }));
+      .map((k) => ({ label: k.name, insert: k.name + suffix, detail: k.description }));
   }
 
   function valueItems(s, partial) {
     return schemaTools.values(s)
       .filter((v) => v.startsWith(partial))
       .map((v) => ({ label: v, insert: /[\s#:,[\]{}*()]/.test(v) ? `"${v}"` : v, detail: "" }));
+  }
+
+  // The cell token and its open inline options before the caret ("L1[window=4, qk"):
+  // the match with `.token` ("L1"), or null. The tokens come from /api/cells.
+  function cellOptionsAt(prefix) {
+    const tokens = Object.keys(schemaTools.cells || {}).sort((x, y) => y.length - x.length);
+    if (!tokens.length) return null;
+    const re = new RegExp(`(${tokens.map((t) => t.replace(/[^\w]/g, "\\$&")).join("|")})\\[([^\\]]*)$`);
+    const m = re.exec(prefix);
+    if (!m) return null;
+    const found = [m[0], m[2]];
+    found.token = m[1];
+    return found;
   }
 
   // Suggestions at the caret: {items, from, to} or null.
@@ -449,9 +461,11 @@
     let m;
 
     // Inline options of a cell in a block string: L1[window=4, qk|
-    if ((m = /(?:[LGTV][01]|C[23])\[([^\]]*)$/.exec(prefix))) {
+    if ((m = cellOptionsAt(prefix))) {
       const seg = m[1].split(",").pop();
-      const options = schemaTools.schema.$defs.DefaultsSpec;
+      const reads = new Set(schemaTools.cells[m.token] || []);
+      const all = schemaTools.schema.$defs.DefaultsSpec;
+      const options = { properties: Object.fromEntries(Object.entries(all.properties).filter(([name]) => reads.has(name))) };
       let k;
       if ((k = /^\s*([A-Za-z_]\w*)?$/.exec(seg))) {
         const partial = k[1] || "";
@@ -619,7 +633,7 @@
     onInput(editor, event) {
       const typed = event.data || "";
       const before = editor.text.slice(0, editor.ta.selectionStart);
-      const starts = /\w$/.test(typed) || /(:\s|=|[LGTV][01]\[|C[23]\[|\[[^\]]*,\s?)$/.test(before);
+      const starts = /\w$/.test(typed) || /(:\s|=|\[|\[[^\]]*,\s?)$/.test(before);
       if (event.inputType === "insertText" && !typed.includes("\n") && starts) this.open(editor, false);
       else if (!this.list.hidden) this.open(editor, false);
     },
@@ -651,6 +665,7 @@
     seq: 0,
     timer: null,
     result: null, // last /api/analyze (single) or /api/compare answer
+    lastGood: null, // the last single analysis of a valid spec (shown dimmed while the text is not)
     svgs: { a: null, b: null },
     stale: { a: false, b: false },
     selected: null,
@@ -665,6 +680,7 @@
   function setStatus(text, busy) {
     const status = $("#status");
     status.textContent = text;
+    status.title = text;
     status.classList.toggle("busy", !!busy);
   }
 
@@ -714,10 +730,17 @@
     if (state.compare && b) showError($("#error-b"), editorB, b.error, "b");
     const inputError = [a, b].some((x) => x && x.error && x.error.path === "input");
     $("#input-shape").setAttribute("aria-invalid", String(inputError));
-    $("#accepts").textContent = a.accepts ? `accepts ${a.accepts}` : "";
-    renderTotals(a, b);
+    // While the text has a mistake (no analysis at all), the last analysis of a valid
+    // spec stays, dimmed: half-typed words do not empty the page.
+    if (a.params != null) state.lastGood = a;
+    const stale = !b && a.params == null && state.lastGood != null;
+    const shown = stale ? state.lastGood : a;
+    const accepts = $("#accepts");
+    accepts.textContent = shown.accepts ? `accepts ${shown.accepts}` : "";
+    accepts.classList.toggle("stale", stale);
+    renderTotals(shown, b, stale);
     renderDiagram(a, b);
-    renderStages(a, b);
+    renderStages(shown, b, stale);
     // Keep a stage's options open while the text has a mistake; refresh them once valid.
     const names = stageNames();
     if (state.selected && names.length && !names.includes(state.selected)) closeExplain();
@@ -725,7 +748,7 @@
   }
 
   function showError(box, editor, error, which) {
-    editor.setError(error);
+    editor.setError(error && error.path !== "input" ? error : null);
     box.innerHTML = "";
     if (!error) {
       box.hidden = true;
@@ -764,9 +787,11 @@
     return `from input ${fmtShape((a.input || "").split(","))}`;
   }
 
-  function renderTotals(a, b) {
+  function renderTotals(a, b, stale) {
     const box = $("[data-testid=totals]");
     box.innerHTML = "";
+    box.dataset.stale = String(!!stale);
+    box.title = stale ? "the last valid version: the text has a mistake" : "";
     if (!b) {
       box.append(
         card("Parameters", fmtCount(a.params), a.params != null ? fmtExact(a.params) : "", null, "total-params",
@@ -778,7 +803,7 @@
         card("Output B×T×C×H×W", fmtShape(a.output), outputNote(a), null, "total-output"),
       );
       box.classList.remove("compare-totals");
-      box.classList.toggle("stale", !a.ok);
+      box.classList.toggle("stale", !a.ok || !!stale);
       return;
     }
     box.classList.add("compare-totals");
@@ -851,8 +876,11 @@
     return [...new Set([...(a ? a.stages : []), ...(b ? b.stages : [])].map((s) => s.name))];
   }
 
-  function renderStages(a, b) {
+  function renderStages(a, b, stale) {
     const table = $("[data-testid=stages]");
+    table.classList.toggle("stale", !!stale);
+    table.dataset.stale = String(!!stale);
+    table.title = stale ? "the last valid version: the text has a mistake" : "";
     const head = $("thead", table);
     const body = $("tbody", table);
     const foot = $("tfoot", table);
@@ -1002,6 +1030,7 @@
   function fillStarts(select, initial) {
     select.innerHTML = "";
     select.append(el("option", { value: "", text: "choose…" }));
+    select.append(el("option", { value: "edited", text: "your text", hidden: true, disabled: true }));
     if (initial) {
       select.append(el("optgroup", { label: "Command line" }, el("option", { value: "initial", text: initial.name })));
     }
@@ -1020,9 +1049,22 @@
       const data = await api(`/api/architectures/${encodeURIComponent(value.slice("bundled:".length))}`);
       ({ text, input } = data);
     }
+    editor.startText = text;
     editor.setText(text);
     if (isA && input) $("#input-shape").value = input;
     analyzeNow();
+  }
+
+  // The menu shows the example the text is, or "your text" once it differs from it
+  // (choosing the example again then loads it again).
+  function markStart(select, editor) {
+    const edited = editor.startText != null && editor.text !== editor.startText;
+    if (edited && select.value !== "edited") {
+      select.dataset.example = select.value;
+      select.value = "edited";
+    } else if (!edited && select.value === "edited") {
+      select.value = select.dataset.example || "";
+    }
   }
 
   async function download(editor) {
@@ -1048,7 +1090,13 @@
     state.compare = on;
     $("#pane-b").hidden = !on;
     $(".tag-a").hidden = !on;
-    if (on && !editorB.text.trim()) editorB.setText(editorA.text);
+    if (on && !editorB.text.trim()) {
+      editorB.setText(editorA.text);
+      editorB.startText = editorA.startText;  // B starts as A's copy: the same example
+      const [sa, sb] = [$("#pane-a .starts"), $("#pane-b .starts")];
+      sb.value = sa.value;
+      sb.dataset.example = sa.dataset.example || "";
+    }
     if (!on) state.show = "a";
     state.result = null;
     analyzeNow();
@@ -1078,23 +1126,26 @@
       if (event.key === "Escape" && !$("[data-testid=explain]").hidden && !completion.editor) closeExplain();
     });
 
-    const [listing, schema] = await Promise.all([api("/api/architectures"), api("/api/schema")]);
+    const [listing, schema, cells] = await Promise.all([api("/api/architectures"), api("/api/schema"), api("/api/cells")]);
     schemaTools.schema = schema;
+    schemaTools.cells = cells;
     state.architectures = listing.architectures;
     state.initial = listing.initial;
     const selects = [$("#pane-a .starts"), $("#pane-b .starts")];
     selects.forEach((select) => fillStarts(select, state.initial));
     selects[0].addEventListener("change", () => loadStart(selects[0], editorA, true));
     selects[1].addEventListener("change", () => loadStart(selects[1], editorB, false));
+    editorA.ta.addEventListener("input", () => markStart(selects[0], editorA));
+    editorB.ta.addEventListener("input", () => markStart(selects[1], editorB));
     if (state.initial) {
       selects[0].value = "initial";
-      editorA.ta.value = state.initial.text;
+      editorA.ta.value = editorA.startText = state.initial.text;
       $("#input-shape").value = state.initial.input;
     } else {
       const first = state.architectures.find((a) => a.name === "unet") || state.architectures[0];
       selects[0].value = `bundled:${first.name}`;
       const data = await api(`/api/architectures/${encodeURIComponent(first.name)}`);
-      editorA.ta.value = data.text;
+      editorA.ta.value = editorA.startText = data.text;
       $("#input-shape").value = data.input;
     }
     editorA.render();
