@@ -1132,11 +1132,13 @@ def render_catalogue() -> str:
     """The catalogue section of docs/errors.md (messages produced by running each entry)."""
     out: list[str] = [f"{len(CATALOGUE)} entries; each is a test in `tests/test_errors.py`."]
     group = None
+    groups = list(dict.fromkeys(entry.group for entry in CATALOGUE))  # one heading each
+    ordered = sorted(CATALOGUE, key=lambda entry: groups.index(entry.group))
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         try:
-            for entry in CATALOGUE:
+            for entry in ordered:
                 if entry.group != group:
                     group = entry.group
                     out.append(f"\n### {group}\n")
