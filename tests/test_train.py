@@ -249,6 +249,23 @@ def test_classification_trains_on_class_labels(data, tmp_path):
     assert result.metric == "accuracy" and 0 <= result.best <= 1
 
 
+def test_cases_are_read_once_then_sampled_from_memory(data, monkeypatch):
+    """MONAI's CacheDataset keeps what its transforms return; a plain function is not a
+    transform, so with one every sample read its case again (8% of recipe (a)'s step)."""
+    from stcnnt_dsl.train.data import TrainData, open_sources
+
+    reads = []
+    real = data["ds"].load
+    monkeypatch.setattr(data["ds"], "load", lambda i: (reads.append(i), real(i))[1])
+    src = load_recipe(recipe())
+    train_data = TrainData(open_sources(src), src.recipe.data, "segment", 0)
+    assert sorted(reads) == list(range(len(data["ds"])))
+    for step in range(3):
+        train_data.batch(step, range(2))
+    train_data.val_cases()
+    assert len(reads) == len(data["ds"])
+
+
 def test_classification_from_a_folder_of_pngs_learns_on_held_out_images(tmp_path):
     """Recipe (c) small: real PNG files (discs against rings, classes from the folder
     names), 120 steps; 16 held-out images, where chance is 8 right (13 or more by luck:
