@@ -153,6 +153,158 @@ def test_mixed_unetr_needs_two_levels():
         stcnnt_dsl.load_spec({"mixed_unetr": {"channels": [8], "blocks": "C2"}})
 
 
+# --------------------------------------------------------------------------- halving T
+
+
+def _halving(**body) -> dict:
+    """A small mixed U-Netr; conv cells (`blocks="C2"`, fast) or T1L1G1 with windows."""
+    cells = {} if body.get("blocks") == "C2" else {"blocks": "T1L1G1", "window": 4, "patch": 2}
+    return {"mixed_unetr": {"channels": [4, 8, 16], **cells, **body}, "in_channels": 2}
+
+
+@pytest.mark.parametrize(("body", "frames"), [
+    ({"halve_time": 2, "blocks": "C2"}, [8, 4, 2, 2]),
+    ({"halve_time": 2, "up": "conv", "blocks": "C2"}, [8, 4, 2, 2]),
+    ({"halve_time": 3, "conv": "2d", "blocks": "C2"}, [8, 4, 2, 1]),
+    ({"halve_time": 1, "decoder_blocks": True}, [8, 4, 4, 4]),
+    ({"partition": "3d", "halve_time": 1, "input_unit": True, "blocks": "C2"}, [4, 2, 2, 2]),
+    pytest.param({"partition": "2d", "decoder_blocks": True, "up": "conv", "window": 2,
+                  "patch": 1}, [8, 8, 8, 8], marks=pytest.mark.slow),
+])  # fmt: skip
+def test_halve_time_shapes_and_costs_are_the_modules(body, frames):
+    """T per level from infer_shapes is what the modules give (hooks); parameters and
+    FLOPs of the graph are the module's numel and FlopCounterMode's count."""
+    from stcnnt_dsl.tools.flops import count_flops_analytic, count_flops_torch
+
+    spec = _halving(**body)
+    model = stcnnt_dsl.build(spec, seed=0).eval()
+    shape = (1, 8, 2, 32, 32)
+    inferred = stcnnt_dsl.infer_shapes(spec, shape)
+    levels = ["encoder.0", "encoder.1", "encoder.2", "bridge"]
+    assert [inferred["nodes"][n][1] for n in levels] == frames
+    seen = {}
+    for name in inferred["nodes"]:
+        if model.graph.node(name).has_module:
+            model.get_submodule(name).register_forward_hook(
+                lambda m, i, o, n=name: seen.__setitem__(n, tuple(o.shape))
+            )
+    x = torch.randn(shape)
+    with torch.no_grad():
+        y = model(x)
+    assert seen == {n: s for n, s in inferred["nodes"].items() if n in seen}
+    assert tuple(y.shape) == inferred["output"] == (1, 8, model.out_channels, 32, 32)
+    with torch.no_grad():
+        features = [tuple(f.shape) for f in model.forward_features(x)]
+    assert features == inferred["features"]
+    assert [f[1] for f in features][-3:] == frames[:3]  # the decoder levels
+    assert sum(model.graph.params().values()) == _params(model)
+    assert count_flops_analytic(model.graph, shape).total == count_flops_torch(model, x).total
+
+
+def test_halve_time_needs_a_multiple_of_2_to_the_halve_time():
+    spec = _halving(halve_time=2)
+    accepts = stcnnt_dsl.accepts(spec)
+    assert accepts.text == "H and W multiples of 32, T a multiple of 4"
+    assert (accepts.frames_multiple, accepts.min_frames) == (4, 4)
+    with pytest.raises(stcnnt_dsl.ShapeError, match=r"down\.1 .*multiple of 2, got T=3") as err:
+        stcnnt_dsl.check(spec, (1, 6, 2, 32, 32))
+    assert err.value.nearest["T"] == [4, 8]
+    # 3x3x3 reflect-padded units need 2 frames at the deepest halved level: T >= 8
+    reflect = {**spec, "defaults": {"padding": "reflect"}}
+    assert stcnnt_dsl.accepts(reflect).text.endswith("T a multiple of 4 >= 8")
+    with pytest.raises(stcnnt_dsl.ShapeError, match="T=4 is 1 frames there"):
+        stcnnt_dsl.check(reflect, (1, 4, 2, 32, 32))
+    stcnnt_dsl.check(reflect, (1, 8, 2, 32, 32))
+
+
+def test_decoder_blocks_take_their_level_options():
+    spec = _halving(decoder_blocks=True, decoder=[{"window": 8}, {}, {}])
+    graph = stcnnt_dsl.build(spec).graph
+    decoder = [graph.node(f"decoder.{i}") for i in range(3)]
+    assert [n.kind for n in decoder] == ["block"] * 3
+    assert [(n.in_channels, n.out_channels) for n in decoder] == [(12, 12), (16, 8), (32, 8)]
+    assert decoder[0].plan.cells[1].geometry.window == (8, 8)
+    with pytest.raises(SpecError, match="add decoder_blocks: true") as err:
+        stcnnt_dsl.load_spec(_halving(decoder=[{}, {}, {}]))
+    assert err.value.path == "mixed_unetr.decoder"
+
+
+def test_partition_channel_orders():
+    """space_to_depth: channel c*4 + dh*2 + dw holds x[c, 2i + dh, 2j + dw] (c*8 + dt*4 + ...
+    in 3d); reference: the reference's WindowPartition2D, the [C, H/2, W/2, 2, 2] memory
+    viewed as [4C, H/2, W/2]."""
+    from stcnnt_dsl.nn.sampling import partition
+
+    x = torch.arange(2 * 4 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 4, 3, 4, 6)
+    y = partition(x)
+    for c, dh, dw in [(0, 0, 0), (1, 1, 0), (2, 0, 1), (2, 1, 1)]:
+        assert torch.equal(y[:, :, c * 4 + dh * 2 + dw], x[:, :, c, dh::2, dw::2])
+    y3 = partition(x, temporal=True)
+    assert torch.equal(y3[:, :, 2 * 8 + 1 * 4 + 0 * 2 + 1], x[:, 1::2, 2, 0::2, 1::2])
+    ref = partition(x, order="reference")
+    blocks = x.reshape(2, 4, 3, 2, 2, 3, 2).permute(0, 1, 2, 3, 5, 4, 6)  # [C, H', W', 2, 2]
+    assert torch.equal(ref, blocks.reshape(2, 4, 12, 2, 3))
+    assert not torch.equal(ref, y)
+
+
+def test_input_unit_needs_a_partition():
+    with pytest.raises(SpecError, match="input_unit needs a partition stage") as err:
+        stcnnt_dsl.load_spec(_halving(input_unit=True))
+    assert err.value.path == "mixed_unetr.input_unit"
+
+
+@pytest.mark.parametrize(("time", "min_t", "on_input", "part", "halve", "out"), [
+    (4, 16, 1, "2d", 0, 20), (16, 2, 1, "3d", 2, 20), (8, 4, 0, "2d", 1, 16),
+])  # fmt: skip
+def test_reference_window_partition_translates(time, min_t, on_input, part, halve, out):
+    """3-D when time // 2 > min_T (strictly), then the levels halve T while
+    (time // 2) // 2^(i+1) >= min_T; 5C out with the input unit, else 4C."""
+    config = _mixed(time=time, height=64, width=64)
+    config["backbone_mixed_unetr"].update(use_window_partition=1, min_T=min_t,
+                                          encoder_on_input=on_input)  # fmt: skip
+    spec = reference_spec(config)
+    body = spec.body
+    assert (body.partition, body.halve_time, body.input_unit) == (part, halve, bool(on_input))
+    assert body.partition_order == ("reference" if part == "2d" else "space_to_depth")
+    assert spec.input_size == (64, 64) or list(spec.input_size) == [64, 64]
+    assert stcnnt_dsl.build(spec).out_channels == out
+
+
+def test_prediction_windows_take_a_multiple_of_the_halved_t():
+    """predict_image on a real 15-slice DICOM (pydicom's rtdose.dcm) with a model that
+    halves T once: the window has 16 slices (MONAI pads), the labels 15."""
+    pydicom = pytest.importorskip("pydicom", reason="the data extra is not installed")
+    from stcnnt_dsl.data import read_image
+    from stcnnt_dsl.data.predict import predict_image, valid_patch
+
+    image = read_image(pydicom.data.get_testdata_file("rtdose.dcm"))
+    spec = {**_halving(halve_time=1, channels=[4, 8], blocks="C2"), "in_channels": 1,
+            "heads": {"seg": {"kind": "segmentation", "classes": 3}}}  # fmt: skip
+    model = stcnnt_dsl.build(spec, seed=0).eval()
+    t, _, h, w = image.shape
+    assert t == 15 and valid_patch(model, (t, h, w)) == (16, 12, 12)
+    assert valid_patch(model, (100, 12, 12)) == (32, 12, 12)
+    assert predict_image(model, image, overlap=0.25)["seg"].array.shape == (15, 1, h, w)
+
+
+def test_halve_time_at_most_the_levels():
+    with pytest.raises(SpecError, match="halve_time=4 is more than the 3 levels"):
+        stcnnt_dsl.load_spec(_halving(halve_time=4))
+    with pytest.raises(SpecError, match="integer >= 0"):
+        stcnnt_dsl.load_spec(_halving(halve_time=-1))
+
+
+@pytest.mark.parametrize(("time", "min_t", "levels", "halve"), [
+    (2, 16, 2, 0), (8, 2, 3, 2), (16, 4, 3, 2), (16, 2, 3, 3), (32, 16, 2, 1),
+])  # fmt: skip
+def test_reference_min_t_becomes_halve_time(time, min_t, levels, halve):
+    """The reference's down-sampling of level i halves T while time // 2^(i+1) >= min_T."""
+    config = _mixed(time=time)
+    config["backbone_mixed_unetr"].update(min_T=min_t, num_resolution_levels=levels,
+                                          n_heads=[2] * (levels + 1))  # fmt: skip
+    assert reference_spec(config).body.halve_time == halve
+
+
 def test_conv_unit_matches_its_formula():
     torch.manual_seed(0)
     unit = ConvUnit(3, 3, residual=True).eval()
@@ -182,14 +334,10 @@ def test_conv_unit_matches_its_formula():
 @pytest.mark.parametrize(
     "section, key, match",
     [
-        ({"use_window_partition": 1}, "backbone_mixed_unetr.use_window_partition", "window"),
-        ({"transformer_for_upsampling": 1}, "backbone_mixed_unetr.transformer_for_upsampling",
-         "decoder"),
         ({"n_heads": 8}, "backbone_mixed_unetr.n_heads", "one head count per level"),
         ({"n_heads": [8]}, "backbone_mixed_unetr.n_heads", "one head count per level"),
         ({"num_resolution_levels": 5, "n_heads": [1] * 6},
          "backbone_mixed_unetr.num_resolution_levels", "E3"),
-        ({"min_T": 1}, "backbone_mixed_unetr.min_T", "halves T"),
     ],
 )  # fmt: skip
 def test_mixed_unetr_refusals_name_the_key(section, key, match):
@@ -348,13 +496,60 @@ def _compare(*cases: str) -> str:
 def test_whole_reference_models_agree():
     out = _compare("mixed_unetr+UperNet3D")
     # the mixed U-Netr of C=8: ours has the reference's parameters but its 272 unused ones
-    assert "params 496,516 (reference 496,788)" in out
+    assert "params 496,516 (reference 496,788, unused 272)" in out
 
 
 @needs_checkout
 @pytest.mark.slow
 def test_every_compared_reference_model_agrees():
-    assert len(_compare().splitlines()) == 9
+    assert len(_compare().splitlines()) == 17
+
+
+@needs_checkout
+def test_reference_transformer_decoders_agree():
+    """transformer_for_upsampling: decoder blocks of each level's block string (the
+    U-Net's decoder window sizes), in a whole model and a 4-level backbone halving T."""
+    out = _compare(
+        "mixed_unetr(transformer decoder)+UperNet3D",
+        "mixed_unetr(transformer decoder, 4 levels, T=8, min_T=2), backbone",
+    )
+    lines = out.splitlines()
+    assert "out (2, 3, 4, 32, 32)" in lines[0] and "out (2, 12, 8, 64, 64)" in lines[1]
+    for line in lines:
+        counts = line.split("params ")[1].replace(",", "").strip(")").split()
+        assert int(counts[0]) + int(counts[4]) == int(counts[2]), line
+
+
+@needs_checkout
+def test_reference_window_partitions_agree():
+    """use_window_partition: the 2-D partition (the reference's reshuffle) with the input
+    unit (5C out), and the 3-D one (T halved, then by 2 levels) under a UperNet3D head
+    without units (4C out, which its factory's head expects with 3 levels)."""
+    out = _compare(
+        "mixed_unetr(2-D window partition, 3 levels), backbone",
+        "mixed_unetr(3-D partition, 2d convs, no units)+UperNet3D",
+    )
+    lines = out.splitlines()
+    assert "out (2, 40, 4, 64, 64)" in lines[0] and "out (2, 3, 8, 64, 64)" in lines[1]
+    for line in lines:
+        counts = line.split("params ")[1].replace(",", "").strip(")").split()
+        assert int(counts[0]) + int(counts[4]) == int(counts[2]), line
+
+
+@needs_checkout
+def test_reference_models_that_halve_t_agree():
+    """The reference's min_T: T=8 with min_T=2 halves T at 2 of 3 levels, T=16 with
+    min_T=4 at both levels of a whole model; outputs to 1e-4 (the tool's exit status),
+    parameters equal."""
+    out = _compare("mixed_unetr(T=8, min_T=2, 3 levels), backbone",
+                   "mixed_unetr(T=16, min_T=4, up conv)+UperNet3D")  # fmt: skip
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert "out (2, 24, 8, 32, 32)" in lines[0] and "out (2, 3, 16, 32, 32)" in lines[1]
+    for line in lines:
+        counts = line.split("params ")[1].replace(",", "").strip(")").split()
+        ours, reference, unused = int(counts[0]), int(counts[2]), int(counts[4])
+        assert ours + unused == reference and unused == 272, line
 
 
 def test_round_trip_of_a_whole_mixed_unetr_with_upernet():

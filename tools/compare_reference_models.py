@@ -10,7 +10,10 @@ one random input in eval mode and the largest difference is printed:
 
 Cases: the mixed U-Netr (`STCNNT_mUNET`) and the U-Net with `UperNet2D`, `UperNet3D` and
 `SimpleConv` heads, and the mixed U-Netr's variants (2-D convolutions, no skip units, no
-gates, up-sampling convs, 3 levels). Exit status 1 when a difference exceeds 1e-4.
+gates, up-sampling convs, 3 levels, T halved by `min_T`, the transformer decoder, the
+window partition). Exit
+status 1 when a difference exceeds 1e-4. `unused` counts the reference's parameters that
+it builds but never runs (ours leave them out).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_reference import ToolError, _namespace, _stub_training_imports
 
 from stcnnt_dsl.compat import import_reference
+from stcnnt_dsl.compat.weights import unused_reference_modules
 
 AGREEMENT = 1e-4
 
@@ -70,9 +74,25 @@ def cases() -> dict[str, dict[str, Any]]:
         out[key] = {**body, **section}
         return out
 
+    def halving(post: str, time: int, min_t: int, **section: Any) -> dict[str, Any]:
+        out = config("STCNNT_mUNET", post, min_T=min_t, **section)
+        out["time"] = time
+        return out
+
+    def partition(post: str, time: int, **section: Any) -> dict[str, Any]:
+        out = config("STCNNT_mUNET", post, use_window_partition=1, num_resolution_levels=3,
+                     **section)  # fmt: skip
+        out.update(time=time, height=64, width=64)
+        return out
+
     deep = config("STCNNT_mUNET", "Identity", num_resolution_levels=4, with_conv=1, C=4,
                   n_heads=[4, 4, 4, 4, 2])  # fmt: skip
     deep.update(height=64, width=64)
+    transformer = copy.deepcopy(deep)  # the decoder's blocks: each level's block string
+    transformer.update(time=8)
+    transformer["backbone_mixed_unetr"].update(
+        transformer_for_upsampling=1, min_T=2, block_str=["T1L1G1", "T1V1", "L1G1", "T1", "G1"]
+    )
     return {
         "mixed_unetr+UperNet2D": config("STCNNT_mUNET", "UperNet2D"),
         "mixed_unetr+UperNet3D": config("STCNNT_mUNET", "UperNet3D"),
@@ -92,6 +112,35 @@ def cases() -> dict[str, dict[str, Any]]:
             n_heads=[8, 4, 8, 2],
         ),
         "mixed_unetr(4 levels, up conv, 64x64), backbone": deep,
+        # time // 2^(i+1) >= min_T: levels 0 and 1 halve T (3-D patch merging, trilinear)
+        "mixed_unetr(T=8, min_T=2, 3 levels), backbone": halving(
+            "Identity", 8, 2, num_resolution_levels=3
+        ),
+        "mixed_unetr(T=16, min_T=4, up conv)+UperNet3D": halving("UperNet3D", 16, 4, with_conv=1),
+        "mixed_unetr(transformer decoder)+UperNet3D": config(
+            "STCNNT_mUNET", "UperNet3D", transformer_for_upsampling=1
+        ),
+        "mixed_unetr(transformer decoder, 4 levels, T=8, min_T=2), backbone": transformer,
+        # time // 2 <= min_T: its 2-D partition (the reference's reshuffle), input unit
+        "mixed_unetr(2-D window partition, 3 levels), backbone": partition(
+            "Identity", 4, use_unet_attention=0
+        ),
+        # time // 2 > min_T: its 3-D partition halves T, then levels 0 and 1 halve it
+        "mixed_unetr(3-D window partition, T=16, min_T=2), backbone": partition(
+            "Identity", 16, min_T=2
+        ),
+        # 4C without the input unit: a whole model of 3 levels runs
+        "mixed_unetr(3-D partition, 2d convs, no units)+UperNet3D": partition(
+            "UperNet3D",
+            8,
+            min_T=2,
+            encoder_on_input=0,
+            encoder_on_skip_connection=0,
+            use_conv_3d=0,
+        ),
+        "mixed_unetr(2-D partition, transformer decoder, up conv), backbone": partition(
+            "Identity", 4, encoder_on_input=0, with_conv=1, transformer_for_upsampling=1
+        ),
         "unet+UperNet2D": config("STCNNT_UNET", "UperNet2D"),
         "unet+UperNet3D": config("STCNNT_UNET", "UperNet3D"),
     }
@@ -176,12 +225,15 @@ def compare(classes: dict[str, Any], config: dict[str, Any], seed: int = 0) -> d
         out = ours(x.transpose(1, 2))
         out = (next(iter(out.values())) if isinstance(out, dict) else out).transpose(1, 2)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    mixed = config["backbone_model"] == "STCNNT_mUNET"
+    unused = set(unused_reference_modules()) if mixed else set()
     return {
         "shape": tuple(out.shape),
         "reference_shape": tuple(ref.shape),
         "max_diff": (out - ref).abs().max().item() if out.shape == ref.shape else float("inf"),
         "params": count(ours),
         "reference_params": count(backbone) + count(head),
+        "reference_unused": sum(p.numel() for n, p in backbone.named_parameters() if n in unused),
     }
 
 
@@ -207,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         r = compare(classes, config, args.seed)
         worst = max(worst, r["max_diff"])
         print(
-            f"{name:45s} out {r['shape']}  max |ours - reference| {r['max_diff']:.2e}  "
-            f"params {r['params']:,} (reference {r['reference_params']:,})"
+            f"{name:60s} out {r['shape']}  max |ours - reference| {r['max_diff']:.2e}  "
+            f"params {r['params']:,} (reference {r['reference_params']:,}, "
+            f"unused {r['reference_unused']:,})"
         )
     return 0 if worst <= AGREEMENT else 1
 

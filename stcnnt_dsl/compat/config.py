@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import SpecError
+from ..graph.topologies.mixed_unetr import decoder_channels
 from ..language.spec import ArchSpec, load_spec
 from .sizing import (
     METHODS,
@@ -56,7 +57,7 @@ REFERENCE_DEFAULTS: dict[str, Any] = {
     "backbone_mixed_unetr.min_T": 16, "backbone_mixed_unetr.encoder_on_skip_connection": 1,
     "backbone_mixed_unetr.transformer_for_upsampling": 0,
     "backbone_mixed_unetr.n_heads": [32, 32, 32, 32], "backbone_mixed_unetr.use_conv_3d": 1,
-    "backbone_mixed_unetr.use_window_partition": 0,
+    "backbone_mixed_unetr.use_window_partition": 0, "backbone_mixed_unetr.encoder_on_input": 1,
 }  # fmt: skip
 
 _ACTIVATIONS = {
@@ -350,35 +351,40 @@ def _topology(flat: Mapping[str, Any]) -> str:
 
 
 def _check_mixed_unetr(cfg: _Config, levels: int) -> None:
-    """Refuse the mixed U-Netr variants this library does not reproduce, naming the key."""
+    """Refuse the mixed U-Netr variants the reference itself cannot run, naming the key."""
     section = "backbone_mixed_unetr"
-    for key, why in (
-        ("use_window_partition", "its window-partition input stage (space-to-depth of the "
-         "input, an extra skip and decoder) is not expressible"),
-        ("transformer_for_upsampling", "its transformer decoder is not expressible (the "
-         "convolutional decoder, 0, is)"),
-    ):  # fmt: skip
-        if cfg.flag(f"{section}.{key}"):
-            raise SpecError(f"{section}.{key}=1 is not supported: {why}; use 0", f"{section}.{key}")
     if levels == 5 and cfg.flag(f"{section}.encoder_on_skip_connection"):
         raise SpecError(
             "the reference's 5-level mixed U-Netr with skip encoders does not run (its "
             "forward applies E3 to level 4); use 2 to 4 levels",
             f"{section}.num_resolution_levels",
         )
+
+
+def _mixed_unetr_partition(cfg: _Config) -> str:
+    """The reference's window partition: none, or 3-D (halving T) when
+    `time // 2 > min_T` (strictly), else 2-D."""
+    section = "backbone_mixed_unetr"
+    if not cfg.flag(f"{section}.use_window_partition"):
+        return "none"
     time, min_t = cfg.integer("time", 1), cfg.integer(f"{section}.min_T", 1)
-    if time // 2 >= min_t:
-        raise SpecError(
-            f"time={time} with min_T={min_t}: the reference then also halves T "
-            f"(time // 2 >= min_T), which this library's mixed_unetr does not do; "
-            f"it imports models with time // 2 < min_T",
-            f"{section}.min_T",
-        )
+    return "3d" if time // 2 > min_t else "2d"
 
 
-def _mixed_unetr_heads(cfg: _Config, levels: int) -> dict[str, int]:
-    """Heads per block: `n_heads[i]` for encoder level i, the list's last for the bridge
-    (the reference indexes the configured list itself, so a shorter list fails there)."""
+def _mixed_unetr_halve_time(cfg: _Config, levels: int, partition: str) -> int:
+    """How many levels halve T: the reference's down-sampling of level i is 3-D while
+    `T // 2^(i+1) >= min_T`, with T the configured time (halved by a 3-D partition),
+    decided once when it builds the model."""
+    section = "backbone_mixed_unetr"
+    time, min_t = cfg.integer("time", 1), cfg.integer(f"{section}.min_T", 1)
+    time //= 2 if partition == "3d" else 1
+    return sum(1 for i in range(levels) if time // 2 ** (i + 1) >= min_t)
+
+
+def _mixed_unetr_heads(cfg: _Config, levels: int, decoder_blocks: bool) -> dict[str, int]:
+    """Heads per block: `n_heads[i]` for encoder (and decoder) level i, the list's last
+    for the bridge (the reference indexes the configured list itself, so a shorter list
+    fails there)."""
     key = "backbone_mixed_unetr.n_heads"
     value = cfg.raw(key)
     if not isinstance(value, (list, tuple)) or len(value) < levels:
@@ -391,6 +397,8 @@ def _mixed_unetr_heads(cfg: _Config, levels: int) -> dict[str, int]:
         raise SpecError(f"{key} must hold positive integers, got {value!r}", key)
     heads = {f"D{i}": value[i] for i in range(levels)}
     heads["bridge"] = value[-1]
+    if decoder_blocks:
+        heads.update({f"U{i}": value[i] for i in range(levels)})
     return heads
 
 
@@ -439,18 +447,26 @@ def reference_spec(config: Any) -> ArchSpec:
     sequential = defaults["cell"] == "sequential"
     linear_vit = linear and not sequential
     texts = [_block_text(cells, linear=linear, sequential=sequential) for cells in blocks]
+    partition = _mixed_unetr_partition(cfg) if topology == "mixed_unetr" else "none"
+    height, width = cfg.integer("height", 1), cfg.integer("width", 1)
+    shrink = 2 if partition != "none" else 1  # the blocks run at half size after it
     sizer = ReferenceSizer(
-        cfg.choice("window_sizing_method", METHODS), cfg.integer("height", 1),
-        cfg.integer("width", 1), cfg.pair("window_size"), cfg.pair("patch_size"),
+        cfg.choice("window_sizing_method", METHODS), height // shrink, width // shrink,
+        cfg.pair("window_size"), cfg.pair("patch_size"),
     )  # fmt: skip
     stage_heads: dict[str, int] = {}
+    decoder_blocks = topology == "mixed_unetr" and cfg.flag(f"{section}.transformer_for_upsampling")
     if topology == "mixed_unetr":
-        geometry = mixed_unetr_geometry(sizer, levels)
+        # its transformer decoder's blocks are sized as the U-Net's decoder blocks
+        geometry = (unet_geometry if decoder_blocks else mixed_unetr_geometry)(sizer, levels)
         out_ch = {f"D{i}": channels[i] for i in range(levels)}
         out_ch["bridge"] = channels[-1]
         cells_of = {f"D{i}": blocks[i] for i in range(levels)}
         cells_of["bridge"] = blocks[-1]
-        stage_heads = _mixed_unetr_heads(cfg, levels)
+        if decoder_blocks:
+            out_ch.update({f"U{i}": c for i, c in enumerate(decoder_channels(channels)[1])})
+            cells_of.update({f"U{i}": blocks[i] for i in range(levels)})
+        stage_heads = _mixed_unetr_heads(cfg, levels, decoder_blocks)
         defaults["heads"] = stage_heads["D0"]
     elif topology == "unet":
         geometry = unet_geometry(sizer, levels)
@@ -492,6 +508,14 @@ def reference_spec(config: Any) -> ArchSpec:
             encoder=[options[f"D{i}"] for i in range(levels)],
             bridge=options["bridge"] or None,
         )
+        if halve := _mixed_unetr_halve_time(cfg, levels, partition):
+            body["halve_time"] = halve
+        if partition != "none":
+            body.update(partition=partition, input_unit=cfg.flag(f"{section}.encoder_on_input"))
+            if partition == "2d":
+                body["partition_order"] = "reference"
+        if decoder_blocks:
+            body.update(decoder_blocks=True, decoder=[options[f"U{i}"] for i in range(levels)])
     elif topology == "unet":
         body.update(
             gate=cfg.flag(f"{section}.use_unet_attention"),
@@ -520,7 +544,7 @@ def reference_spec(config: Any) -> ArchSpec:
         "name": f"reference-{topology.replace('_', '-')}",
         "description": "translated from a reference implementation configuration",
         "in_channels": in_channels,
-        "input_size": [sizer.h, sizer.w],
+        "input_size": [height, width],
         "defaults": defaults,
         topology: body,
     }
@@ -580,22 +604,33 @@ def _heads(cfg: _Config, flat: Mapping[str, Any], topology: str) -> dict[str, An
             "the backbone and add a head under heads:",
             "post_model",
         )
-    levels_key = "backbone_mixed_unetr.num_resolution_levels"
-    if topology == "mixed_unetr" and (levels := cfg.integer(levels_key, 1)) != 2:
-        c = cfg.integer("backbone_mixed_unetr.C", 1)
-        raise SpecError(
-            f"the reference's whole models with a {levels}-level mixed U-Netr do not run: its "
-            f"factory tells the head C*(levels+1) = {c * (levels + 1)} channels, but the "
-            f"backbone gives 3C = {3 * c} (only 2 levels agree); import the backbone "
-            "(post_model: Identity, or load_weights(model, path, part='backbone')) and add a "
-            "head under heads:",
-            "post_model",
-        )
+    if topology == "mixed_unetr":
+        _check_mixed_unetr_whole(cfg)
     if post in ("UperNet2D", "UperNet3D"):
         return {"segmentation": _upernet(cfg, post)}
     name, head = POST_MODELS[post]
     size = "classes" if head["kind"] != "enhancement" else "out_channels"
     return {name: {**head, size: cfg.integer("no_out_channel", 1)}}
+
+
+def _check_mixed_unetr_whole(cfg: _Config) -> None:
+    """The reference's factory tells the head C*(levels+1) channels; its backbone gives
+    3C (4C with the window partition, 5C with its input unit too): only whole models where
+    they agree run."""
+    section = "backbone_mixed_unetr"
+    levels, c = cfg.integer(f"{section}.num_resolution_levels", 1), cfg.integer(f"{section}.C", 1)
+    gives, what = 3, "3C"
+    if cfg.flag(f"{section}.use_window_partition"):
+        gives, what = (5, "5C") if cfg.flag(f"{section}.encoder_on_input") else (4, "4C")
+    if levels + 1 != gives:
+        raise SpecError(
+            f"the reference's whole models with a {levels}-level mixed U-Netr do not run: its "
+            f"factory tells the head C*(levels+1) = {c * (levels + 1)} channels, but the "
+            f"backbone gives {what} = {gives * c} (only {gives - 1} levels agree); import the "
+            "backbone (post_model: Identity, or load_weights(model, path, part='backbone')) "
+            "and add a head under heads:",
+            "post_model",
+        )
 
 
 def _upernet(cfg: _Config, post: str) -> dict[str, Any]:

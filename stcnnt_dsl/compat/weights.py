@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import WeightsError
-from ..graph.nodes import BlockNode, ConvUnitNode, GateNode, Node
+from ..graph.nodes import BlockNode, ConvUnitNode, GateNode, Node, PartitionNode
 from ..models.backbone import Backbone
 from ..models.build import build
 from ..models.model import Model
@@ -43,9 +43,13 @@ def _node_prefix(topology: str, node: Node) -> str:
         if isinstance(node, GateNode):
             return f"attention_{level}."
         head, _, _ = node.name.partition(".")
+        block = ".block" * isinstance(node, BlockNode)
         name = {"encoder": f"D{level}.block.", "bridge": "bridge.block.",
                 "down": f"down_{level}.block.", "up": f"up_{level}.block.",
-                "skips": f"E{level}.", "decoder": f"U{level}."}[head]  # fmt: skip
+                "skips": f"E{level}.", "decoder": f"U{level}{block}.",
+                "partition": "conv_window_partition.", "partition_skip": "EW.",
+                "input_unit": "E.", "partition_decoder": f"UW{block}.",
+                "partition_up": "up_w.block."}[head]  # fmt: skip
         return name
     if topology == "unet":
         level = m.get("level")
@@ -176,6 +180,8 @@ def _reference_names(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, 
                 )
             elif isinstance(node, GateNode):
                 found = [prefix + _GATE[key]] if key in _GATE else None
+            elif isinstance(node, PartitionNode):
+                found = [prefix + key]
             elif isinstance(node, ConvUnitNode):
                 local = _conv_unit_name(module, key)
                 found = None if local is None else [prefix + local]
@@ -302,14 +308,17 @@ def _strip_prefix(weights: Mapping[str, Tensor], first: str) -> dict[str, Tensor
     return {k[len(prefix) :]: v for k, v in weights.items()}
 
 
-_GATE_3D = re.compile(r"(.*\.)?attention_\w+\.conv_(query|x|gate)\.conv\.weight")
+_POINTWISE_3D = re.compile(
+    r"(.*\.)?(attention_\w+\.conv_(query|x|gate)|down_\d+\.block\.D2_\d+\.conv)\.conv\.weight"
+)
 
 
 def reference_tensor(weights: Mapping[str, Tensor], key: str) -> Tensor:
-    """`weights[key]` in the shape our module takes: the mixed U-Netr's gates are 1x1x1
-    `Conv3d`s ([o, i, 1, 1, 1]), ours 1x1 `Conv2d`s (the same map per frame)."""
+    """`weights[key]` in the shape our module takes: the mixed U-Netr's gates and its
+    patch merging that halves T are 1x1x1 `Conv3d`s ([o, i, 1, 1, 1]), ours 1x1
+    `Conv2d`s (the same map per frame)."""
     tensor = weights[key]
-    if tensor.dim() == 5 and tensor.shape[-3:] == (1, 1, 1) and _GATE_3D.fullmatch(key):
+    if tensor.dim() == 5 and tensor.shape[-3:] == (1, 1, 1) and _POINTWISE_3D.fullmatch(key):
         return tensor.squeeze(-1)
     return tensor
 

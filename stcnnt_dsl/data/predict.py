@@ -145,7 +145,8 @@ def valid_patch(
         for value, multiple, cap in zip((h, w), rule.multiple, limit[1:], strict=True):
             smallest = _round_up(max(rule.minimum, 1), multiple)
             size.append(max(smallest, min(_round_up(value, multiple), cap // multiple * multiple)))
-    frames = max(rule.min_frames, min(t, limit[0]))
+    m = rule.frames_multiple  # a model that halves T (mixed_unetr's halve_time)
+    frames = max(rule.min_frames, min(_round_up(t, m), max(m, limit[0] // m * m)))
     if getattr(model, "layout", "BTCHW") == "BCHW":
         frames = 1
     patch = (frames, int(size[0]), int(size[1]))
@@ -245,7 +246,7 @@ def _whole(model: Any, array: np.ndarray, device: str) -> dict[str, Any]:
                 f"the model takes exactly H x W = {size[0]} x {size[1]} (norm=layer) but the "
                 f"image is {h} x {w}; resample it to that size first"
             )
-    frames = max(t, rule.min_frames)
+    frames = max(_round_up(t, rule.frames_multiple), rule.min_frames)
     padded = np.pad(array, [(0, frames - t), (0, 0), (0, size[0] - h), (0, size[1] - w)])
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(padded))[None].to(device)

@@ -111,17 +111,20 @@ class ModelGraph:
     # ------------------------------------------------------------------ sizes
     def rule(self) -> SizeRule:
         """The rule on the model input (T, H, W): every node's rule scaled up."""
-        mh = mw = 1
+        mh = mw = mt = 1
         minimum, min_frames, exact = 1, 1, None
-        for _, rule, scale, _node in self._rules():
+        for _, rule, scale, node in self._rules():
+            ts = node.rules_time_scale
             mh = math.lcm(mh, rule.multiple[0] * scale)
             mw = math.lcm(mw, rule.multiple[1] * scale)
+            mt = math.lcm(mt, rule.frames_multiple * ts)
             if rule.minimum > 1:
                 minimum = max(minimum, rule.minimum * scale)
-            min_frames = max(min_frames, rule.min_frames)
+            min_frames = max(min_frames, rule.min_frames * ts)
             if rule.exact is not None and exact is None:
                 exact = (rule.exact[0] * scale, rule.exact[1] * scale)
-        return SizeRule((mh, mw), "", exact, minimum, min_frames)
+        min_frames = -(-min_frames // mt) * mt
+        return SizeRule((mh, mw), "", exact, minimum, min_frames, mt)
 
     def _rules(self) -> Iterator[tuple[str, SizeRule, int, Node]]:
         for node in self.nodes:
@@ -143,15 +146,20 @@ class ModelGraph:
             )
         whole = self.rule()
         nearest = _nearest(whole, h, w)
+        mt = whole.frames_multiple
+        if mt > 1 and (t % mt or t < whole.min_frames):
+            nearest["T"] = sorted({max(whole.min_frames, v) for v in nearest_multiples(t, mt)})
         hint = "; ".join(
             f"nearest valid {k}: {' or '.join(map(str, v))}" for k, v in nearest.items()
         )
         for where, rule, scale, node in self._rules():
-            sh, sw = h // scale, w // scale
+            sh, sw, ts = h // scale, w // scale, node.rules_time_scale
             try:
-                check_size(rule, sh, sw, where=where, path=node.path, t=t)
+                check_size(rule, sh, sw, where=where, path=node.path, t=t // ts)
             except ShapeError as err:
-                at = f" (the input's {h}x{w} is {sh}x{sw} at 1/{scale} scale)" if scale > 1 else ""
+                notes = [f"the input's {h}x{w} is {sh}x{sw} at 1/{scale} scale"] * (scale > 1)
+                notes += [f"its T={t} is {t // ts} frames there"] * (ts > 1)
+                at = f" ({', '.join(notes)})" if notes else ""
                 sizes = f"H={h}, W={w}" if frames is None else f"{frames}={t}, H={h}, W={w}"
                 reason = f"input {sizes} cannot run: valid inputs are "
                 reason += describe_rule(whole, frames)
@@ -171,13 +179,13 @@ class ModelGraph:
             for plan in [getattr(node, "plan", None)]:
                 if plan is None:
                     continue
-                sh, sw = h // node.scale, w // node.scale
+                sh, sw, st = h // node.scale, w // node.scale, t // node.time_scale
                 for cell in plan.cells:
                     norm = cell.geometry.options.norm
-                    if norm in ("batch2d", "batch3d") and b * t * sh * sw <= 1:
+                    if norm in ("batch2d", "batch3d") and b * st * sh * sw <= 1:
                         rule = (
                             f"norm={norm} needs more than one value per channel in training, "
-                            f"got B*T*H*W = {b}*{t}*{sh}*{sw} = 1"
+                            f"got B*T*H*W = {b}*{st}*{sh}*{sw} = 1"
                         )
                         raise ShapeError(
                             f"{plan.cell_label(cell.index)}: {rule}"
@@ -191,7 +199,10 @@ class ModelGraph:
     def shapes(self, shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
         """Output shape of every node (heads too) for an input (B, T, C, H, W)."""
         b, t, _, h, w = shape
-        out = {n.name: (b, t, n.out_channels, h // n.scale, w // n.scale) for n in self.nodes}
+        out = {
+            n.name: (b, t // n.time_scale, n.out_channels, h // n.scale, w // n.scale)
+            for n in self.nodes
+        }
         out.update({head.name: head.output_shape(shape) for head in self.heads})
         return out
 
@@ -226,7 +237,7 @@ class ModelGraph:
         return {
             self._path(node, part): b * value
             for node in self.all_nodes
-            for part, value in node.flops(t, h, w).items()
+            for part, value in node.flops(t // _time_scale(node), h, w).items()
         }
 
     def per_node(self, values: dict[str, int]) -> dict[str, int]:
@@ -244,9 +255,15 @@ class ModelGraph:
         b, t, _, h, w = shape
         out: dict[str, int] = {}
         for node in self.all_nodes:
-            for part, value in node.saved(b * t, t, h, w).items():
+            nt = t // _time_scale(node)
+            for part, value in node.saved(b * nt, nt, h, w).items():
                 out[self._path(node, part)] = value
         return out
+
+
+def _time_scale(node: Any) -> int:
+    """1/scale of T at a node's output (heads keep the backbone output's T)."""
+    return getattr(node, "time_scale", 1)
 
 
 def describe_rule(rule: SizeRule, frames: str | None = "T") -> str:
@@ -261,6 +278,9 @@ def describe_rule(rule: SizeRule, frames: str | None = "T") -> str:
             text += f", at least {rule.minimum}"
     if frames is None:
         return text
+    if rule.frames_multiple > 1:
+        text += f", {frames} a multiple of {rule.frames_multiple}"
+        return text + (f" >= {rule.min_frames}" if rule.min_frames > rule.frames_multiple else "")
     return text + (f", {frames} >= {rule.min_frames}" if rule.min_frames > 1 else f", any {frames}")
 
 

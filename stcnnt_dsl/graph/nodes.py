@@ -1,11 +1,12 @@
 """The nodes of a model graph: blocks, resamplers, attention gates and merges.
 
 A node knows its inputs (names of other nodes, or `input`), its output channels and
-resolution (1/scale of the input), and its own costs as pure functions: parameters by
-module path, FLOPs and saved activations for an input size, and the size rules it puts
-on the input. Its `name` is its module path in the compiled model (`encoder.1`,
-`level1.stage2`, `gates.0`), which is also the name `overrides:`, `explain` and error
-messages use; merges have no module and are named `sum:<consumer>` / `cat:<consumer>`.
+resolution (1/scale of the input's H and W, 1/time_scale of its T), and its own costs
+as pure functions: parameters by module path, FLOPs and saved activations for an input
+size, and the size rules it puts on the input. Its `name` is its module path in the
+compiled model (`encoder.1`, `level1.stage2`, `gates.0`), which is also the name
+`overrides:`, `explain` and error messages use; merges have no module and are named
+`sum:<consumer>` / `cat:<consumer>`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from .geometry import _conv_flops, _conv_params, component_params
 from .resolve import BlockPlan
 from .rules import SizeRule
 
-__all__ = ["INPUT", "BlockNode", "ConvUnitNode", "GateNode", "MergeNode", "Node", "ResampleNode"]
+__all__ = [
+    "INPUT",
+    "BlockNode",
+    "ConvUnitNode",
+    "GateNode",
+    "MergeNode",
+    "Node",
+    "PartitionNode",
+    "ResampleNode",
+]
 
 INPUT = "input"
 """The name of the model's input in `Node.inputs`."""
@@ -37,22 +47,30 @@ class Node:
     label: str
     path: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
+    time_scale: int = 1  # its output has T / time_scale frames (the mixed U-Netr's halving)
 
     kind: ClassVar[str] = "node"
     has_module: ClassVar[bool] = True
+
+    @property
+    def rules_time_scale(self) -> int:
+        """1/scale of the model's T at which `rules()` apply (the node's input for a
+        resampler that halves T)."""
+        return self.time_scale
 
     def params(self) -> dict[str, int]:
         """Parameters by module path inside the node."""
         return {}
 
     def flops(self, t: int, h: int, w: int) -> dict[str, int]:
-        """FLOPs of one sample of `t` frames on an h x w *model input*, by module path
-        inside the node."""
+        """FLOPs of one sample of `t` frames (the node's output T) on an h x w *model
+        input*, by module path inside the node."""
         return {}
 
     def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
         """Elements kept for backward (training forward) on an h x w model input, by
-        module path inside the node ("" for the node itself)."""
+        module path inside the node ("" for the node itself); `frames` = B x the node's
+        output T."""
         return {}
 
     def rules(self) -> list[tuple[str, SizeRule, int]]:
@@ -88,10 +106,12 @@ def _conv(cin: int, cout: int, kernel: int, *, bias: bool = False) -> int:
 
 @dataclass(frozen=True)
 class ResampleNode(Node):
-    """A resolution change by 2^steps (T is never resampled), one of:
+    """A resolution change by 2^steps, one of:
     `merge` (patch merging: 2x2 space-to-depth + 1x1 conv, per step), `pool` (2x2 mean),
     `upconv` (bilinear x2 + 3x3 conv without bias, per step), `upsample` (bilinear
-    only), `block` (bilinear to the target size, then a block of the target level)."""
+    only), `block` (bilinear to the target size, then a block of the target level).
+    With `temporal` (merge, upconv, upsample; one step), T is halved or doubled too:
+    2x2x2 space-to-depth, trilinear x2 and a 3x3x3 conv (the mixed U-Netr's `halve_time`)."""
 
     op: str = "merge"
     steps: int = 1
@@ -99,6 +119,7 @@ class ResampleNode(Node):
     in_scale: int = 1
     padding: str = "zeros"  # of the up-sampling convs: the owning stage's
     plan: BlockPlan | None = None  # op "block"
+    temporal: bool = False
 
     kind: ClassVar[str] = "resample"
 
@@ -106,18 +127,33 @@ class ResampleNode(Node):
     def down(self) -> bool:
         return self.scale > self.in_scale
 
+    @property
+    def rules_time_scale(self) -> int:
+        return self.time_scale // 2 if self.temporal and self.down else self.time_scale
+
+    @property
+    def _t_in(self) -> int:
+        """Input frames per output frame (2 when T is halved)."""
+        return 2 if self.temporal and self.down else 1
+
+    @property
+    def _taps(self) -> int:
+        return 3 if self.temporal else 2
+
     def _channels(self, k: int) -> int:
         return self.in_channels if k == 0 else self.out_channels
 
     def params(self) -> dict[str, int]:
         if self.op == "merge":
             return {
-                f"merges.{k}.conv": 4 * self._channels(k) * self.out_channels
+                f"merges.{k}.conv": 4 * self._t_in * self._channels(k) * self.out_channels
                 for k in range(self.steps)
             }
         if self.op == "upconv":
             return {
-                f"convs.{k}": _conv(self._channels(k), self.out_channels, 3)
+                f"convs.{k}": _conv_params(
+                    self._channels(k), self.out_channels, 3, bias=False, taps=self._taps
+                )
                 for k in range(self.steps)
             }
         if self.op == "block":
@@ -130,14 +166,15 @@ class ResampleNode(Node):
     def flops(self, t: int, h: int, w: int) -> dict[str, int]:
         if self.op == "merge":  # step k outputs at 1/(in_scale * 2^(k+1))
             return {
-                f"merges.{k}.conv": 2 * t * 4 * self._channels(k) * self.out_channels
-                * self._size(h, w, self.in_scale * 2 ** (k + 1))
+                f"merges.{k}.conv": 2 * t * 4 * self._t_in * self._channels(k)
+                * self.out_channels * self._size(h, w, self.in_scale * 2 ** (k + 1))
                 for k in range(self.steps)
             }  # fmt: skip
         if self.op == "upconv":  # step k outputs at 1/(in_scale / 2^(k+1))
             return {
-                f"convs.{k}": 2 * t * 9 * self._channels(k) * self.out_channels
-                * self._size(h, w, self.in_scale // 2 ** (k + 1))
+                f"convs.{k}": _conv_flops(self._channels(k), self.out_channels, 3,
+                                          t * self._size(h, w, self.in_scale // 2 ** (k + 1)),
+                                          self._taps)
                 for k in range(self.steps)
             }  # fmt: skip
         if self.op == "block":
@@ -148,7 +185,9 @@ class ResampleNode(Node):
     def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
         pixels_in = frames * self._size(h, w, self.in_scale)
         if self.op == "merge":
-            return {"": self.in_channels * pixels_in + self.out_channels * pixels_in // 4}
+            return {
+                "": self.in_channels * self._t_in * pixels_in + self.out_channels * pixels_in // 4
+            }
         if self.op == "upconv":
             out = frames * self._size(h, w, self.scale)
             return {"": 2 * self.out_channels * out}
@@ -164,7 +203,8 @@ class ResampleNode(Node):
         if self.down:
             m = 2**self.steps
             what = f"{self.steps} 2x down-sampling step{'s' * (self.steps > 1)}"
-            rules.append((f"{self.name} ({self.label})", SizeRule((m, m), what), self.in_scale))
+            rule = SizeRule((m, m), what, frames_multiple=2 if self.temporal else 1)
+            rules.append((f"{self.name} ({self.label})", rule, self.in_scale))
         if self.plan is not None:
             rules += [(w, r, self.scale) for w, r in self.plan.size_rules()]
         return rules
@@ -252,3 +292,43 @@ class ConvUnitNode(Node):
         frames = 2 if self.temporal else 1
         what = f"{self.name} ({self.label})"
         return [(what, SizeRule(minimum=2, min_frames=frames), self.scale)]
+
+
+@dataclass(frozen=True)
+class PartitionNode(ResampleNode):
+    """The mixed U-Netr's window partition of its input (`partition: 2d | 3d`): 2x2
+    (2x2x2 with `temporal`) space-to-depth, channel-major (channel c*4 + dh*2 + dw, or
+    c*8 + dt*4 + dh*2 + dw), then one 3x3 (`conv_temporal`: 3x3x3) conv without bias.
+    `order="reference"` reproduces the reference's 2-D reshuffle instead (see
+    `stcnnt_dsl.nn.sampling.partition`)."""
+
+    op: str = "partition"
+    conv_temporal: bool = True
+    order: str = "space_to_depth"
+
+    @property
+    def _depth(self) -> int:
+        return 8 if self.temporal else 4
+
+    def params(self) -> dict[str, int]:
+        taps = 3 if self.conv_temporal else 2
+        cin = self._depth * self.in_channels
+        return {"conv": _conv_params(cin, self.out_channels, 3, bias=False, taps=taps)}
+
+    def flops(self, t: int, h: int, w: int) -> dict[str, int]:
+        taps = 3 if self.conv_temporal else 2
+        cin = self._depth * self.in_channels
+        positions = t * self._size(h, w, self.scale)
+        return {"conv": _conv_flops(cin, self.out_channels, 3, positions, taps)}
+
+    def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
+        out = frames * self._size(h, w, self.scale)
+        return {"": (self._depth * self.in_channels + self.out_channels) * out}
+
+    def rules(self) -> list[tuple[str, SizeRule, int]]:
+        rules = super().rules()
+        if self.padding == "reflect":  # the conv's reflect padding, at the partition's size
+            frames = (2 if self.conv_temporal else 1) * self._t_in  # in input frames
+            what = f"{self.name} ({self.label})"
+            rules.append((what, SizeRule(minimum=2, min_frames=frames), self.scale))
+        return rules

@@ -20,8 +20,9 @@ class SizeRule:
     """What (T, H, W) a cell accepts.
 
     H must be a multiple of `multiple[0]` and W of `multiple[1]` (`what` names why);
-    H, W must be >= `minimum` (reflect padding needs pad < size); T >= `min_frames`;
-    with `exact`, the size is fixed (layer norm's per-element affine).
+    H, W must be >= `minimum` (reflect padding needs pad < size); T >= `min_frames`
+    and a multiple of `frames_multiple` (halving T); with `exact`, the size is fixed
+    (layer norm's per-element affine).
     """
 
     multiple: tuple[int, int] = (1, 1)
@@ -29,6 +30,7 @@ class SizeRule:
     exact: tuple[int, int] | None = None
     minimum: int = 1
     min_frames: int = 1
+    frames_multiple: int = 1
 
     def merge(self, other: SizeRule) -> SizeRule:
         mh = math.lcm(self.multiple[0], other.multiple[0])
@@ -40,6 +42,7 @@ class SizeRule:
             self.exact or other.exact,
             max(self.minimum, other.minimum),
             max(self.min_frames, other.min_frames),
+            math.lcm(self.frames_multiple, other.frames_multiple),
         )
 
 
@@ -52,6 +55,14 @@ def nearest_multiples(value: int, multiple: int) -> list[int]:
 
 def check_size(rule: SizeRule, h: int, w: int, where: str, path: str = "", t: int = 1) -> None:
     """Raise a `ShapeError` naming `where` if (t, h, w) breaks `rule`."""
+    if rule.frames_multiple > 1 and t % rule.frames_multiple:
+        m = rule.frames_multiple
+        raise ShapeError(
+            f"{where}: halves T, which needs T a multiple of {m}, got T={t}",
+            path,
+            rule=f"halves T, which needs T a multiple of {m}, got T={t}",
+            nearest={"T": nearest_multiples(t, m)},
+        )
     if t < rule.min_frames:
         raise ShapeError(
             f"{where}: needs T >= {rule.min_frames} (3D convolution with reflect padding), "

@@ -133,7 +133,8 @@ def infer_shapes(
         "stages": {s.name: nodes[s.name] for s in graph.stages},
         "nodes": nodes,
         "features": [
-            (b, t, f.channels, h // f.reduction, w // f.reduction) for f in graph.features
+            (b, t // graph.node(f.name).time_scale, f.channels, h // f.reduction, w // f.reduction)
+            for f in graph.features
         ],
         "heads": {head.head_name: nodes[head.name] for head in graph.heads},
     }
@@ -143,7 +144,8 @@ def infer_shapes(
 class Accepts:
     """The input sizes an architecture runs on, in the words of a layout: H and W
     multiples of `multiples` (at least `minimum`), or exactly `exact`; at least
-    `min_frames` frames (T, or D for volumes; none in 2D); `in_channels` channels."""
+    `min_frames` frames (T, or D for volumes; none in 2D), a multiple of
+    `frames_multiple` (a model that halves T); `in_channels` channels."""
 
     layout: str
     in_channels: int
@@ -152,6 +154,7 @@ class Accepts:
     min_frames: int
     exact: tuple[int, int] | None
     text: str  # e.g. "H and W multiples of 32, any T"
+    frames_multiple: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -160,6 +163,7 @@ class Accepts:
             "multiples": list(self.multiples),
             "minimum": self.minimum,
             "min_frames": self.min_frames,
+            "frames_multiple": self.frames_multiple,
             "exact": None if self.exact is None else list(self.exact),
             "text": self.text,
         }
@@ -182,4 +186,5 @@ def accepts(source: Any, *, layout: str = "BTCHW") -> Accepts:
         min_frames=rule.min_frames,
         exact=None if rule.exact is None else tuple(rule.exact),
         text=describe_rule(rule, frames_word(axes)),
+        frames_multiple=rule.frames_multiple,
     )

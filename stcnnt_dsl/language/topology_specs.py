@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BeforeValidator,
     Field,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -17,6 +19,7 @@ from .fields import (
     _error,
     _OptionFields,
 )
+from .options import Int, OptionValueError
 from .stage_spec import StageSpec
 
 MAX_LEVELS = 16
@@ -200,9 +203,27 @@ class LLMSpec(_OptionFields):  # type: ignore[misc, valid-type]
         return self.depth or 1
 
 
+_LEVEL_COUNT = Int(minimum=0)
+
+
+def _level_count(name: str, value: Any) -> int:
+    try:
+        return _LEVEL_COUNT.check(value)
+    except OptionValueError:
+        raise _error(f"{name} must be an integer >= 0, got {value!r}") from None
+
+
+LevelCount = Annotated[
+    Any,
+    BeforeValidator(lambda v, info: _level_count(info.field_name or "value", v)),
+    WithJsonSchema(_LEVEL_COUNT.schema()),
+]
+
+
 class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
     """Mixed U-Netr (the reference's `STCNNT_Mixed_Unetr`): ST-CNNT blocks for the encoder
-    levels and the bridge, convolution units on the skips and for the decoder."""
+    levels and the bridge, convolution units on the skips and for the decoder (or
+    ST-CNNT blocks there too, `decoder_blocks`)."""
 
     channels: Channels
     levels: PositiveInt | None = None
@@ -222,9 +243,41 @@ class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
     up: Literal["conv", "interpolate"] = Field(
         "interpolate", description="up-sampling: bilinear x2, or bilinear x2 then a 3x3 conv"
     )
+    halve_time: LevelCount = Field(
+        0,
+        description="how many levels, from the finest, also halve T when they down-sample "
+        "(2x2x2 patch merging; the way back is trilinear x2, with a 3x3x3 conv for "
+        "up: conv): the reference's min_T. T must then be a multiple of 2^halve_time",
+    )
+    partition: Literal["none", "2d", "3d"] = Field(
+        "none",
+        description="a window-partition input stage (the reference's use_window_partition): "
+        "2x2 space-to-depth (3d: 2x2x2, halving T) and a 3x3x3 (conv: 2d, 3x3) conv to "
+        "channels[0]; the levels then run at half size, and a decoder unit and an "
+        "up-sampling bring 4 x channels[0] back to full size",
+    )
+    partition_order: Literal["space_to_depth", "reference"] = Field(
+        "space_to_depth",
+        description="the channel order of partition: 2d; reference: the reference's "
+        "WindowPartition2D reshuffle (its view of [C, H/2, W/2, 2, 2] as [4C, H/2, W/2])",
+    )
+    input_unit: Bool = Field(
+        False,
+        description="with partition: a convolution unit on the full-size input, "
+        "concatenated before the output (channels[0] more channels; the reference's "
+        "encoder_on_input)",
+    )
+    decoder_blocks: Bool = Field(
+        False,
+        description="decoder levels are ST-CNNT blocks of their level's block string (the "
+        "reference's transformer_for_upsampling) instead of convolution units",
+    )
     window_sizing: WindowSizing = Field("fixed", description=_WINDOW_SIZING_HELP)
     encoder: list[StageSpec] | None = None
     bridge: StageSpec | None = None
+    decoder: list[StageSpec] | None = Field(
+        None, description="per-level options of the decoder blocks (with decoder_blocks)"
+    )
     overrides: dict[str, StageSpec] | None = _overrides_field()
 
     @model_validator(mode="after")
@@ -232,6 +285,12 @@ class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
         n = self.num_levels
         field = "levels" if self.levels else "channels"
         _at_most(n, MAX_LEVELS, "levels", field, _LEVELS_WHY)
+        if self.halve_time > n:
+            raise _error(
+                f"halve_time={self.halve_time} is more than the {n} levels that down-sample; "
+                f"use 0 to {n}",
+                "halve_time",
+            )
         if n < 2:
             raise _error(
                 "the mixed U-Netr needs at least 2 levels (the reference's one-level variant "
@@ -245,6 +304,19 @@ class MixedUNetrSpec(_OptionFields):  # type: ignore[misc, valid-type]
             f"one per level, {n} levels, optionally one more for the bridge",
         )
         _check_len(self.encoder, (n,), "encoder", f"one entry per level, {n} levels")
+        if self.input_unit and self.partition == "none":
+            raise _error(
+                "input_unit needs a partition stage (the reference builds its input unit "
+                "only with the window partition); set partition: 2d or 3d, or drop input_unit",
+                "input_unit",
+            )
+        if self.decoder is not None and not self.decoder_blocks:
+            raise _error(
+                "decoder sets options of decoder blocks, but the decoder levels are "
+                "convolution units; add decoder_blocks: true, or drop decoder",
+                "decoder",
+            )
+        _check_len(self.decoder, (n,), "decoder", f"one entry per level, {n} levels")
         return self
 
     @property

@@ -15,15 +15,24 @@ import torch
 from torch import Tensor, nn
 
 from ..graph.model import ModelGraph
-from ..graph.nodes import INPUT, BlockNode, ConvUnitNode, GateNode, MergeNode, Node, ResampleNode
+from ..graph.nodes import (
+    INPUT,
+    BlockNode,
+    ConvUnitNode,
+    GateNode,
+    MergeNode,
+    Node,
+    PartitionNode,
+    ResampleNode,
+)
 from ..language.spec import ArchSpec
 from ..nn.axes import check_layout, from_btchw, to_btchw
-from ..nn.block import Block
 from ..nn.checks import check_input_tensor
 from ..nn.conv_unit import ConvUnit
 from ..nn.layout import frames_in_layout
 from ..nn.norms import Norm5d
-from ..nn.sampling import AttentionGate, BlockResample, Downsample, Upsample
+from ..nn.sampling import AttentionGate, BlockResample, Downsample, Upsample, WindowPartition
+from .block import Block
 
 __all__ = ["Backbone", "module_of"]
 
@@ -32,14 +41,21 @@ def module_of(node: Node) -> nn.Module | None:
     """The torch module of a graph node (None for merges)."""
     if isinstance(node, BlockNode):
         return Block.from_plan(node.plan, node.name)
+    if isinstance(node, PartitionNode):
+        return WindowPartition(
+            node.in_channels, node.out_channels, temporal=node.temporal,
+            conv_temporal=node.conv_temporal, order=node.order, padding=node.padding,
+        )  # fmt: skip
     if isinstance(node, ResampleNode):
         if node.op in ("merge", "pool"):
             mode = "merge" if node.op == "merge" else "interpolate"
-            return Downsample(node.in_channels, node.out_channels, node.steps, mode)
+            return Downsample(
+                node.in_channels, node.out_channels, node.steps, mode, temporal=node.temporal
+            )
         if node.op in ("upconv", "upsample"):
             return Upsample(
                 node.in_channels, node.out_channels, node.steps,
-                conv=node.op == "upconv", padding=node.padding,
+                conv=node.op == "upconv", padding=node.padding, temporal=node.temporal,
             )  # fmt: skip
         steps = node.steps if node.scale < node.in_scale else -node.steps
         return BlockResample(Block.from_plan(node.plan, node.name), steps)
