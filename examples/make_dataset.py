@@ -12,11 +12,17 @@ Kinds:
 - `"2d+t"`: cine clips stored as NIfTI `(H, W, 1, T)` (so T reads as time), with a disc
   (label 1) that moves in a straight line and a still square (label 2);
 - `"classify"`: a plain folder with one sub-folder per class (`right`, `down`): 2D+T clips
-  of one disc moving that way (only the frames tell the class apart).
+  of one disc moving that way (only the frames tell the class apart);
+- `"png"`: a plain folder of 8-bit PNG images (T = 1), one sub-folder per class: a filled
+  `disc` or a `ring` (the same outer radius, hollow inside), at a random place and size on
+  noise; the images are `size[0]` pixels square. The classes differ in shape, not in
+  brightness or size. (A disc against a square of about the same area, tried first, was
+  too fine a cue: the recipe's small model stayed at chance on held-out images.)
 
 Intensities are stored as uint16 (a scanner's range, e.g. 900..3500), sizes are odd
-(no multiple of 16), so the files need the same scaling and valid-size handling as real
-data. Run it as a script to write one: `python examples/make_dataset.py DIR --kind 3d`.
+(no multiple of 16; PNGs: 8-bit, `size[0]` square), so the files need the same scaling and
+valid-size handling as real data. Run it as a script to write one:
+`python examples/make_dataset.py DIR --kind 3d`.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import numpy as np
 
 __all__ = ["KINDS", "make_dataset"]
 
-KINDS = ("3d", "2d+t", "classify")
+KINDS = ("3d", "2d+t", "classify", "png")
 _LABELS = {"background": 0, "bright": 1, "dark": 2}
 
 
@@ -113,6 +119,8 @@ def make_dataset(
     rng = np.random.default_rng(seed)
     if kind == "classify":
         return _classify(root, rng, cases, size, frames)
+    if kind == "png":
+        return _png(root, rng, cases, size[0])
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)
     (root / "labelsTr").mkdir(exist_ok=True)
     for i in range(cases):
@@ -158,14 +166,35 @@ def _classify(
     return root
 
 
+def _png(root: Path, rng: np.random.Generator, cases: int, side: int) -> Path:
+    from PIL import Image
+
+    yy, xx = np.mgrid[:side, :side]
+    for i in range(cases):
+        name = ("disc", "ring")[i % 2]
+        radius = rng.uniform(0.16, 0.28) * side
+        cy, cx = rng.uniform(radius + 1, side - radius - 1, 2)
+        distance = np.hypot(yy - cy, xx - cx)
+        inside = distance <= radius
+        if name == "ring":
+            inside &= distance >= 0.55 * radius
+        image = 60 + 120 * inside + rng.normal(0, 25, (side, side))
+        (root / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / name / f"{i:03d}.png")
+    return root
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="the folder to write (must be new or empty)")
     parser.add_argument("--kind", choices=KINDS, default="3d")
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, nargs="+", default=[37, 45], metavar="N",
+                        help="the range of H and W (png: the side), e.g. 37 45 or 32")  # fmt: skip
     args = parser.parse_args()
-    root = make_dataset(args.root, kind=args.kind, cases=args.cases, seed=args.seed)
+    size = (args.size[0], args.size[-1])
+    root = make_dataset(args.root, kind=args.kind, cases=args.cases, seed=args.seed, size=size)
     print(f"wrote {root} ({args.kind}, {args.cases} cases)")
 
 

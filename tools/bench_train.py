@@ -1,13 +1,14 @@
 """Training from recipes, measured: the numbers in README.md's training section.
 
     python tools/bench_train.py --recipe-a      # (a): held-out Dice over wall time
-    python tools/bench_train.py --overhead      # the engine against a bare loop, interleaved
+    python tools/bench_train.py --overhead      # the engine against a bare loop, step by step
     python tools/bench_train.py --lora-memory   # peak memory of LoRA against full fine-tuning
     python tools/bench_train.py --distributed   # torchrun 2 processes (gloo) against one
     python tools/bench_train.py --resume        # SIGKILL mid-run, --resume, compare weights
     python tools/bench_train.py --adapt         # (b): pretrain + LoRA against scratch, 16 cases
     python tools/bench_train.py --classify      # (c): classification from a folder of PNGs
     python tools/bench_train.py --curve 4,16    # (d): label efficiency, pretrained on a mix
+                                                #   (writes runs/curve.json, docs/*.svg)
 
 The data sets are written under data/ by examples/make_dataset.py (and the PNGs here) when
 missing; runs go to runs/bench_*. Everything runs on the CPU with OMP_NUM_THREADS=1 per
@@ -57,25 +58,7 @@ def ensure_data() -> None:
         if not (DATA / name / "dataset.json").exists():
             make_dataset(DATA / name, **args)
     if not (DATA / "Shapes_png").exists():
-        write_pngs(DATA / "Shapes_png", 48)
-
-
-def write_pngs(root: Path, n: int, size: int = 32, seed: int = 0) -> None:
-    """A folder of 8-bit PNGs, one sub-folder per class: a bright disc or square, at a
-    random place and size, on noise."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        kind = ("disc", "square")[i % 2]
-        r = rng.uniform(4, 8)
-        cy, cx = rng.uniform(r + 1, size - r - 1, 2)
-        inside = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) if kind == "disc" else (
-            np.maximum(abs(yy - cy), abs(xx - cx)) <= r * 0.85)  # fmt: skip
-        image = 60 + 120 * inside + rng.normal(0, 25, (size, size))
-        (root / kind).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / kind / f"{i:03d}.png")
+        make_dataset(DATA / "Shapes_png", kind="png", cases=64, seed=0, size=(32, 32))
 
 
 def train(recipe: str | Path, out: str, *sets: str, **kwargs) -> stcnnt_dsl.train.TrainResult:
@@ -98,41 +81,70 @@ def recipe_a() -> None:
     print(f"(a) best {result.best:.4f}; whole run {result.seconds:.0f} s")
 
 
-def overhead(repeats: int = 2, steps: int = 10) -> None:
-    """Median step time of the engine (metrics.csv's clock, first steps dropped) and of a
-    bare loop over the same model, batches, loss and optimizer; interleaved runs."""
-    from stcnnt_dsl.train.data import TrainData, open_sources
-    from stcnnt_dsl.train.losses import make_loss
-    from stcnnt_dsl.train.model import prepare_model
+def overhead(rounds: int = 4, steps: int = 10, warm: int = 2) -> None:
+    """Step time of the engine (`Run.iteration`: the step, its metrics row, progress and
+    the due checks) against a bare loop (batch, forward, loss, zero_grad, backward, AdamW
+    step) on the same recipe, starting weights and batches. One step of each in turn, in
+    one process, the order alternating, so the machine's load falls on both alike; the
+    first `warm` pairs of every round are dropped. The overhead is the median of the
+    pairs' ratios, with its quartiles and each round's median."""
+    from stcnnt_dsl.train import engine
     from stcnnt_dsl.train.recipe import load_recipe
 
     sets = [f"steps={steps}", "eval_every=0", "checkpoint_every=0", "data.augment=[]"]
     src = load_recipe(RECIPES / "segment_2dt.yaml", overrides=sets)
-    engine, bare = [], []
-    for _ in range(repeats):
-        train(src, "bench_overhead", quiet=True)
-        seconds = [r["seconds"] for r in metrics("bench_overhead")]
-        engine += list(np.diff(seconds)[2:])
-        recipe = src.recipe
-        torch.manual_seed(recipe.seed)
-        data = TrainData(open_sources(src), recipe.data, recipe.task, recipe.seed)
-        prepared = prepare_model(src, 1, 3, tuple(recipe.data.patch))
-        model, head = prepared.model, prepared.head
-        loss_fn = make_loss("segment", recipe.loss, 3)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.optimizer.lr)
-        times = []
-        for step in range(steps):
-            start = time.perf_counter()
-            batch = data.batch(step, range(recipe.data.batch))
-            loss = loss_fn(model(batch.x)[head], batch.targets())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            times.append(time.perf_counter() - start)
-        bare += times[3:]
-    e, b = statistics.median(engine), statistics.median(bare)
+    ratios: list[list[float]] = []
+    times: dict[str, list[float]] = {"engine": [], "bare": []}
+    with engine._Processes() as procs:
+        for _ in range(rounds):
+            run = engine.Run(src, RUNS / "bench_overhead", False, True, procs)
+            progress = engine._Progress(run.total, 0, True, 0)
+            steppers = {"engine": lambda step: run.iteration(step, progress, 0.0),  # noqa: B023
+                        "bare": _bare_loop(src, run)}  # fmt: skip
+            pairs = []
+            for step in range(steps):
+                took = {}
+                for name in ("engine", "bare") if step % 2 else ("bare", "engine"):
+                    begin = time.perf_counter()
+                    steppers[name](step)
+                    took[name] = time.perf_counter() - begin
+                if step >= warm:
+                    pairs.append(took["engine"] / took["bare"])
+                    for name in took:
+                        times[name].append(took[name])
+            ratios.append(pairs)
+    flat = [r for pairs in ratios for r in pairs]
+    q1, q2, q3 = statistics.quantiles(flat, n=4)
+    e, b = statistics.median(times["engine"]), statistics.median(times["bare"])
     print(f"engine {e * 1000:.0f} ms/step, bare loop {b * 1000:.0f} ms/step (medians of "
-          f"{len(engine)} and {len(bare)} steps): overhead {100 * (e / b - 1):+.1f}%")  # fmt: skip
+          f"{len(flat)} interleaved pairs, {rounds} rounds of {steps - warm})")  # fmt: skip
+    print(f"overhead: median {100 * (q2 - 1):+.1f}% (quartiles {100 * (q1 - 1):+.1f}% .. "
+          f"{100 * (q3 - 1):+.1f}%); per round: "
+          + ", ".join(f"{100 * (statistics.median(p) - 1):+.1f}%" for p in ratios))  # fmt: skip
+
+
+def _bare_loop(src: object, run: object) -> object:
+    """step(i): the plain PyTorch loop on the run's data, with its own copy of the model
+    (the same starting weights) and a plain AdamW."""
+    from stcnnt_dsl.train.losses import make_loss
+    from stcnnt_dsl.train.model import prepare_model
+
+    recipe = src.recipe
+    prepared = prepare_model(src, run.channels, run.classes, tuple(recipe.data.patch))
+    model, head = prepared.model, prepared.head
+    loss_fn = make_loss(recipe.task, recipe.loss, run.classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.optimizer.lr,
+                                  weight_decay=recipe.optimizer.weight_decay)  # fmt: skip
+    indices = range(recipe.data.batch)
+
+    def step(i: int) -> None:
+        batch = run.data.batch(i, indices)
+        loss = loss_fn(model(batch.x)[head], batch.targets())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 def _peak_child(method: str, checkpoint: bool) -> None:
@@ -238,17 +250,31 @@ def resume() -> None:
     )
 
 
-def adapt() -> None:
-    pre = train(RECIPES / "pretrain_denoise.yaml", "pretrain_denoise")
-    print(f"pretraining: held-out PSNR {pre.best:.2f} dB, {pre.seconds:.0f} s")
-    lora = train(RECIPES / "adapt_lora.yaml", "bench_lora16")
-    scratch = train(RECIPES / "adapt_lora.yaml", "bench_scratch16", f"model={SCRATCH}",
-                    "adapt.method=full")  # fmt: skip
-    for name, r in (("pretrained + LoRA", lora), ("scratch", scratch)):
-        print(
-            f"{name}: 16 labelled cases, {r.steps} steps: held-out Dice {r.best:.4f}, "
-            f"{r.trainable:,} trainable parameters, {r.seconds:.0f} s"
-        )
+# The arms of (b) and (d): the same adaptation recipe from the pretrained backbone with
+# LoRA or in full, and from scratch (random weights, every parameter trained).
+ARMS = {
+    "lora": ("pretrained + LoRA", ()),
+    "full": ("pretrained + full fine-tuning", ("adapt.method=full",)),
+    "scratch": ("from scratch", (f"model={SCRATCH}", "adapt.method=full")),
+}
+
+
+def _pretrain(recipe: str, reuse: bool) -> None:
+    out = Path(recipe).stem
+    if reuse and (RUNS / out / "last.safetensors").exists():
+        print(f"pretraining: reusing runs/{out}")
+        return
+    pre = train(RECIPES / recipe, out)
+    print(f"pretraining ({out}): held-out PSNR {pre.best:.2f} dB, {pre.seconds:.0f} s")
+
+
+def adapt(arms: list[str], reuse: bool) -> None:
+    _pretrain("pretrain_denoise.yaml", reuse)
+    for tag in arms:
+        name, sets = ARMS[tag]
+        r = train(RECIPES / "adapt_lora.yaml", f"bench_{tag}16", *sets)
+        print(f"{name}: 16 labelled cases, {r.steps} steps: held-out Dice {r.best:.4f}, "
+              f"{r.trainable:,} trainable parameters, {r.seconds:.0f} s")  # fmt: skip
 
 
 def classify() -> None:
@@ -259,19 +285,67 @@ def classify() -> None:
     )
 
 
-def curve(counts: list[int]) -> None:
-    pre = train(RECIPES / "pretrain_mix.yaml", "pretrain_mix")
-    print(f"pretraining on the mix: held-out PSNR {pre.best:.2f} dB, {pre.seconds:.0f} s")
-    rows = []
+def curve(counts: list[int], arms: list[str], reuse: bool) -> None:
+    _pretrain("pretrain_mix.yaml", reuse)
+    pretrained = "model=../runs/pretrain_mix/last.safetensors"
+    table = RUNS / "curve.json"
+    rows: dict[str, dict[str, float]] = json.loads(table.read_text()) if table.exists() else {}
     for n in counts:
-        lora = train(RECIPES / "adapt_lora.yaml", f"curve_lora_{n}", f"data.cases={n}",
-                     "model=../runs/pretrain_mix/last.safetensors")  # fmt: skip
-        scratch = train(RECIPES / "adapt_lora.yaml", f"curve_scratch_{n}", f"data.cases={n}",
-                        f"model={SCRATCH}", "adapt.method=full")  # fmt: skip
-        rows.append((n, lora.best, scratch.best))
-        print(f"{n} labelled cases: pretrained + LoRA {lora.best:.4f}, scratch "
-              f"{scratch.best:.4f}")  # fmt: skip
-    (RUNS / "curve.json").write_text(json.dumps(rows))
+        for tag in arms:
+            name, sets = ARMS[tag]
+            extra = sets if tag == "scratch" else (pretrained, *sets)
+            r = train(RECIPES / "adapt_lora.yaml", f"curve_{tag}_{n}", f"data.cases={n}",
+                      *extra)  # fmt: skip
+            rows.setdefault(name, {})[str(n)] = r.best
+            print(f"{n} labelled cases, {name}: held-out Dice {r.best:.4f} "
+                  f"({r.trainable:,} trainable, {r.seconds:.0f} s)")  # fmt: skip
+            table.write_text(json.dumps(rows, indent=1))
+    plot()
+
+
+def plot() -> None:
+    """docs/label_efficiency.svg from runs/curve.json (what --curve wrote)."""
+    rows = json.loads((RUNS / "curve.json").read_text())
+    svg = ROOT / "docs" / "label_efficiency.svg"
+    svg.write_text(curve_svg(rows))
+    print(f"wrote {svg.relative_to(ROOT)} from runs/curve.json")
+
+
+def curve_svg(rows: dict[str, dict[str, float]]) -> str:
+    """Held-out Dice against labelled cases (log2 axis), one line per arm, as SVG."""
+    width, height, left, right, top, bottom = 580, 300, 56, 220, 20, 44
+    counts = sorted({int(n) for arm in rows.values() for n in arm})
+    lo, hi = np.log2(min(counts)), np.log2(max(counts))
+    x = lambda n: left + (np.log2(n) - lo) / max(hi - lo, 1e-9) * (width - left - right)  # noqa: E731
+    y = lambda d: top + (1 - d) * (height - top - bottom)  # noqa: E731
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>']  # fmt: skip
+    for d in (0.0, 0.25, 0.5, 0.75, 1.0):
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(d):.1f}" y2="{y(d):.1f}" '
+                   f'stroke="#ddd"/><text x="{left - 8}" y="{y(d) + 4:.1f}" '
+                   f'text-anchor="end">{d:.2f}</text>')  # fmt: skip
+    for n in counts:
+        out.append(f'<text x="{x(n):.1f}" y="{height - bottom + 18}" text-anchor="middle">'
+                   f"{n}</text>")  # fmt: skip
+    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" '
+               'text-anchor="middle">labelled training cases</text>')  # fmt: skip
+    out.append(f'<text transform="translate(14 {(top + height - bottom) / 2}) rotate(-90)" '
+               'text-anchor="middle">held-out Dice</text>')  # fmt: skip
+    colours = ("#1f77b4", "#2ca02c", "#d62728", "#9467bd")
+    for k, (name, arm) in enumerate(rows.items()):
+        colour = colours[k % len(colours)]
+        points = sorted((int(n), d) for n, d in arm.items())
+        line = " ".join(f"{x(n):.1f},{y(d):.1f}" for n, d in points)
+        out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" '
+                   'stroke-width="2"/>')  # fmt: skip
+        out += [f'<circle cx="{x(n):.1f}" cy="{y(d):.1f}" r="3" fill="{colour}"/>'
+                for n, d in points]  # fmt: skip
+        ly = top + 12 + 18 * k
+        out.append(f'<line x1="{width - right + 12}" x2="{width - right + 32}" y1="{ly - 4}" '
+                   f'y2="{ly - 4}" stroke="{colour}" stroke-width="2"/><text '
+                   f'x="{width - right + 38}" y="{ly}">{name}</text>')  # fmt: skip
+    return "\n".join([*out, "</svg>"]) + "\n"
 
 
 def main() -> None:
@@ -280,6 +354,18 @@ def main() -> None:
                  "classify"):  # fmt: skip
         p.add_argument(f"--{flag}", action="store_true")
     p.add_argument("--curve", metavar="N,N,...", help="labelled case counts, e.g. 4,8,16,32")
+    p.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        metavar="A,B",
+        help=f"the arms of --adapt and --curve (default: {','.join(ARMS)})",
+    )
+    p.add_argument(
+        "--reuse-pretrained",
+        action="store_true",
+        help="--adapt / --curve: start from runs/pretrain_* when it is there",
+    )
+    p.add_argument("--plot", action="store_true", help="redraw the curve from runs/curve.json")
     p.add_argument("--peak-child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -288,13 +374,21 @@ def main() -> None:
         return
     print(machine())
     ensure_data()
+    arms = [a.strip() for a in args.arms.split(",")]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        p.error(f"--arms: {unknown[0]!r} is not one of {', '.join(ARMS)}")
     for flag, run in (("recipe_a", recipe_a), ("overhead", overhead),
                       ("lora_memory", lora_memory), ("distributed", distributed),
-                      ("resume", resume), ("adapt", adapt), ("classify", classify)):  # fmt: skip
+                      ("resume", resume), ("classify", classify)):  # fmt: skip
         if getattr(args, flag):
             run()
+    if args.adapt:
+        adapt(arms, args.reuse_pretrained)
     if args.curve:
-        curve([int(n) for n in args.curve.split(",")])
+        curve([int(n) for n in args.curve.split(",")], arms, args.reuse_pretrained)
+    if args.plot:
+        plot()
     print(machine())
 
 

@@ -81,8 +81,12 @@ class CaseCache:
         items = [{"index": i} for i in indices]
         if cache:
             from monai.data import CacheDataset
+            from monai.transforms import Lambda
 
-            self._data: Any = CacheDataset(items, transform=self._load, num_workers=0,
+            # A MONAI Transform (Lambda): CacheDataset caches what transforms return up to
+            # the first random one or plain callable, so a bare function here would be
+            # cached as nothing and every sample would read its file again.
+            self._data: Any = CacheDataset(items, transform=Lambda(self._load), num_workers=0,
                                            progress=False, copy_cache=False)  # fmt: skip
         else:
             self._data = [None] * len(items)

@@ -294,6 +294,7 @@ class Run:
         self.best: float | None = None
         self.best_step: int | None = None
         self.rows: list[dict[str, float]] = []
+        self.evaluated = self.saved = 0  # the last steps evaluated and saved
         self.progress_quiet = quiet
         self.writer = None
         local = recipe.data.batch // procs.world
@@ -398,29 +399,13 @@ class Run:
         )
         self.model.train()
         last_loss = None
-        evaluated = saved = start
+        self.evaluated = self.saved = start
         try:
             for step in range(start, self.total):
-                loss = self._step(step)
-                last_loss = loss
-                lr = self.optimizer.param_groups[0]["lr"]
-                row = {"step": step + 1, "loss": loss, "lr": lr,
-                       "seconds": round(time.perf_counter() - start_time, 3)}  # fmt: skip
-                self.rows.append(row)
-                if self.writer is not None:
-                    self.writer.add_scalar("loss", loss, step + 1)
-                    self.writer.add_scalar("lr", lr, step + 1)
-                progress.step(loss, lr)
-                done = step + 1
-                if recipe.eval_every and done % recipe.eval_every == 0:
-                    self._evaluate(done, row, progress)
-                    evaluated = done
-                if recipe.checkpoint_every and done % recipe.checkpoint_every == 0:
-                    self.save(done)
-                    saved = done
-            if evaluated != self.total or self.total == start:
+                last_loss = self.iteration(step, progress, start_time)
+            if self.evaluated != self.total or self.total == start:
                 self._evaluate(self.total, self.rows[-1] if self.rows else {}, progress)
-            if saved != self.total:
+            if self.saved != self.total:
                 self.save(self.total)
         finally:
             progress.close()
@@ -434,6 +419,28 @@ class Run:
             seconds=round(time.perf_counter() - start_time, 2),
             resumed_from=start or None, world=procs.world, history=self.rows,
         )  # fmt: skip
+
+    def iteration(self, step: int, progress: _Progress, start_time: float) -> float:
+        """One pass of the loop: the step, its metrics row and progress, and the
+        evaluation and checkpoint when due (what tools/bench_train.py --overhead times)."""
+        recipe = self.recipe
+        loss = self._step(step)
+        lr = self.optimizer.param_groups[0]["lr"]
+        row = {"step": step + 1, "loss": loss, "lr": lr,
+               "seconds": round(time.perf_counter() - start_time, 3)}  # fmt: skip
+        self.rows.append(row)
+        if self.writer is not None:
+            self.writer.add_scalar("loss", loss, step + 1)
+            self.writer.add_scalar("lr", lr, step + 1)
+        progress.step(loss, lr)
+        done = step + 1
+        if recipe.eval_every and done % recipe.eval_every == 0:
+            self._evaluate(done, row, progress)
+            self.evaluated = done
+        if recipe.checkpoint_every and done % recipe.checkpoint_every == 0:
+            self.save(done)
+            self.saved = done
+        return loss
 
     def _step(self, step: int) -> float:
         factor = _schedule(self.recipe, step, self.total)
