@@ -164,13 +164,12 @@ class ResampleNode(Node):
         # each convolution keeps its input: merge step k its space-to-depth copy (the
         # channels of step k at the step's input resolution), upconv step k the
         # bilinear map (at the step's output resolution); bilinear keeps nothing
-        if self.op == "merge":
-            return {"": sum(self._channels(k) * frames
-                            * self._size(h, w, self.in_scale * 2**k) for k in range(self.steps))}  # fmt: skip
-        if self.op == "upconv":
-            return {"": sum(self._channels(k) * frames
-                            * self._size(h, w, self.in_scale // 2 ** (k + 1))
-                            for k in range(self.steps))}  # fmt: skip
+        if self.op in ("merge", "upconv"):
+            down = self.op == "merge"
+            scales = [self.in_scale * 2**k if down else self.in_scale // 2 ** (k + 1)
+                      for k in range(self.steps)]  # fmt: skip
+            return {"": sum(self._channels(k) * frames * self._size(h, w, scale)
+                            for k, scale in enumerate(scales))}  # fmt: skip
         if self.op == "block":
             out = self.plan.saved(frames, t, h // self.scale, w // self.scale)
             mapped = {f"block.{k}": v for k, v in out.items()}
