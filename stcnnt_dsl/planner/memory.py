@@ -10,7 +10,7 @@ one of:
   (autograd frees a node's after its backward), the outputs and their gradient, the
   gradients waiting for their producer (skips), the parameter gradients so far, and the
   working memory of the node running; the loss's backward first (the output's gradient
-  and one temporary of the output's size);
+  and two temporaries of the output's size: a squared error's power and product);
 - the *optimizer*: the gradients, AdamW's two moments and its temporary (CPU: one
   parameter at a time, so the largest parameter; CUDA's foreach kernels: all of them).
 
@@ -43,9 +43,6 @@ __all__ = [
 
 DEVICES = ("cuda", "cpu")
 BYTES = 4  # float32 weights, gradients, moments and activations
-# The step's fixed part (bytes): the kernels' buffers that do not grow with the input
-# (to be measured; see tools/bench_plan.py).
-WORKSPACE = {"cpu": 0, "cuda": 0}
 
 # Plans keep the predicted peak within this fraction of the budget: the prediction's
 # error, measured (docs/plan.md).
@@ -96,10 +93,10 @@ def format_bytes(n: float) -> str:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """The parts of one training step's peak (bytes). `activations`: the forward's or
-    the backward's highest (saved elements, working memory, gradients so far);
-    `step_bytes` is what the step adds to the resident weights; `peak_bytes` = weights
-    + step."""
+    """The parts of one training step's peak (bytes). `activations` and `workspace`:
+    at the forward's or the backward's highest, what is kept (saved elements, outputs,
+    gradients so far) and the running node's working memory; `step_bytes` is what the
+    step adds to the resident weights; `peak_bytes` = weights + step."""
 
     weights: int
     gradients: int
@@ -110,7 +107,7 @@ class MemoryEstimate:
 
     @property
     def step_bytes(self) -> int:
-        return max(self.activations, self.gradients + self.optimizer) + self.workspace
+        return max(self.activations + self.workspace, self.gradients + self.optimizer)
 
     @property
     def peak_bytes(self) -> int:
@@ -164,9 +161,10 @@ def _elements(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def activation_peak(graph: ModelGraph, shape: Sequence[int]) -> tuple[int, str]:
+def activation_peak(graph: ModelGraph, shape: Sequence[int]) -> tuple[int, int, str]:
     """The highest element count of a training forward and backward (parameter
-    gradients included, weights not) and its phase ("forward" or "backward")."""
+    gradients included, weights not) as (kept, working), and its phase ("forward" or
+    "backward")."""
     shapes = graph.shapes(tuple(shape))
     outputs = [h.name for h in graph.heads] or [graph.output]
     out = {name: _elements(s) for name, s in shapes.items()}
@@ -180,34 +178,36 @@ def activation_peak(graph: ModelGraph, shape: Sequence[int]) -> tuple[int, str]:
     for step in steps:
         by_node.setdefault(step.node.name, []).append(step)
     # forward: saved so far + outputs still to be read + the running node's work
-    live = peak_forward = 0
+    live = 0
+    forward = (0, 0)
     held: dict[str, int] = {}
     for i, node in enumerate(nodes):
         for step in by_node.get(node.name, []):
-            peak_forward = max(peak_forward, live + sum(held.values()) + step.forward)
+            forward = max(forward, (live + sum(held.values()), step.forward), key=sum)
             live += step.saved
         held[node.name] = out[node.name]
         for name in node.inputs:
             if last_use.get(name) == i and name not in outputs:
                 held.pop(name, None)
     kept = sum(out[name] for name in outputs)  # the outputs, read by the loss
-    # backward: the loss's (the outputs' gradient and a temporary), then node by node
+    # backward: the loss's (the outputs' gradient and two temporaries), then node by node
     pending = {name: out[name] for name in outputs}
-    peak_backward = live + kept + 2 * sum(pending.values())
+    backward = (live + kept + kept, 2 * kept)
     grads = 0
     for node in reversed(nodes):
         grad = pending.pop(node.name, 0)
         for step in reversed(by_node.get(node.name, [])):
-            waiting = sum(pending.values())
-            peak_backward = max(peak_backward, live + kept + grads + waiting + grad + step.backward)
+            held_now = live + kept + grads + sum(pending.values()) + grad
+            backward = max(backward, (held_now, step.backward), key=sum)
             live -= step.saved
             grads += step.params
         for name in node.inputs:
             if name in out:
                 pending[name] = out[name]
-    if peak_forward + kept > peak_backward:
-        return peak_forward + kept, "forward"
-    return peak_backward, "backward"
+    forward = (forward[0] + kept, forward[1])
+    if sum(forward) > sum(backward):
+        return (*forward, "forward")
+    return (*backward, "backward")
 
 
 def step_memory(graph: ModelGraph, shape: Sequence[int], device: str = "cuda") -> MemoryEstimate:
@@ -219,9 +219,8 @@ def step_memory(graph: ModelGraph, shape: Sequence[int], device: str = "cuda") -
     # AdamW's two moments and its temporary: CPU runs it one parameter at a time
     # (torch's default there), CUDA's foreach kernels over all parameters at once
     temporary = total if device == "cuda" else max(params.values(), default=0) * BYTES
-    elements, phase = activation_peak(graph, shape)
-    activations = elements * BYTES
+    kept, working, phase = activation_peak(graph, shape)
     optimizer = 2 * total + temporary
-    if total + optimizer > activations:
+    if total + optimizer > (kept + working) * BYTES:
         phase = "optimizer"
-    return MemoryEstimate(total, total, optimizer, activations, WORKSPACE[device], phase)
+    return MemoryEstimate(total, total, optimizer, kept * BYTES, working * BYTES, phase)
