@@ -96,6 +96,14 @@ def conv3d_columns(cin: int, frames: int, t: int, h: int, w: int, padded: bool) 
     return 27 * cin * frames * h * w
 
 
+# CPU attention kernels (`stcnnt_dsl.nn.functional.attend`, the rule's choices): fused
+# SDPA from this many tokens for heads of at most _SDPA_MAX_HEAD features; below, the
+# short kernel works on chunks of _SHORT_CHUNK score elements (1 MiB of float32).
+_SDPA_MIN_TOKENS = 32
+_SDPA_MAX_HEAD = 512
+_SHORT_CHUNK = 2**18
+
+
 def norm_keeps_input(norm: str) -> bool:
     """Whether autograd keeps a norm's input (besides the output the next op keeps)."""
     return norm not in _NORMS_KEEPING_OUTPUT_ONLY
@@ -477,14 +485,12 @@ class _AttentionGeometry(CellGeometry):
         # forward: the Q/K/V convolution's output before the partition copies it, or the
         # mixer's activation and output; backward (lean): the mixer recomputes its
         # activation and holds it with its gradient and the hidden map's (3 hidden maps,
-        # 2 output maps); the attention recomputes its output, reassembles it and holds
-        # the gradients of it, of q, k, v and of the scores (what the mixer's backward
-        # freed: its hidden and input maps, is used again first)
+        # 2 output maps); the attention recomputes its output and holds the gradients
+        # of it and of q, k, v, and the scores' (`score_work`) (what the mixer's
+        # backward freed: its hidden and input maps, is used again first)
         pixels = frames * h * w
         c, hidden = self.out_channels, self.hidden
-        scores = self.score_elements(frames, t, h, w)
-        reassembled = 0 if self.family == "temporal" else 2 * c * pixels + 3 * scores
-        attention = 5 * c * pixels + reassembled
+        attention = 5 * c * pixels + self.score_work(frames, t, h, w)
         forward = max(3 * c * pixels, (hidden + 2 * c) * pixels if self.mixer else attention)
         backward = attention + self.in_channels * pixels
         if self.mixer:
@@ -494,6 +500,11 @@ class _AttentionGeometry(CellGeometry):
 
     def score_elements(self, frames: int, t: int, h: int, w: int) -> int:  # pragma: no cover
         return 0
+
+    def score_work(self, frames: int, t: int, h: int, w: int) -> int:
+        """Elements of scores, probabilities and their gradient the attention's backward
+        holds: all of them with the explicit kernel (temporal cells' huge heads)."""
+        return 3 * self.score_elements(frames, t, h, w)
 
 
 @dataclass(frozen=True)
@@ -622,6 +633,17 @@ class SpatialGeometry(_AttentionGeometry):
     def score_elements(self, frames: int, t: int, h: int, w: int) -> int:
         seqs, s, _ = self.tokens(max(h, 1), max(w, 1))
         return frames * seqs * self.heads * s * s
+
+    def score_work(self, frames: int, t: int, h: int, w: int) -> int:
+        # the kernel `stcnnt_dsl.nn.functional.attend` picks on CPU (with the rule's
+        # choices): fused SDPA from 32 tokens keeps nothing S x S; the short kernel for
+        # heads of 4-64 features one cache-sized chunk; the explicit one all scores
+        _, s, d = self.tokens(max(h, 1), max(w, 1))
+        head = d // self.heads
+        if s >= _SDPA_MIN_TOKENS and head <= _SDPA_MAX_HEAD:
+            return 0
+        work = super().score_work(frames, t, h, w)
+        return min(work, 3 * _SHORT_CHUNK) if 4 <= head <= 64 else work
 
     def size_rule(self) -> SizeRule:
         rule = super().size_rule()
