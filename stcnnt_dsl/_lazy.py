@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["TORCH_NAMES", "load"]
+__all__ = ["NN_NAMES", "TORCH_NAMES", "load"]
 
 TORCH_NAMES: dict[str, str] = {
     "Backbone": "stcnnt_dsl.models",
@@ -33,11 +33,20 @@ TORCH_NAMES: dict[str, str] = {
     "create_app": "stcnnt_dsl.studio.app",  # FastAPI: the [studio] extra
 }
 
+# `stcnnt_dsl.nn.Block` reads a block string, so it is built above the layer library
+# (which takes plain arguments): the nn package names it, the models layer defines it.
+NN_NAMES: dict[str, str] = {"Block": "stcnnt_dsl.models.block"}
+
 
 def load(package: str, name: str, namespace: dict[str, Any]) -> Any:
-    """The torch-based `name` of `package` (cached in its `namespace`)."""
-    module = TORCH_NAMES.get(name)
-    if module is None or not module.startswith(package):
+    """The torch-based `name` of `package` (cached in its `namespace`): a name of
+    `TORCH_NAMES` defined inside `package`, or for `stcnnt_dsl.nn` one of `NN_NAMES`."""
+    if package == "stcnnt_dsl.nn":
+        module = NN_NAMES.get(name)
+    else:
+        module = TORCH_NAMES.get(name)
+        module = module if module is not None and module.startswith(package) else None
+    if module is None:
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     namespace[name] = value

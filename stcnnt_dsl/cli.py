@@ -31,7 +31,7 @@ from .registry import list_kinds
 from .studio import server as studio_server
 from .tools.diagram import GraphvizMissingWarning, render_graph, to_dot
 from .tools.explain import explain
-from .tools.units import human
+from .units import human
 
 __all__ = ["main"]
 
@@ -222,7 +222,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         return 0
     spec = model.spec
     print(f"{spec.name} ({spec.topology})" + (f": {spec.description}" if spec.description else ""))
-    print(f"  parameters: {total:,} ({_human(total)}); {model.in_channels} -> "
+    print(f"  parameters: {total:,} ({human(total)}); {model.in_channels} -> "
           f"{backbone.out_channels} channels")  # fmt: skip
     header = ["stage", "block", "channels", "scale", "parameters"]
     if shapes is not None:
@@ -246,7 +246,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                   f"(1/{info['reduction']} resolution)")  # fmt: skip
     if saved is not None:
         size = Path(saved).stat().st_size
-        print(f"  saved weights and spec to {saved} ({_human(size, 1024)}B); "
+        print(f"  saved weights and spec to {saved} ({human(size, 'B', 1024)}); "
               "load with stcnnt_dsl.load_model(path)")  # fmt: skip
     if graph is not None:
         print(f"  diagram: {graph['path']}")
@@ -275,10 +275,6 @@ def _table(rows: list[list[str]], right: set[int] = frozenset()) -> str:
         if k == 0:
             out.append("  " + "  ".join("-" * w for w in widths))
     return "\n".join(out)
-
-
-def _human(value: float, base: int = 1000) -> str:
-    return human(value, "", base)
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -443,7 +439,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return 0
     table = [["name", "topology", "parameters", "description"]]
     for r in rows:
-        table.append([r["name"], r["topology"], _human(r["parameters"]), r["description"]])
+        table.append([r["name"], r["topology"], human(r["parameters"]), r["description"]])
     print(_table(table, right={2}))
     return 0
 

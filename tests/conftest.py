@@ -1,4 +1,9 @@
-"""Shared test settings: deterministic, CPU-friendly, bounded Hypothesis runs."""
+"""Shared test settings: deterministic, CPU-friendly, bounded Hypothesis runs.
+
+Tests that bound how long something takes (a hostile input refused quickly, a parser
+that stays linear) time it with `time.process_time()`: the CPU time of this process,
+which other work on a shared machine does not stretch (wall-clock bounds failed on a
+machine running several jobs at once)."""
 
 from __future__ import annotations
 

@@ -958,9 +958,9 @@ def test_catalogue_entry(entry: Entry, tmp_path: Path, monkeypatch: pytest.Monke
         import peft  # noqa: F401  (its import takes seconds: not the error's time)
     if entry.call[0] == "train":  # imported once (MONAI's transforms take seconds), untimed
         _import_training()
-    start = time.perf_counter()
+    start = time.process_time()
     err = _raise(entry)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert type(err) is entry.error, (type(err), err)
     if isinstance(entry.where, tuple):
         assert (err.line, err.column) == entry.where, str(err)
@@ -980,10 +980,10 @@ def test_catalogue_ids_are_unique():
 
 
 def test_absurd_channels_fail_fast_with_the_estimate():
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(ResourceError) as info:
         build({"unet": {"channels": 1_000_000_000, "levels": 3, "blocks": "T1L1G1"}})
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
     assert "parameters" in str(info.value) and "," in str(info.value)  # the count is shown
 
 

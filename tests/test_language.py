@@ -385,9 +385,9 @@ def test_long_valid_block_parses_fast():
     parse_block("L1")  # build the parser outside the timing
     times = []
     for _ in range(3):  # the best of three: a busy machine or a GC pause is not the parser
-        start = time.perf_counter()
+        start = time.process_time()
         block = parse_block(text)
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     assert len(block) == 900
     assert min(times) < 0.5, times
 
@@ -408,12 +408,12 @@ def test_long_valid_block_parses_fast():
     ],
 )
 def test_hostile_blocks_are_fast(text):
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         parse_block(text)
     except DSLSyntaxError:
         pass
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 # --------------------------------------------------------------------------- properties
@@ -535,11 +535,11 @@ def mutated(draw):
 @given(st.one_of(mutated(), st.text(alphabet=_ALPHABET, max_size=40), st.text(max_size=20)))
 def test_property_garbage_parses_or_raises_syntax_error(text):
     for parse in (parse_block, parse_expression):
-        start = time.perf_counter()
+        start = time.process_time()
         try:
             parse(text)
         except DSLSyntaxError as err:
             assert 1 <= err.line <= text.count("\n") + 1
             assert err.column >= 1
             assert err.reason
-        assert time.perf_counter() - start < 1.0
+        assert time.process_time() - start < 1.0

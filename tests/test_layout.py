@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stcnnt_dsl"
 
 # The layers, lowest first; a module may import its own layer and the ones below.
 LAYERS = {
-    "base": ("errors", "registry", "_version", "_lazy"),
+    "base": ("errors", "registry", "_version", "_lazy", "machine", "units"),
     "language": ("language",),
     "graph": ("graph",),
     "nn": ("nn",),
@@ -134,15 +134,28 @@ def test_the_language_and_the_graph_need_no_torch(layer):
 
 def test_the_layers_of_nn_import_nothing_from_the_language_or_the_graph():
     """Attention, cells, norms, sampling, heads are plain torch modules built from
-    resolved sizes; only `nn.block` reads the graph (to resolve a block string)."""
+    plain arguments (as timm's layers): no module of `nn` reads the language or the
+    graph; `stcnnt_dsl.models.cells` translates a cell's geometry into arguments."""
     wrong = [
         f"{module}:{line} imports {target}"
         for module, found in IMPORTS.items()
-        if module.startswith("nn.") and module != "nn.block"
+        if module == "nn" or module.startswith("nn.")
         for target, _, line in found
-        if target not in ("torch", "") and _layer(target) in ("language", "graph")
+        if target not in ("torch", "") and _layer(target) in ("language", "graph", "models")
     ]
     assert not wrong, wrong
+
+
+def test_nn_names_the_block_defined_above_it():
+    """`stcnnt_dsl.nn.Block` (the contract's name) reads block strings, so it is
+    defined above the layers and named by the nn package through `_lazy`'s table."""
+    import stcnnt_dsl.nn
+    from stcnnt_dsl.models.block import Block
+
+    assert stcnnt_dsl.nn.Block is Block
+    assert "Block" in dir(stcnnt_dsl.nn)
+    with pytest.raises(AttributeError):
+        stcnnt_dsl.nn.build  # noqa: B018 - the top-level names are not nn's
 
 
 def test_no_import_cycles():

@@ -23,7 +23,8 @@ import stcnnt_dsl.nn.functional as nnf
 from stcnnt_dsl.errors import ShapeError, SpecError, STCNNTError
 from stcnnt_dsl.graph.geometry import cell_geometry
 from stcnnt_dsl.language.options import OPTIONS
-from stcnnt_dsl.nn import make_cell, tuning
+from stcnnt_dsl.models.cells import make_cell
+from stcnnt_dsl.nn import tuning
 from stcnnt_dsl.nn.cells import DropPath
 from stcnnt_dsl.nn.checks import check_input_tensor
 from stcnnt_dsl.nn.norms import Norm5d

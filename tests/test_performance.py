@@ -18,11 +18,12 @@ import pytest
 import torch
 
 import stcnnt_dsl
-from stcnnt_dsl.nn import Block
+from stcnnt_dsl.nn import Block, activations
 from stcnnt_dsl.nn import attention as nn_attention
 from stcnnt_dsl.nn import cells as nn_cells
 from stcnnt_dsl.nn import functional as nnf
 from stcnnt_dsl.nn.norms import instance_norm
+from stcnnt_dsl.registry import BUILTIN_ACTIVATIONS
 
 ARCHS = stcnnt_dsl.list_architectures()
 TINY = {
@@ -282,3 +283,21 @@ def test_instance_norm_function(dims):
     frames = torch.randn(6, 4, 5, 6).contiguous(memory_format=torch.channels_last)
     out = instance_norm(frames.unflatten(0, (2, 3)), dims).flatten(0, 1)
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_ACTIVATIONS))
+def test_every_activation_has_one_module_and_its_fused_form_computes_it(name):
+    """One table (`nn.activations`) makes each activation and names the oneDNN post-op
+    that computes it inside a convolution: the fused result equals the plain ops."""
+    assert set(activations.BUILTIN) == set(BUILTIN_ACTIVATIONS)
+    act = activations.make_activation(name)
+    unary = activations.onednn_unary(name)
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        plain = act(conv(x))
+        if unary is None or not nnf.can_fuse(conv, x):
+            assert unary is None or not nnf._onednn_fusion_works()
+            return
+        fused = nnf.fused_conv2d(conv, x, unary=unary)
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)

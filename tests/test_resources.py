@@ -158,9 +158,9 @@ def test_estimate_is_fast_and_allocates_nothing(monkeypatch):
         calls.append(args)
         return real_empty(*args, **kwargs)
 
-    start = time.perf_counter()
+    start = time.process_time()
     est = estimate("hrnet", (1, 16, 1, 512, 512))
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
     assert est.params == 16_639_920 and est.activation_bytes > 2**30
     assert est.to_dict()["memory_bytes"] == est.param_bytes + est.activation_bytes
     monkeypatch.setattr(torch, "empty", spy)
@@ -255,8 +255,16 @@ def test_auto_heads_is_the_most_heads_with_32_features_each():
     assert auto_heads(999_983) == 1  # a prime: one head
 
 
-def test_absurd_sizes_with_many_cells_are_refused_quickly():
-    start = time.perf_counter()
+def test_absurd_sizes_with_many_cells_are_refused_quickly(monkeypatch):
+    """Refused from the graph's counts, before a single cell module is made (a timing
+    bound alone failed on loaded machines; this one only catches runaway loops)."""
+    import stcnnt_dsl.models.block as block
+
+    def no_cells(geometry):
+        raise AssertionError("a cell module was built before the refusal")
+
+    monkeypatch.setattr(block, "make_cell", no_cells)
+    start = time.process_time()
     with pytest.raises(ResourceError):
         build({"unet": {"channels": [2**30, 2**30 + 2, 2**30 + 4], "blocks": "(L1 G1)*300"}})
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 30.0

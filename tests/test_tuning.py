@@ -169,12 +169,14 @@ def test_the_cli_says_a_bad_tuning_value_and_exits_2(environment, capsys):
 
 
 def test_rules_train_nchw_without_avx512(monkeypatch):
-    monkeypatch.setattr(tuning, "_cpu_flags_and_model", lambda: ({"avx2", "fma"}, "old"))
+    from stcnnt_dsl.machine import CPU
+
+    monkeypatch.setattr(tuning, "cpu", lambda: CPU("old", frozenset({"avx2", "fma"})))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert tuning.rules().layout_train == "nchw"
     assert tuning.rules().layout_infer == "channels_last"
     flags = {"avx2", "avx512f", "amx_tile"}
-    monkeypatch.setattr(tuning, "_cpu_flags_and_model", lambda: (flags, "new"))
+    monkeypatch.setattr(tuning, "cpu", lambda: CPU("new", frozenset(flags)))
     assert tuning.rules().layout_train == "channels_last"
     assert tuning.rules({"avx2"}).layout_train == "nchw"
     assert torch.device("cuda").type and tuning.choices("cuda").sdpa_min_tokens == 0

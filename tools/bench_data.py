@@ -46,17 +46,12 @@ sys.path.insert(0, str(ROOT / "examples"))
 import stcnnt_dsl  # noqa: E402
 from stcnnt_dsl.data import open_dataset  # noqa: E402
 from stcnnt_dsl.data.predict import normalize, predict_image  # noqa: E402
+from stcnnt_dsl.machine import cpu  # noqa: E402
 
 
 def machine() -> str:
-    name = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
     load = os.getloadavg()[0]
-    return (f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
+    return (f"{cpu().describe()}, {torch.get_num_threads()} torch thread(s), "
             f"load average {load:.1f}, torch {torch.__version__}")  # fmt: skip
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -70,13 +69,9 @@ def _measure_elsewhere(path: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    from stcnnt_dsl.machine import cpu  # this checkout's reader (--before imports another)
+
+    return cpu().describe()
 
 
 def print_table(now: dict[str, Any], before: dict[str, Any] | None) -> None:

@@ -62,6 +62,7 @@ from torch import nn
 
 import stcnnt_dsl
 from stcnnt_dsl.compat import REFERENCE_DEFAULTS, import_reference, reference_spec
+from stcnnt_dsl.machine import cpu
 from stcnnt_dsl.nn import tuning
 
 MODELS = {"unet": "STCNNT_UNET", "hrnet": "STCNNT_HRNET"}
@@ -375,18 +376,10 @@ def parse_size(text: str) -> Shape:
 
 
 def cpu_info() -> dict[str, Any]:
-    flags: set[str] = set()
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+    c = cpu()
     return {
-        "model": model, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
-        "avx512_bf16": "avx512_bf16" in flags, "amx": bool(flags & {"amx_tile", "amx_bf16"}),
-        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "model": c.model, "avx2": c.avx2, "avx512f": c.avx512, "avx512_bf16": c.avx512_bf16,
+        "amx": c.amx, "torch_capability": torch.backends.cpu.get_cpu_capability(),
     }  # fmt: skip
 
 

@@ -840,7 +840,7 @@ def _spatial(**common: Any) -> SpatialGeometry:
 
 # --------------------------------------------------------------------------- built-in kinds
 
-_MODULE = "stcnnt_dsl.nn.cells:builtin_cell"
+_MODULE = "stcnnt_dsl.models.cells:builtin_cell"
 for _cell in (
     CellKind(
         LOCAL, "L", "attention within windows (Swin-style)", _spatial, _MODULE, color="#d6efd6"

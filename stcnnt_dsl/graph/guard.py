@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ResourceError, SpecError
+from ..units import human
 from .build import build_graph
 from .model import ModelGraph, parse_shape
 from .topologies.common import MAX_MODEL_CELLS
@@ -183,12 +184,9 @@ def _count(n: int) -> str:
 
 
 def _human(n: float) -> str:
-    if n >= 2**50:
+    if n >= 2**50:  # past the prefixes: the exact count of TiB, or its order
         return f"{_count(int(n) // 2**40)} TiB"
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
+    return human(n, "B", 1024)
 
 
 def _limit_text(value: float) -> str:

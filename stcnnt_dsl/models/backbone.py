@@ -18,12 +18,12 @@ from ..graph.model import ModelGraph
 from ..graph.nodes import INPUT, BlockNode, ConvUnitNode, GateNode, MergeNode, Node, ResampleNode
 from ..language.spec import ArchSpec
 from ..nn.axes import check_layout, from_btchw, to_btchw
-from ..nn.block import Block
 from ..nn.checks import check_input_tensor
 from ..nn.conv_unit import ConvUnit
 from ..nn.layout import frames_in_layout
 from ..nn.norms import Norm5d
 from ..nn.sampling import AttentionGate, BlockResample, Downsample, Upsample
+from .block import Block
 
 __all__ = ["Backbone", "module_of"]
 

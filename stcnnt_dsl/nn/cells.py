@@ -15,47 +15,16 @@ Conv cell (C2: 3x3 conv over H, W; C3: 3x3x3 conv over T, H, W), as the referenc
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
-from ..errors import SpecError
-from ..registry import ACTIVATIONS, CELLS, CONV3D, TEMPORAL, resolve_ref
+from ..registry import CONV3D, TEMPORAL
 from . import lean
+from .activations import make_activation, onednn_unary
 from .attention import SpatialAttention, TemporalAttention
-from .functional import ONEDNN_UNARY, can_fuse, fused_conv2d
+from .functional import can_fuse, fused_conv2d
 from .norms import Norm5d
 
-__all__ = ["AttentionCell", "ConvCell", "DropPath", "Mixer", "make_activation", "make_cell"]
-
-
-def make_activation(name: str) -> nn.Module:
-    """The activation called `name` (see the `activation` option; registered ones via
-    `stcnnt_dsl.register_activation`)."""
-    component = ACTIVATIONS.get(name)
-    if component is not None and component.factory is not None:
-        return component.factory()
-    factories = {
-        "gelu": nn.GELU,
-        "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-        "prelu": lambda: nn.PReLU(num_parameters=1, init=0.25),
-        "relu": nn.ReLU,
-        "relu6": nn.ReLU6,
-        "leaky_relu": lambda: nn.LeakyReLU(0.1),
-        "silu": nn.SiLU,
-        "elu": nn.ELU,
-        "selu": nn.SELU,
-        "celu": nn.CELU,
-        "tanh": nn.Tanh,
-        "identity": nn.Identity,
-    }
-    if name not in factories:
-        raise SpecError(
-            f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)} (or register "
-            "it with stcnnt_dsl.register_activation)",
-            "activation",
-        )
-    return factories[name]()
+__all__ = ["AttentionCell", "ConvCell", "DropPath", "Mixer", "make_activation"]
 
 
 def frames(module: nn.Module, x: Tensor) -> Tensor:
@@ -100,7 +69,7 @@ class Mixer(nn.Sequential):
         if dropout:
             layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
-        self._unary = ONEDNN_UNARY.get(activation)
+        self._unary = onednn_unary(activation)
 
     def forward(self, x: Tensor) -> Tensor:
         f = lean.mixer(self[0], self[1], self[2], x.flatten(0, 1))
@@ -131,16 +100,18 @@ class Mixer(nn.Sequential):
 class _Residual(nn.Module):
     """Shared parts of all cells: the residual projection and stochastic depth."""
 
-    def _init_residual(self, geom: Any) -> None:
-        o = geom.options
-        self.kind = geom.kind
-        self.in_channels, self.out_channels = geom.in_channels, geom.out_channels
+    def _init_residual(
+        self, kind: str, in_channels: int, out_channels: int, *, proj_kernel: int,
+        padding: str, drop_path: float,
+    ) -> None:  # fmt: skip
+        self.kind = kind
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.proj = (
-            conv2d(geom.in_channels, geom.out_channels, o.proj_kernel, o.padding, bias=True)
-            if geom.changes_channels
+            conv2d(in_channels, out_channels, proj_kernel, padding, bias=True)
+            if in_channels != out_channels
             else None
         )
-        self.drop_path = DropPath(o.drop_path)
+        self.drop_path = DropPath(drop_path)
 
     def residual(self, x: Tensor) -> Tensor:
         if self.proj is None:
@@ -149,39 +120,55 @@ class _Residual(nn.Module):
 
 
 class AttentionCell(_Residual):
-    """Norm + L/G/T/V attention + optional conv mixer, sequential or parallel, built
-    from its geometry (`stcnnt_dsl.graph.geometry`)."""
+    """Norm + L/G/T/V attention + optional conv mixer, sequential or parallel.
 
-    def __init__(self, geom: Any) -> None:
+    Built from resolved sizes, as a plain layer: `kind` is `local`, `global`, `vit` or
+    `temporal`; the keywords are the language's options (`stcnnt_dsl.language.options`)
+    with their values, plus what the model graph resolves: `heads` (a number),
+    `hidden` (the mixer's hidden channels; 0: no mixer), `parallel`, and for spatial
+    kinds `window`, `patch`, `grid` (pixels; `grid` fixes the number of windows and
+    leaves `window` None) and `bias_extent` (the relative-position table's extent).
+    `stcnnt_dsl.models.cells` translates a graph's cell geometry into these."""
+
+    def __init__(
+        self, kind: str, in_channels: int, out_channels: int, *, heads: int, norm: str,
+        activation: str, drop_path: float, padding: str, proj_kernel: int, qkv: str,
+        qkv_kernel: int, cosine: bool, qk_norm: bool, att_dropout: float, out_proj: bool,
+        hidden: int, parallel: bool, mixer_kernel: int, dropout: float,
+        input_size: tuple[int, int] | None = None, causal: bool = False, qk_stride: int = 1,
+        window: tuple[int, int] | None = None, patch: tuple[int, int] | None = None,
+        grid: tuple[int, int] | None = None, bias_extent: tuple[int, int] | None = None,
+        rel_pos_bias: bool | str = False,
+    ) -> None:  # fmt: skip
         super().__init__()
-        o = geom.options
-        self._init_residual(geom)
-        cin, cout = geom.in_channels, geom.out_channels
-        self.parallel = geom.parallel
-        self.norm1 = Norm5d(o.norm, cin, geom.input_size)
+        self._init_residual(kind, in_channels, out_channels, proj_kernel=proj_kernel,
+                            padding=padding, drop_path=drop_path)  # fmt: skip
+        cin, cout = in_channels, out_channels
+        self.parallel = bool(hidden) and parallel
+        self.norm1 = Norm5d(norm, cin, input_size)
         common = dict(
-            heads=geom.heads, qkv_kernel=o.qkv_kernel, cosine=o.cosine, qk_norm=o.qk_norm,
-            att_dropout=o.att_dropout, out_proj=o.out_proj, padding=o.padding,
+            heads=heads, qkv_kernel=qkv_kernel, cosine=cosine, qk_norm=qk_norm,
+            att_dropout=att_dropout, out_proj=out_proj, padding=padding,
         )  # fmt: skip
-        if geom.kind == TEMPORAL:
+        if kind == TEMPORAL:
             self.attn: nn.Module = TemporalAttention(
-                cin, cout, causal=o.causal, qk_stride=o.qk_stride, **common
+                cin, cout, causal=causal, qk_stride=qk_stride, **common
             )
         else:
             self.attn = SpatialAttention(
-                geom.kind, cin, cout, window=geom.window, patch=geom.patch, grid=geom.grid,
-                bias_extent=geom.bias_extent,
-                bias_after_softmax=o.rel_pos_bias == "after_softmax", qkv=o.qkv, **common,
+                kind, cin, cout, window=window, patch=patch, grid=grid,
+                bias_extent=bias_extent, bias_after_softmax=rel_pos_bias == "after_softmax",
+                qkv=qkv, **common,
             )  # fmt: skip
         self.mixer: Mixer | None = None
         self.norm2: Norm5d | None = None
-        if geom.mixer:
+        if hidden:
             mixer_in = cin if self.parallel else cout
             if not self.parallel:
-                self.norm2 = Norm5d(o.norm, cout, geom.input_size)
+                self.norm2 = Norm5d(norm, cout, input_size)
             self.mixer = Mixer(
-                mixer_in, cout, hidden=geom.hidden, kernel=o.mixer_kernel,
-                activation=o.activation, dropout=o.dropout, padding=o.padding,
+                mixer_in, cout, hidden=hidden, kernel=mixer_kernel, activation=activation,
+                dropout=dropout, padding=padding,
             )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
@@ -202,18 +189,23 @@ class AttentionCell(_Residual):
 
 
 class ConvCell(_Residual):
-    """C2 (3x3 conv over H, W) or C3 (3x3x3 conv over T, H, W) cell."""
+    """C2 (3x3 conv over H, W) or C3 (3x3x3 conv over T, H, W) cell: `kind` is `conv2d`
+    or `conv3d`; the keywords are the options every cell reads."""
 
-    def __init__(self, geom: Any) -> None:
+    def __init__(
+        self, kind: str, in_channels: int, out_channels: int, *, norm: str, activation: str,
+        drop_path: float, padding: str, proj_kernel: int,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
-        o = geom.options
-        self._init_residual(geom)
-        cin, cout = geom.in_channels, geom.out_channels
-        self.norm1 = Norm5d(o.norm, cin, geom.input_size)
-        conv_type = nn.Conv3d if geom.kind == CONV3D else nn.Conv2d
-        self.conv = conv_type(cin, cout, 3, padding=1, padding_mode=o.padding, bias=False)
-        self.norm2 = Norm5d(o.norm, cout, geom.input_size)
-        self.act = make_activation(o.activation)
+        self._init_residual(kind, in_channels, out_channels, proj_kernel=proj_kernel,
+                            padding=padding, drop_path=drop_path)  # fmt: skip
+        cin, cout = in_channels, out_channels
+        self.norm1 = Norm5d(norm, cin, input_size)
+        conv_type = nn.Conv3d if kind == CONV3D else nn.Conv2d
+        self.conv = conv_type(cin, cout, 3, padding=1, padding_mode=padding, bias=False)
+        self.norm2 = Norm5d(norm, cout, input_size)
+        self.act = make_activation(activation)
 
     def _conv(self, x: Tensor) -> Tensor:
         if self.kind == CONV3D:  # [B, T, C, H, W] -> [B, C, T, H, W] and back
@@ -226,16 +218,3 @@ class ConvCell(_Residual):
         if self.proj is None:
             branch = branch + h
         return self.drop_path(branch) + self.residual(x)
-
-
-def make_cell(geom: Any) -> nn.Module:
-    """The cell module of a cell geometry (`stcnnt_dsl.graph.geometry.cell_geometry`),
-    by its kind's registered module."""
-    return resolve_ref(CELLS[geom.kind].module)(geom)
-
-
-def builtin_cell(geom: Any) -> nn.Module:
-    """The module of a built-in cell kind (L, G, T, V, C2, C3)."""
-    if geom.family == "conv":
-        return ConvCell(geom)
-    return AttentionCell(geom)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from . import lean
-from .cells import make_activation
+from .activations import make_activation
 from .norms import Norm5d
 
 __all__ = ["ConvUnit"]

@@ -27,7 +27,6 @@ from .tuning import choices
 __all__ = [
     "FUSED_CPU_INFERENCE",
     "LONG_SEQUENCE_CHUNK",
-    "ONEDNN_UNARY",
     "SDPA_MIN_TOKENS_CPU",
     "attend",
     "bypassable",
@@ -527,18 +526,6 @@ def attend(
 # activation, a residual add) as one oneDNN primitive: the activation costs nothing
 # and the sum needs no extra pass over memory. Set to False to always use plain ops.
 FUSED_CPU_INFERENCE = True
-
-# activation name -> (oneDNN attr, scalars, algorithm) of mkldnn::_convolution_pointwise
-ONEDNN_UNARY: dict[str, tuple[str, list[float], str | None]] = {
-    "gelu": ("gelu", [], "none"),
-    "gelu_tanh": ("gelu", [], "tanh"),
-    "relu": ("relu", [], None),
-    "relu6": ("hardtanh", [0.0, 6.0], None),
-    "leaky_relu": ("leaky_relu", [0.1], None),
-    "silu": ("swish", [], None),
-    "tanh": ("tanh", [], None),
-    "identity": ("none", [], None),
-}
 
 
 @functools.lru_cache(maxsize=1)

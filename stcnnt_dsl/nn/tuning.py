@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +40,7 @@ from pathlib import Path
 import torch
 
 from ..errors import STCNNTError
+from ..machine import cpu
 
 __all__ = [
     "ENV_CALIBRATE",
@@ -102,20 +102,6 @@ _lock = threading.Lock()
 _active: Choices | None = None
 
 
-def _cpu_flags_and_model() -> tuple[set[str], str]:
-    flags: set[str] = set()
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if flags and line.startswith("model name"):
-                break
-    return flags, model
-
-
 def rules(flags: set[str] | None = None) -> Choices:
     """The choices without measuring: channels-last, except NCHW for training where the
     CPU has no AVX-512 (measured on an AVX2 EPYC; AVX-512 and AMX CPUs win with
@@ -123,7 +109,7 @@ def rules(flags: set[str] | None = None) -> Choices:
     one's)."""
     capability = "DEFAULT"
     if flags is None:
-        flags, _ = _cpu_flags_and_model()
+        flags = set(cpu().flags)
         capability = torch.backends.cpu.get_cpu_capability()
     avx512 = "avx512f" in flags or capability.startswith("AVX512")
     if flags or capability != "DEFAULT":
@@ -135,8 +121,7 @@ def rules(flags: set[str] | None = None) -> Choices:
 
 def machine_key() -> str:
     """What a calibration is valid for: CPU model, torch version, threads."""
-    _, model = _cpu_flags_and_model()
-    return f"{model} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return f"{cpu().model} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
 def cache_path() -> Path:

@@ -44,8 +44,10 @@ from ..graph.build import build_graph
 from ..graph.model import ModelGraph, parse_shape
 from ..graph.nodes import BlockNode, MergeNode, Node
 from ..graph.shapes import checked
+from ..machine import cpu
 from ..models.build import build
 from ..models.model import model_of
+from ..units import human
 from .flops import (
     FLOP_CONVENTION,
     FlopCount,
@@ -54,7 +56,6 @@ from .flops import (
     count_flops_torch,
     roll_up,
 )
-from .units import human
 
 __all__ = ["ModuleRow", "ProfileReport", "human", "profile"]
 
@@ -632,23 +633,9 @@ def profile(
     )
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def native_bf16() -> bool | None:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); None: unknown."""
-    flags = _cpu_flags()
-    if not flags:
-        return None
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return cpu().native_bf16
 
 
 def _dtype_notes(dev: torch.device, autocast: torch.dtype | None) -> list[str]:
@@ -663,7 +650,7 @@ def _dtype_notes(dev: torch.device, autocast: torch.dtype | None) -> list[str]:
         return ["bfloat16 on this CPU has no native support (no AVX512-BF16 or AMX): "
                 "convolutions and matmuls emulate it; a training step ran 19x slower than "
                 "float32 on an AVX2 EPYC; profile with float32 here"]  # fmt: skip
-    if native and "amx_bf16" not in _cpu_flags():
+    if native and "amx_bf16" not in cpu().flags:
         return ["bfloat16 on this CPU: AVX512-BF16 without AMX; on an AMD EPYC of this kind "
                 "it made training steps 1.2-1.4x faster than float32 but inference only "
                 "0.9-1.1x as fast (the reference U-Net's forward was slower); measure both "

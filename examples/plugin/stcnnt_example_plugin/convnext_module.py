@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from stcnnt_dsl.nn.cells import DropPath, make_activation
+from stcnnt_dsl.nn import DropPath, make_activation
 from stcnnt_dsl.nn.norms import Norm5d
 
 from .convnext import KERNEL

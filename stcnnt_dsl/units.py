@@ -1,4 +1,5 @@
-"""Numbers for people: 1.23 M, 4.5 GiB."""
+"""Numbers for people: 1.23 M, 4.5 GiB. The one formatter of counts and sizes that
+the messages, reports and commands print (base layer: the graph's guard uses it)."""
 
 from __future__ import annotations
 

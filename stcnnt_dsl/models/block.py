@@ -1,9 +1,10 @@
 """Block: a stack of cells built from a block string such as `L1G1T1`.
 
-The one module of the layer library that reaches into the model graph: a block's text
-is resolved by the same cascade and cell geometry as a stage of a backbone
-(`stcnnt_dsl.graph.resolve.standalone_block`), so a standalone `Block` and a backbone
-stage can never disagree.
+Public as `stcnnt_dsl.nn.Block` (the layer library's one name that reads the
+language). A block's text is resolved by the same cascade and cell geometry as a stage
+of a backbone (`stcnnt_dsl.graph.resolve.standalone_block`), and its cells are built
+by the same factory (`stcnnt_dsl.models.cells.make_cell`), so a standalone `Block` and
+a backbone stage can never disagree.
 """
 
 from __future__ import annotations
@@ -11,21 +12,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch import Tensor
 
 from ..graph.guard import guard_params
 from ..graph.resolve import BlockPlan, standalone_block
 from ..graph.rules import SizeRule, check_size
 from ..language.blockspec import BlockSpec
+from ..nn.checks import check_input_tensor
+from ..nn.stack import CellStack
 from .cells import make_cell
-from .checks import check_input_tensor
-from .layout import frames_in_layout
 
 __all__ = ["Block"]
 
 
-class Block(nn.Module):
+class Block(CellStack):
     """A stack of cells from a block string: `Block("L1G1T1", 16, 32, window=8)`.
 
     The first cell maps `in_channels` to `out_channels`, the others keep
@@ -48,7 +48,6 @@ class Block(nn.Module):
         name: str = "Block",
         **options: Any,
     ) -> None:
-        super().__init__()
         plan = standalone_block(text, in_channels, out_channels, options, name)
         guard_params(sum(plan.params().values()), name)
         self._build(plan, name)
@@ -57,18 +56,18 @@ class Block(nn.Module):
     def from_plan(cls, plan: BlockPlan, name: str | None = None) -> Block:
         """The block of a resolved plan (a stage of a model graph)."""
         block = cls.__new__(cls)
-        nn.Module.__init__(block)
         block._build(plan, name or plan.where)
         return block
 
     def _build(self, plan: BlockPlan, name: str) -> None:
+        CellStack.__init__(
+            self, (make_cell(cell.geometry) for cell in plan.cells), dense=plan.dense,
+            checkpoint=plan.checkpoint,
+        )  # fmt: skip
         self.plan = plan
         self.spec = plan.block
         self.name = name
         self.in_channels, self.out_channels = plan.in_channels, plan.out_channels
-        self.dense = plan.dense
-        self.use_checkpoint = plan.checkpoint
-        self.cells = nn.ModuleList(make_cell(cell.geometry) for cell in plan.cells)
         self._rules: list[tuple[str, SizeRule]] = plan.size_rules()
         self._checked: tuple[int, int, int] | None = None
 
@@ -90,7 +89,7 @@ class Block(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise a `ShapeError` naming the first cell that cannot run on `x`."""
-        check_input_tensor(x, self.in_channels, self.name, like=self._reference_parameter())
+        check_input_tensor(x, self.in_channels, self.name, like=next(self.parameters(), None))
         t, h, w = x.shape[1], x.shape[3], x.shape[4]
         if self._checked == (t, h, w):
             return
@@ -98,26 +97,7 @@ class Block(nn.Module):
             check_size(rule, h, w, where=where, path=self.name, t=t)
         self._checked = (t, h, w)
 
-    def _reference_parameter(self) -> Tensor | None:
-        return next(self.parameters(), None)
-
-    def _run(self, x: Tensor) -> Tensor:
-        if not self.dense:
-            for cell in self.cells:
-                x = cell(x)
-            return x
-        # Dense: cell k takes the sum of the outputs of cells 0..k-1.
-        total = x = self.cells[0](x)
-        for k, cell in enumerate(self.cells[1:], start=1):
-            x = cell(total)
-            if k < len(self.cells) - 1:
-                total = total + x
-        return x
-
     def forward(self, x: Tensor) -> Tensor:
         if not torch.compiler.is_compiling():
             self.check_input(x)
-        x = frames_in_layout(x)
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._run, x, use_reentrant=False)
-        return self._run(x)
+        return super().forward(x)

@@ -1,0 +1,81 @@
+"""The CPU this process runs on: its model name and instruction-set flags, read once.
+
+The one reader of /proc/cpuinfo: the per-machine choices (`nn.tuning`), the profile's
+notes on bfloat16 and every benchmark's header name the CPU from here, so they cannot
+disagree about which machine a number came from. Needs no torch."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CPU", "cpu", "read_cpuinfo"]
+
+
+@dataclass(frozen=True)
+class CPU:
+    """`model`: the model name (`Intel(R) Xeon(R) Platinum 8480+`); `flags`: the
+    kernel's feature flags of the first core (empty where /proc/cpuinfo is absent)."""
+
+    model: str
+    flags: frozenset[str]
+
+    @property
+    def avx2(self) -> bool:
+        return "avx2" in self.flags
+
+    @property
+    def avx512(self) -> bool:
+        return "avx512f" in self.flags
+
+    @property
+    def avx512_bf16(self) -> bool:
+        return "avx512_bf16" in self.flags
+
+    @property
+    def amx(self) -> bool:
+        return bool(self.flags & {"amx_tile", "amx_bf16"})
+
+    @property
+    def native_bf16(self) -> bool | None:
+        """Whether bfloat16 runs natively (AVX512-BF16 or AMX); None: flags unknown."""
+        return None if not self.flags else self.avx512_bf16 or "amx_bf16" in self.flags
+
+    def features(self) -> str:
+        """The vector features that decide our per-machine choices: `AVX-512, AMX`."""
+        named = (("AVX2", self.avx2), ("AVX-512", self.avx512),
+                 ("AVX512-BF16", self.avx512_bf16), ("AMX", self.amx))  # fmt: skip
+        names = [name for name, present in named if present]
+        return ", ".join(names) or "none of AVX2/AVX-512/AMX"
+
+    def describe(self) -> str:
+        """One line for a benchmark's header: model, features, logical cores."""
+        return f"{self.model} ({self.features()}), {os.cpu_count()} logical cores"
+
+
+def read_cpuinfo(text: str) -> CPU:
+    """The CPU described by the text of a /proc/cpuinfo (the first core's lines)."""
+    model, flags = "", frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = frozenset(value.split())
+        if model and flags:
+            break
+    return CPU(model or platform.processor() or platform.machine() or "unknown CPU", flags)
+
+
+@functools.cache
+def cpu() -> CPU:
+    """This machine's CPU (read once per process)."""
+    text = ""
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    return read_cpuinfo(text)
