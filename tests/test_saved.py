@@ -11,7 +11,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from stcnnt_dsl import build
 from stcnnt_dsl.graph.build import build_graph
-from stcnnt_dsl.nn.block import Block
+from stcnnt_dsl.nn import Block
 from stcnnt_dsl.planner.memory import step_memory
 from stcnnt_dsl.registry import CELLS, KIND_TO_LETTER, has_mixer_digit
 
