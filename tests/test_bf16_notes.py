@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from stcnnt_dsl.machine import CPU
 from stcnnt_dsl.tools import profile as prof
 
 
 def _notes(monkeypatch, flags: set[str], dtype=torch.bfloat16) -> list[str]:
-    monkeypatch.setattr(prof, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(prof, "cpu", lambda: CPU("test", frozenset(flags)))
     return prof._dtype_notes(torch.device("cpu"), dtype)
 
 
@@ -19,7 +20,7 @@ def test_bf16_notes_follow_the_cpu(monkeypatch):
     assert "without AMX" in avx512 and "training steps 1.2-1.4x faster" in avx512
     assert _notes(monkeypatch, {"avx512_bf16", "amx_bf16", "amx_tile"}) == []
     assert prof.native_bf16() is True
-    monkeypatch.setattr(prof, "_cpu_flags", set)
+    monkeypatch.setattr(prof, "cpu", lambda: CPU("unknown", frozenset()))
     assert prof.native_bf16() is None
 
 

@@ -14,7 +14,12 @@ Cost conventions (the same everywhere):
   norms, activations, softmax, additions and conv biases are not counted; a key may
   carry the operator after a colon (`attn.qkv:linear`; default: conv);
 - saved activations: elements autograd keeps for the backward pass of a training
-  forward (an estimate checked against the real count in the tests).
+  forward in eager float32 (the lean paths of `stcnnt_dsl.nn.lean`), checked against
+  autograd's own count (saved-tensor hooks) in tests/test_saved.py;
+- workspace: elements a cell holds besides those while it runs, forward and backward
+  (its temporaries, the gradients it computes, the kernels' buffers), read off the
+  layers' code and checked against the allocator in tests/test_saved.py; the planner
+  walks them in execution order (`stcnnt_dsl.planner.memory`).
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ __all__ = [
     "auto_heads",
     "cell_geometry",
     "component_params",
+    "conv3d_columns",
+    "norm_keeps_input",
     "option_record",
 ]
 
@@ -70,6 +77,36 @@ to +-(8-1) windows; farther windows share the edge entry (clipped relative posit
 # Beyond this many features the exact "auto" head count is not searched (the divisor
 # search would take long); one head is used. Only absurd specs get here.
 _EXACT_HEADS_LIMIT = 2**40
+# Norms whose backward reads only their output (our instance-norm Function); batch,
+# layer and registered norms keep their input too (torch's kernels read it).
+_NORMS_KEEPING_OUTPUT_ONLY = frozenset({"instance2d", "instance3d"})
+# torch runs a 3x3x3 convolution of one sample on CPU with its unfolding kernel
+# (slow_conv3d: 27 values per input channel and position, forward and backward) unless
+# N*C*D*H of its input exceeds this (then oneDNN, without columns).
+_NATIVE_CONV3D_LIMIT = 20480
+
+
+def conv3d_columns(cin: int, frames: int, t: int, h: int, w: int, padded: bool) -> int:
+    """Elements of the columns a 3x3x3 convolution of [B, cin, T, H, W] unfolds (0 where
+    oneDNN runs it), `padded`: its input is a padded copy (T+2, H+2)."""
+    b = frames // max(t, 1)
+    extra = 2 if padded else 0
+    if b > 1 or cin * (t + extra) * (h + extra) > _NATIVE_CONV3D_LIMIT:
+        return 0
+    return 27 * cin * frames * h * w
+
+
+# CPU attention kernels (`stcnnt_dsl.nn.functional.attend`, the rule's choices): fused
+# SDPA from this many tokens for heads of at most _SDPA_MAX_HEAD features; below, the
+# short kernel works on chunks of _SHORT_CHUNK score elements (1 MiB of float32).
+_SDPA_MIN_TOKENS = 32
+_SDPA_MAX_HEAD = 512
+_SHORT_CHUNK = 2**18
+
+
+def norm_keeps_input(norm: str) -> bool:
+    """Whether autograd keeps a norm's input (besides the output the next op keeps)."""
+    return norm not in _NORMS_KEEPING_OUTPUT_ONLY
 
 
 @functools.lru_cache(maxsize=4096)
@@ -329,9 +366,15 @@ class CellGeometry:
         convolutions and mixers save each tensor once: `stcnnt_dsl.nn.lean`)."""
         pixels = frames * h * w
         total = self.in_channels * pixels  # norm1's output, also the first conv's input
-        if self.changes_channels:  # the residual projection's input
-            total += self.in_channels * pixels
+        if self.changes_channels or norm_keeps_input(self.options.norm):
+            total += self.in_channels * pixels  # the input: the projection's or norm1's
         return total
+
+    def workspace(self, frames: int, t: int, h: int, w: int) -> tuple[int, int]:
+        """Elements the cell holds besides what is saved, at its highest while it runs:
+        (forward, backward), the backward with the gradient of its input (not its
+        parameters' gradients, which stay: the planner adds those)."""
+        return 0, self.in_channels * frames * h * w
 
     def describe(self) -> str:
         """`L1 (local)`."""
@@ -434,10 +477,34 @@ class _AttentionGeometry(CellGeometry):
                 total += cout * pixels
         if self.mixer:  # norm2's output (the mixer's input) and the activation's input
             total += (0 if self.parallel else cout) * pixels + self.hidden * pixels
+            if not self.parallel and norm_keeps_input(o.norm):  # norm2's input
+                total += cout * pixels
         return total
+
+    def workspace(self, frames: int, t: int, h: int, w: int) -> tuple[int, int]:
+        # forward: the Q/K/V convolution's output before the partition copies it, or the
+        # mixer's activation and output; backward (lean): the mixer recomputes its
+        # activation and holds it with its gradient and the hidden map's (3 hidden maps,
+        # 2 output maps); the attention recomputes its output and holds the gradients
+        # of it and of q, k, v, and the scores' (`score_work`) (what the mixer's
+        # backward freed: its hidden and input maps, is used again first)
+        pixels = frames * h * w
+        c, hidden = self.out_channels, self.hidden
+        attention = 5 * c * pixels + self.score_work(frames, t, h, w)
+        forward = max(3 * c * pixels, (hidden + 2 * c) * pixels if self.mixer else attention)
+        backward = attention + self.in_channels * pixels
+        if self.mixer:
+            freed = (hidden + (0 if self.parallel else c)) * pixels
+            backward = max((3 * hidden + 2 * c) * pixels, backward - freed)
+        return forward, backward + self.in_channels * pixels
 
     def score_elements(self, frames: int, t: int, h: int, w: int) -> int:  # pragma: no cover
         return 0
+
+    def score_work(self, frames: int, t: int, h: int, w: int) -> int:
+        """Elements of scores, probabilities and their gradient the attention's backward
+        holds: all of them with the explicit kernel (temporal cells' huge heads)."""
+        return 3 * self.score_elements(frames, t, h, w)
 
 
 @dataclass(frozen=True)
@@ -567,6 +634,17 @@ class SpatialGeometry(_AttentionGeometry):
         seqs, s, _ = self.tokens(max(h, 1), max(w, 1))
         return frames * seqs * self.heads * s * s
 
+    def score_work(self, frames: int, t: int, h: int, w: int) -> int:
+        # the kernel `stcnnt_dsl.nn.functional.attend` picks on CPU (with the rule's
+        # choices): fused SDPA from 32 tokens keeps nothing S x S; the short kernel for
+        # heads of 4-64 features one cache-sized chunk; the explicit one all scores
+        _, s, d = self.tokens(max(h, 1), max(w, 1))
+        head = d // self.heads
+        if s >= _SDPA_MIN_TOKENS and head <= _SDPA_MAX_HEAD:
+            return 0
+        work = super().score_work(frames, t, h, w)
+        return min(work, 3 * _SHORT_CHUNK) if 4 <= head <= 64 else work
+
     def size_rule(self) -> SizeRule:
         rule = super().size_rule()
         if self.grid is not None:
@@ -684,8 +762,18 @@ class ConvGeometry(CellGeometry):
         return rule
 
     def saved(self, frames: int, t: int, h: int, w: int) -> int:
-        # norm2's output (the activation's input and the skip)
-        return super().saved(frames, t, h, w) + self.out_channels * frames * h * w
+        # norm2's output (the activation's input and the skip), and its input if it keeps it
+        kept = 2 if norm_keeps_input(self.options.norm) else 1
+        return super().saved(frames, t, h, w) + kept * self.out_channels * frames * h * w
+
+    def workspace(self, frames: int, t: int, h: int, w: int) -> tuple[int, int]:
+        # C2: the convolution's and the norm's outputs forward, the gradients of the
+        # branch and of the input backward; C3 (CPU): the unfolded columns as well
+        pixels, cin, cout = frames * h * w, self.in_channels, self.out_channels
+        if self.kind == CONV3D:
+            columns = conv3d_columns(cin, frames, t, h, w, self.options.padding != "zeros")
+            return columns + cin * pixels, columns + 3 * cin * pixels
+        return 2 * cout * pixels, (cout + 2 * cin) * pixels
 
 
 # --------------------------------------------------------------------------- construction

@@ -260,6 +260,16 @@ class ModelGraph:
                 out[self._path(node, part)] = value
         return out
 
+    def workspace(self, shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+        """(forward, backward) working elements of one training forward and backward, by
+        the module paths of `saved` (see `Node.workspace`)."""
+        b, t, _, h, w = shape
+        return {
+            self._path(node, part): value
+            for node in self.all_nodes
+            for part, value in node.workspace(b * t, t, h, w).items()
+        }
+
 
 def _time_scale(node: Any) -> int:
     """1/scale of T at a node's output (heads keep the backbone output's T)."""

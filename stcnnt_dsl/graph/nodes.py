@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .geometry import _conv_flops, _conv_params, component_params
+from .geometry import (
+    _conv_flops,
+    _conv_params,
+    component_params,
+    conv3d_columns,
+    norm_keeps_input,
+)
 from .resolve import BlockPlan
 from .rules import SizeRule
 
@@ -73,6 +79,12 @@ class Node:
         output T."""
         return {}
 
+    def workspace(self, frames: int, t: int, h: int, w: int) -> dict[str, tuple[int, int]]:
+        """(forward, backward) elements held besides the saved ones while the node runs,
+        by the same module paths as `saved` (backward: the gradients it computes of its
+        saved maps and inputs, not of its parameters)."""
+        return {part: (0, value) for part, value in self.saved(frames, t, h, w).items()}
+
     def rules(self) -> list[tuple[str, SizeRule, int]]:
         """(where, rule, scale): rules on the map at 1/scale of the input."""
         return []
@@ -95,6 +107,9 @@ class BlockNode(Node):
 
     def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
         return self.plan.saved(frames, t, h // self.scale, w // self.scale)
+
+    def workspace(self, frames: int, t: int, h: int, w: int) -> dict[str, tuple[int, int]]:
+        return self.plan.workspace(frames, t, h // self.scale, w // self.scale)
 
     def rules(self) -> list[tuple[str, SizeRule, int]]:
         return [(where, rule, self.scale) for where, rule in self.plan.size_rules()]
@@ -183,20 +198,30 @@ class ResampleNode(Node):
         return {}
 
     def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
-        pixels_in = frames * self._size(h, w, self.in_scale)
-        if self.op == "merge":
-            return {
-                "": self.in_channels * self._t_in * pixels_in + self.out_channels * pixels_in // 4
-            }
-        if self.op == "upconv":
-            out = frames * self._size(h, w, self.scale)
-            return {"": 2 * self.out_channels * out}
+        # each convolution keeps its input: merge step k its space-to-depth copy (the
+        # channels of step k at the step's input resolution, times the frames merged
+        # into one when T is halved), upconv step k the bilinear (trilinear) map at the
+        # step's output resolution; bilinear alone keeps nothing
+        if self.op in ("merge", "upconv"):
+            down = self.op == "merge"
+            scales = [self.in_scale * 2**k if down else self.in_scale // 2 ** (k + 1)
+                      for k in range(self.steps)]  # fmt: skip
+            t_in = self._t_in if down else 1
+            return {"": sum(self._channels(k) * t_in * frames * self._size(h, w, scale)
+                            for k, scale in enumerate(scales))}  # fmt: skip
         if self.op == "block":
             out = self.plan.saved(frames, t, h // self.scale, w // self.scale)
             mapped = {f"block.{k}": v for k, v in out.items()}
             mapped[""] = self.in_channels * frames * self._size(h, w, self.scale)
             return mapped
         return {}
+
+    def workspace(self, frames: int, t: int, h: int, w: int) -> dict[str, tuple[int, int]]:
+        out = super().workspace(frames, t, h, w)
+        if self.op == "block":
+            inner = self.plan.workspace(frames, t, h // self.scale, w // self.scale)
+            out.update({f"block.{k}": v for k, v in inner.items()})
+        return out
 
     def rules(self) -> list[tuple[str, SizeRule, int]]:
         rules = []
@@ -228,8 +253,10 @@ class GateNode(Node):
         return {name: 2 * t * value * hw for name, value in self.params().items()}
 
     def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
+        # the query's input g, the key's input x, the ReLU's output (psi's input) and
+        # the sigmoid map
         pixels = frames * (h // self.scale) * (w // self.scale)
-        return {"": (self.gate_channels + 3 * self.out_channels + 2) * pixels}
+        return {"": (self.gate_channels + 2 * self.out_channels + 1) * pixels}
 
 
 @dataclass(frozen=True)
@@ -283,8 +310,30 @@ class ConvUnitNode(Node):
         }
 
     def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
-        pixels = frames * (h // self.scale) * (w // self.scale)
-        return {"": (self.in_channels + 5 * self.out_channels) * pixels}
+        # each conv's input (3x3x3 with a non-zero padding: and its padded copy), the
+        # norms' outputs (and inputs, where the norm keeps them), the sum before act2
+        hp, wp = h // self.scale, w // self.scale
+        pixels = frames * hp * wp
+        cin, cout = self.in_channels, self.out_channels
+        total = (cin + 3 * cout + (cout if self.residual else 0)) * pixels
+        if norm_keeps_input(self.norm):
+            total += 2 * cout * pixels
+        if self.temporal and self.padding != "zeros":
+            padded = frames // max(t, 1) * (t + 2) * (hp + 2) * (wp + 2)
+            total += (cin + cout) * padded
+        return {"": total}
+
+    def workspace(self, frames: int, t: int, h: int, w: int) -> dict[str, tuple[int, int]]:
+        # each conv's output and the norm's forward; backward the gradients of the maps
+        # and of the input; 3x3x3 convolutions may unfold their input (`conv3d_columns`)
+        hp, wp = h // self.scale, w // self.scale
+        pixels = frames * hp * wp
+        cin, cout = self.in_channels, self.out_channels
+        columns = 0
+        if self.temporal:
+            padded = self.padding != "zeros"
+            columns = max(conv3d_columns(c, frames, t, hp, wp, padded) for c in (cin, cout))
+        return {"": (columns + 2 * cout * pixels, columns + (cout + 2 * cin) * pixels)}
 
     def rules(self) -> list[tuple[str, SizeRule, int]]:
         if self.padding != "reflect":

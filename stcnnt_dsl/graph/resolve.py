@@ -140,6 +140,11 @@ class BlockPlan:
         """Saved elements per cell (`cells.1`)."""
         return {f"cells.{c.index}": c.geometry.saved(frames, t, h, w) for c in self.cells}
 
+    def workspace(self, frames: int, t: int, h: int, w: int) -> dict[str, tuple[int, int]]:
+        """(forward, backward) working elements per cell (`cells.1`), see
+        `CellGeometry.workspace`."""
+        return {f"cells.{c.index}": c.geometry.workspace(frames, t, h, w) for c in self.cells}
+
 
 def _values(resolved: Mapping[str, Resolved]) -> dict[str, Any]:
     return {name: r.value for name, r in resolved.items()}

@@ -1,28 +1,35 @@
 """The training step's peak memory, predicted from the model graph, and memory budgets.
 
-One AdamW training step in float32 holds, at its highest:
+One AdamW training step in float32 holds, besides the resident weights, at its highest
+one of:
 
-- the weights (4 bytes per parameter, resident before the step);
-- then either the *activation phase* (the start of the backward, before the gradients
-  exist): what autograd keeps for backward in the forward (the graph's saved elements
-  per cell, `ModelGraph.saved`) times the device's eager factor (the kernels' own
-  copies and the backward's first gradient maps), and a fixed workspace;
-- or the *optimizer phase*: gradients, AdamW's two moments and the foreach kernels'
-  temporary (one more copy of the parameters).
+- the *forward*: the saved elements of the nodes run so far (`ModelGraph.saved`: what
+  autograd keeps for backward), the node outputs still to be read (skips), and the
+  working memory of the node running (`ModelGraph.workspace`);
+- the *backward*, walked in reverse execution order: the saved elements not yet freed
+  (autograd frees a node's after its backward), the outputs and their gradient, the
+  gradients waiting for their producer (skips), the parameter gradients so far, and the
+  working memory of the node running; the loss's backward first (the output's gradient
+  and two temporaries of the output's size: a squared error's power and product);
+- the *optimizer*: the gradients, AdamW's two moments and its temporary (CPU: one
+  parameter at a time, so the largest parameter; CUDA's foreach kernels: all of them).
 
-`EAGER_FACTOR` and `WORKSPACE` are measured, per device, by `tools/bench_plan.py`
-(see docs/plan.md for the table of predicted against measured peaks).
+Nothing here is fitted: each term is a tensor the layers' code allocates, counted from
+the graph (docs/plan.md compares it with measured peaks; tests/test_saved.py checks
+the saved and working elements against autograd and the allocator).
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import STCNNTError
 from ..graph.model import ModelGraph
+from ..graph.nodes import Node
 
 __all__ = [
     "DEVICES",
@@ -37,15 +44,8 @@ __all__ = [
 DEVICES = ("cuda", "cpu")
 BYTES = 4  # float32 weights, gradients, moments and activations
 
-# Bytes the eager kernels hold per byte of the graph's saved elements, and a fixed
-# workspace (bytes): fitted on this library's bundled architectures with
-# tools/bench_plan.py (CPU: resident-set growth of one step).
-EAGER_FACTOR = {"cpu": 1.37, "cuda": 1.37}
-WORKSPACE = {"cpu": 12 * 10**6, "cuda": 12 * 10**6}
-
-# Plans keep the predicted peak within this fraction of the budget: the planned U-Nets
-# at their planned batch were measured within 1.3%, other inputs up to 31% off
-# (docs/plan.md).
+# Plans keep the predicted peak within this fraction of the budget: the prediction's
+# error, measured (docs/plan.md).
 HEADROOM = 0.9
 
 _UNITS = {
@@ -93,21 +93,21 @@ def format_bytes(n: float) -> str:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """The parts of one training step's peak (bytes). `step_bytes` is what the step adds
-    to the resident weights; `peak_bytes` = weights + step."""
+    """The parts of one training step's peak (bytes). `activations` and `workspace`:
+    at the forward's or the backward's highest, what is kept (saved elements, outputs,
+    gradients so far) and the running node's working memory; `step_bytes` is what the
+    step adds to the resident weights; `peak_bytes` = weights + step."""
 
     weights: int
     gradients: int
     optimizer: int
     activations: int
     workspace: int
-    phase: str  # "activations" or "optimizer": which phase holds the peak
+    phase: str  # "forward", "backward" or "optimizer": which phase holds the peak
 
     @property
     def step_bytes(self) -> int:
-        backward = self.activations + self.workspace
-        update = self.gradients + self.optimizer
-        return max(backward, update)
+        return max(self.activations + self.workspace, self.gradients + self.optimizer)
 
     @property
     def peak_bytes(self) -> int:
@@ -123,14 +123,104 @@ def check_device(device: str) -> str:
     return device
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One module path of a node (a cell, a resampler, a head) in execution order."""
+
+    node: Node
+    saved: int
+    forward: int
+    backward: int
+    params: int
+
+
+def _steps(graph: ModelGraph, shape: Sequence[int]) -> list[_Step]:
+    b, t, _, h, w = shape
+    params = graph.params()
+    steps: list[_Step] = []
+    for node in graph.all_nodes:
+        saved = node.saved(b * t, t, h, w)
+        work = node.workspace(b * t, t, h, w)
+        paths = {graph._path(node, part): part for part in dict.fromkeys([*saved, *work])}
+        for path, part in paths.items():
+            own = sum(v for k, v in params.items() if _owner(k, paths) == path)
+            steps.append(_Step(node, saved.get(part, 0), *work.get(part, (0, 0)), own))
+    return steps
+
+
+def _owner(param: str, paths: Mapping[str, str]) -> str | None:
+    """The step path that owns parameter path `param` (the longest prefix)."""
+    best = None
+    for path in paths:
+        if (param == path or param.startswith(path + ".")) and len(path) > len(best or ""):
+            best = path
+    return best
+
+
+def _elements(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def activation_peak(graph: ModelGraph, shape: Sequence[int]) -> tuple[int, int, str]:
+    """The highest element count of a training forward and backward (parameter
+    gradients included, weights not) as (kept, working), and its phase ("forward" or
+    "backward")."""
+    shapes = graph.shapes(tuple(shape))
+    outputs = [h.name for h in graph.heads] or [graph.output]
+    out = {name: _elements(s) for name, s in shapes.items()}
+    nodes = graph.all_nodes
+    last_use = {}
+    for i, node in enumerate(nodes):
+        for name in node.inputs:
+            last_use[name] = i
+    steps = _steps(graph, shape)
+    by_node: dict[str, list[_Step]] = {}
+    for step in steps:
+        by_node.setdefault(step.node.name, []).append(step)
+    # forward: saved so far + outputs still to be read + the running node's work
+    live = 0
+    forward = (0, 0)
+    held: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for step in by_node.get(node.name, []):
+            forward = max(forward, (live + sum(held.values()), step.forward), key=sum)
+            live += step.saved
+        held[node.name] = out[node.name]
+        for name in node.inputs:
+            if last_use.get(name) == i and name not in outputs:
+                held.pop(name, None)
+    kept = sum(out[name] for name in outputs)  # the outputs, read by the loss
+    # backward: the loss's (the outputs' gradient and two temporaries), then node by node
+    pending = {name: out[name] for name in outputs}
+    backward = (live + kept + kept, 2 * kept)
+    grads = 0
+    for node in reversed(nodes):
+        grad = pending.pop(node.name, 0)
+        for step in reversed(by_node.get(node.name, [])):
+            held_now = live + kept + grads + sum(pending.values()) + grad
+            backward = max(backward, (held_now, step.backward), key=sum)
+            live -= step.saved
+            grads += step.params
+        for name in node.inputs:
+            if name in out:
+                pending[name] = out[name]
+    forward = (forward[0] + kept, forward[1])
+    if sum(forward) > sum(backward):
+        return (*forward, "forward")
+    return (*backward, "backward")
+
+
 def step_memory(graph: ModelGraph, shape: Sequence[int], device: str = "cuda") -> MemoryEstimate:
     """The predicted peak of one AdamW training step of `graph` on input (B, T, C, H, W)
     (float32), from the graph alone (milliseconds)."""
     device = check_device(device)
-    params = sum(graph.params().values()) * BYTES
-    saved = sum(graph.saved(tuple(shape)).values()) * BYTES
-    activations = int(EAGER_FACTOR[device] * saved)
-    optimizer = 3 * params  # AdamW's two moments + the foreach temporary
-    backward = activations + WORKSPACE[device]
-    phase = "activations" if backward >= params + optimizer else "optimizer"
-    return MemoryEstimate(params, params, optimizer, activations, WORKSPACE[device], phase)
+    params = graph.params()
+    total = sum(params.values()) * BYTES
+    # AdamW's two moments and its temporary: CPU runs it one parameter at a time
+    # (torch's default there), CUDA's foreach kernels over all parameters at once
+    temporary = total if device == "cuda" else max(params.values(), default=0) * BYTES
+    kept, working, phase = activation_peak(graph, shape)
+    optimizer = 2 * total + temporary
+    if total + optimizer > (kept + working) * BYTES:
+        phase = "optimizer"
+    return MemoryEstimate(total, total, optimizer, kept * BYTES, working * BYTES, phase)
