@@ -328,3 +328,22 @@ def test_every_bundled_architecture_exports_and_runs_at_two_sizes(arch, tmp_path
             want = model(x)
         (got,) = session.run(None, {"input": x.numpy()})
         assert _relative_error(got, want) <= TOLERANCE, shape
+
+
+@pytest.mark.slow
+def test_a_model_that_halves_t_exports_with_t_a_multiple(tmp_path):
+    """mixed_unetr with halve_time: the file takes T = 2 x frame blocks (refused as "it
+    fixes frames" before) and says so in its metadata."""
+    spec = {"mixed_unetr": {"channels": [8, 16], "blocks": "C2", "halve_time": 1}}
+    model = stcnnt_dsl.build(spec, seed=0).eval()
+    path = tmp_path / "halves.onnx"
+    result = stcnnt_dsl.export(model, path, input_shape=(1, 4, 1, 32, 32))
+    assert "T a multiple of 2" in result.valid_sizes
+    session = _session(path)
+    assert session.get_modelmeta().custom_metadata_map["stcnnt.frames_multiple"] == "2"
+    for frames in (2, 6):
+        x = torch.randn(1, frames, 1, 32, 32)
+        with torch.no_grad():
+            want = model(x)
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        assert _relative_error(got, want) < 1e-4

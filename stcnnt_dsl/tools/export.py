@@ -312,7 +312,12 @@ def _trace(
     example = [max(n, 2) if axis in "BT" else n for axis, n in zip(axes, shape, strict=True)]
     dims: dict[int, Any] = {axes.index("B"): Dim("batch", min=1)}
     if "T" in axes:
-        dims[axes.index("T")] = Dim("frames", min=rule.min_frames)
+        t, m = axes.index("T"), rule.frames_multiple
+        if m > 1:  # a model that halves T: T = m x frame blocks (a derived dim)
+            example[t] = max(shape[t] // m, 2) * m
+            dims[t] = m * Dim("frame_blocks", min=max(1, math.ceil(rule.min_frames / m)))
+        else:
+            dims[t] = Dim("frames", min=rule.min_frames)
     if blocked:
         mh, mw = rule.multiple
         hb, wb = max(shape[h] // mh, 4), max(shape[h + 1] // mw, 4)
@@ -518,6 +523,7 @@ def _describe(proto: Any, onnx: Any, name: str, layout: str, rule: Any, sizes: s
         "stcnnt.layout": layout,
         "stcnnt.accepts": sizes,
         "stcnnt.min_frames": str(rule.min_frames),
+        "stcnnt.frames_multiple": str(rule.frames_multiple),
         "stcnnt.version": __version__,
     }
     if rule.exact is None:
