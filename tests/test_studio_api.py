@@ -278,6 +278,17 @@ def test_cells_endpoint_lists_the_options_each_cell_reads(client):
     assert "mixer_ratio" in cells["L1"] and "mixer_ratio" not in cells["L0"]
 
 
+def test_topologies_endpoint_lists_registered_ones_too(client):
+    """Completion starts a spec with any topology, a plugin's included (none by hand)."""
+    from stcnnt_dsl.registry import TOPOLOGIES, Topology, register_topology
+
+    assert {"unet", "hrnet", "llm", "mixed_unetr"} <= set(client.get("/api/topologies").json()[
+        "topologies"])  # fmt: skip
+    unet = TOPOLOGIES["unet"]
+    register_topology(Topology("unet_copy", unet.spec, unet.build, "a copy, for this test"))
+    assert "unet_copy" in client.get("/api/topologies").json()["topologies"]
+
+
 # --------------------------------------------------------------------------- endpoints
 
 

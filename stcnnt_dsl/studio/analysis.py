@@ -34,7 +34,7 @@ from ..language.spec import (
     spec_json_schema,
 )
 from ..language.spec import bundled_text as _bundled_text
-from ..registry import KIND_TO_LETTER, cell_kinds, has_mixer_digit
+from ..registry import KIND_TO_LETTER, cell_kinds, has_mixer_digit, topology_names
 from ..tools.diagram import to_dot
 from ..tools.explain import explain
 
@@ -410,6 +410,12 @@ def cell_options() -> dict[str, list[str]]:
         else:
             out[letter] = list(options_for_kind(kind))
     return out
+
+
+def topologies() -> list[str]:
+    """Every topology, built-in and registered: the keys (and expression names) that
+    start a spec, for completion."""
+    return list(topology_names())
 
 
 def schema() -> dict[str, Any]:

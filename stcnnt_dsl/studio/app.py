@@ -334,6 +334,11 @@ def create_app(
     def schema() -> dict:
         return analysis.schema()
 
+    @app.get("/api/topologies")
+    def topologies() -> dict:
+        """Every topology's name (the spec's top-level keys and expression names)."""
+        return {"topologies": analysis.topologies()}
+
     @app.get("/api/cells")
     def cells() -> dict:
         """The options each cell token reads inline (completion inside `L1[...]`)."""

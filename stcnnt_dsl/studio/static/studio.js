@@ -11,7 +11,7 @@
   const MAX_TEXT = 1 << 20;
   const BLOCK_EXAMPLES = ["T1L1G1", "L1G1", "L1G1T1", "L0L1G0G1T1", "(L1G1)*2 T1", "T1", "C2", "C3", "V1"];
   const TOP_LEVEL_EXPRESSION_KEYS = ["name", "description", "in_channels", "input_size"];
-  const TOPOLOGIES = ["unet", "hrnet", "llm"];
+  let TOPOLOGIES = []; // from /api/topologies: built-in and registered ones
 
   const $ = (selector, root = document) => root.querySelector(selector);
   const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
@@ -480,7 +480,8 @@
     }
 
     // A one-line expression: unet(channels=[32, 64], bl|
-    const expr = /^\s*(unet|hrnet|llm)\s*\(/.exec(text);
+    let expr = /^\s*([a-z_][a-z0-9_]*)\s*\(/.exec(text);
+    if (expr && !TOPOLOGIES.includes(expr[1])) expr = null;
     if (expr) {
       const inside = before.slice(expr[0].length);
       let depth = 0;
@@ -1126,7 +1127,10 @@
       if (event.key === "Escape" && !$("[data-testid=explain]").hidden && !completion.editor) closeExplain();
     });
 
-    const [listing, schema, cells] = await Promise.all([api("/api/architectures"), api("/api/schema"), api("/api/cells")]);
+    const [listing, schema, cells, names] = await Promise.all([
+      api("/api/architectures"), api("/api/schema"), api("/api/cells"), api("/api/topologies"),
+    ]);
+    TOPOLOGIES = names.topologies;
     schemaTools.schema = schema;
     schemaTools.cells = cells;
     state.architectures = listing.architectures;
