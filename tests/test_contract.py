@@ -128,9 +128,19 @@ def test_contract(what, name, tmp_path):
         torch.testing.assert_close(again[key], value)
 
 
+# Known bugs, open in the issue tracker (strict: the test fails once they are fixed, so
+# the entry must go then). Found when the slow step first ran whole.
+KNOWN_EXPORT_BUGS = {
+    ("head", "upernet"): "the UperNet decoder's resizes to its levels' sizes are exported "
+    "as fixed sizes: ONNX Runtime's Concat fails at another input size (issue 23)",
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("what", "name"), CASES, ids=IDS)
-def test_contract_compile_and_onnx(what, name, tmp_path):
+def test_contract_compile_and_onnx(what, name, tmp_path, request):
+    if (what, name) in KNOWN_EXPORT_BUGS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_EXPORT_BUGS[what, name]))
     spec = _spec(what, name)
     model = stcnnt_dsl.build(spec, seed=0).eval()
     x = torch.randn(SHAPE)

@@ -426,10 +426,12 @@ def _standardise(x: Tensor) -> Tensor:
     return (x - mean) * torch.rsqrt(var + torch.finfo(x.dtype).eps)
 
 
-def _inverse_sqrt(d: int) -> float:
+def _inverse_sqrt(d: int) -> float | Tensor:
     """1/sqrt(d); for a symbolic d (torch.export: temporal attention, where d = H*W*C/heads)
     a symbolic float that exporters compute from the shape (math.sqrt would fix d)."""
     if isinstance(d, torch.SymInt):
+        if is_exporting():  # a 0-d tensor (explicit matmuls): ONNX takes no symbolic float
+            return torch.scalar_tensor(d, dtype=torch.float32).rsqrt()
         return 1.0 / torch.sym_float(d) ** 0.5
     return 1.0 / math.sqrt(d)
 
