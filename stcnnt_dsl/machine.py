@@ -13,7 +13,13 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CPU", "cpu", "read_cpuinfo"]
+__all__ = ["CPU", "SDPA_MIN_TOKENS_CPU", "cpu", "read_cpuinfo"]
+
+# CPU attention's kernel switch, the rule's default: fused SDPA from this many tokens,
+# explicit or cache-chunked kernels below (`stcnnt_dsl.nn.functional.attend`). A machine
+# may choose another (`stcnnt tune`, STCNNT_TUNING=attention=...: `nn.tuning.Choices.
+# sdpa_min_tokens`); the graph's memory estimate is given the threshold in use.
+SDPA_MIN_TOKENS_CPU = 32
 
 
 @dataclass(frozen=True)

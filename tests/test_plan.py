@@ -17,7 +17,7 @@ from stcnnt_dsl import STCNNTError, load_spec, plan, plan_for_spec
 from stcnnt_dsl.graph.build import build_graph
 from stcnnt_dsl.planner import parse_memory, step_memory
 from stcnnt_dsl.planner.memory import HEADROOM
-from stcnnt_dsl.planner.rules import WINDOW
+from stcnnt_dsl.planner.rules import BASE_WIDTH, CPU_SAMPLE_FLOPS, MIN_WIDTH, WINDOW
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_plan_fits_the_budget_and_runs(fp, memory):
 
 
 def test_more_memory_never_gives_a_smaller_patch_or_batch():
-    small, large = (plan(CINE, memory=m, device="cpu") for m in ("256MiB", "16GiB"))
+    small, large = (plan(CINE, memory=m, device="cuda") for m in ("256MiB", "16GiB"))
     assert all(a <= b for a, b in zip(small.patch, large.patch, strict=True))
     assert small.patch != large.patch
     assert large.patch == [12, 128, 128]  # the median, rounded up to the size rule
@@ -87,7 +87,7 @@ def test_rules_temporal_levels_widths():
     cine = plan(CINE, memory="16GiB", device="cpu")
     blocks = [str(b) for b in cine.spec.unet.blocks]
     assert all(b.startswith("T1") for b in blocks)  # T > 1: attention over frames
-    image = plan(IMAGE, memory="16GiB", device="cpu")
+    image = plan(IMAGE, memory="16GiB", device="cuda")
     assert not any("T" in str(b) for b in image.spec.unet.blocks)
     # levels: the coarsest map reaches the window; widths double up to the cap
     levels = len(image.spec.unet.channels)
@@ -95,6 +95,24 @@ def test_rules_temporal_levels_widths():
     assert image.spec.unet.channels == [32, 64, 128, 256, 256][:levels]
     # global cells only where the map holds several windows
     assert "G1" in str(image.spec.unet.blocks[0]) and "G1" not in str(image.spec.unet.blocks[-1])
+
+
+def test_a_cpu_plan_halves_the_start_width_until_a_sample_fits_the_compute_cap():
+    """On a CPU compute binds first: the widest start width whose one-sample forward
+    stays within CPU_SAMPLE_FLOPS (the next wider one does not); CUDA keeps nnU-Net's."""
+    for fp in (CINE, IMAGE):
+        cpu, cuda = (plan(fp, memory="16GiB", device=d) for d in ("cpu", "cuda"))
+        assert cuda.spec.unet.channels[0] == BASE_WIDTH
+        width = cpu.spec.unet.channels[0]
+        t, h, w = cpu.patch
+        shape = (1, t, 1, h, w)
+        assert sum(build_graph(cpu.spec).flops(shape).values()) <= CPU_SAMPLE_FLOPS
+        assert any(f"start width {width} (cpu)" in r for r in cpu.reasons["architecture"])
+        assert MIN_WIDTH <= width
+        if width < BASE_WIDTH:
+            wider = yaml.safe_load(cpu.spec_yaml)
+            wider["unet"]["channels"] = [2 * c for c in wider["unet"]["channels"]]
+            assert sum(build_graph(wider).flops(shape).values()) > CPU_SAMPLE_FLOPS
 
 
 def test_anisotropic_axis_keeps_its_resolution_longest():

@@ -121,3 +121,38 @@ def test_predicted_step_peak_matches_the_allocator(arch, shape):
     measured = allocated_peak(build(arch, seed=0), torch.randn(shape))
     predicted = step_memory(build_graph(arch), shape, "cpu").step_bytes
     assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
+
+
+# 256-token windows and one 128-feature head: neither the short kernel nor the rule's
+# threshold decides here, only the tuning's SDPA threshold
+LONG_WINDOWS = "unet(channels=[32], blocks=L0, window=32, patch=2, rel_pos_bias=false, heads=1)"
+
+
+def test_the_tuned_attention_kernel_moves_the_prediction_as_it_moves_the_step(
+    monkeypatch, tmp_path
+):
+    """`STCNNT_TUNING=attention=matmul` keeps CPU attention off fused SDPA: the explicit
+    kernel holds the S x S scores (and fused SDPA its own output and gradient copy). The
+    CPU prediction reads the same tuning (`planner.memory.attention_threshold`), so its
+    step grows by what the allocator's record of a real step grows by."""
+    from stcnnt_dsl.nn import tuning
+    from stcnnt_dsl.planner.memory import attention_threshold
+
+    monkeypatch.setenv(tuning.ENV_CACHE, str(tmp_path))  # no tuning measured here
+    shape = (1, 4, 1, 64, 64)
+    graph = build_graph(LONG_WINDOWS)
+    steps = {}
+    for value in ("sdpa", "matmul"):
+        monkeypatch.setenv(tuning.ENV_TUNING, f"attention={value}")
+        tuning.reset()
+        torch.manual_seed(0)
+        measured = allocated_peak(build(LONG_WINDOWS, seed=0), torch.randn(shape))
+        steps[value] = step_memory(graph, shape, "cpu").step_bytes, measured
+    tuning.reset()
+    assert attention_threshold("cuda") == 0  # CUDA: SDPA at every length
+    (sdpa, sdpa_measured), (matmul, matmul_measured) = steps["sdpa"], steps["matmul"]
+    grown, measured_growth = matmul - sdpa, matmul_measured - sdpa_measured
+    assert measured_growth > 2**20, steps  # the scores: a real difference to follow
+    assert abs(grown - measured_growth) <= 0.15 * measured_growth, steps
+    for predicted, measured in steps.values():  # an upper bound (the decoder's input
+        assert measured <= predicted <= 1.25 * measured, steps  # gradients, counted twice)

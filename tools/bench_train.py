@@ -1,6 +1,7 @@
 """Training from recipes, measured: the numbers in README.md's training section.
 
     python tools/bench_train.py --recipe-a      # (a): held-out Dice over wall time
+    python tools/bench_train.py --planned 1GiB # `stcnnt plan`'s recipe against (a), same time
     python tools/bench_train.py --overhead      # the engine against a bare loop, step by step
     python tools/bench_train.py --lora-memory   # peak memory of LoRA against full fine-tuning
     python tools/bench_train.py --distributed   # torchrun 2 processes (gloo) against one
@@ -79,6 +80,82 @@ def recipe_a() -> None:
     print(f"(a) Dice >= 0.9 first at step {int(first['step'])}, {first['seconds']:.0f} s "
           f"after the start" if first else "(a) Dice never reached 0.9")  # fmt: skip
     print(f"(a) best {result.best:.4f}; whole run {result.seconds:.0f} s")
+
+
+def _stcnnt(*args: str | Path) -> tuple[dict, float]:
+    """`stcnnt ARGS --json` in a fresh process: its JSON document and wall seconds."""
+    exe = Path(sys.executable).with_name("stcnnt")
+    begin = time.perf_counter()
+    done = subprocess.run([str(exe), *map(str, args), "--json"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    return json.loads(done.stdout), time.perf_counter() - begin
+
+
+def _held_out(recipe: Path) -> list[str]:
+    """The names of the cases `recipe` holds out (its data.val and seed)."""
+    from stcnnt_dsl.train.data import open_sources
+    from stcnnt_dsl.train.recipe import load_recipe
+
+    (source,) = open_sources(load_recipe(recipe))
+    return [source.dataset.cases[i].name for i in source.val]
+
+
+def _curve(out: Path) -> str:
+    with (out / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_dice")]
+    return ", ".join(f"{float(r['val_dice']):.3f} at {float(r['seconds']):.0f} s "
+                     f"(step {r['step']})" for r in rows)  # fmt: skip
+
+
+def planned(memory: str) -> None:
+    """The planned architecture and recipe (`stcnnt plan Dataset001_Cine --memory
+    MEMORY --device cpu`) against recipe (a) in the same wall time, each a fresh
+    `stcnnt train` process, both validated on recipe (a)'s held-out cases. The planned
+    run's steps fill recipe (a)'s wall time: its step and evaluation times are measured
+    by a short run first, and the plan's schedule rule (`schedule_for`) sets warm-up,
+    evaluations and checkpoints for that many steps."""
+    from stcnnt_dsl.planner.plan import schedule_for
+
+    out = RUNS / "bench_planned"
+    recipe_a = RECIPES / "segment_2dt.yaml"
+    held = _held_out(recipe_a)
+    val = "data.val=[" + ", ".join(held) + "]"
+    print(f"held-out cases (recipe (a)'s): {', '.join(held)}")
+    doc, took = _stcnnt("plan", DATA / "Dataset001_Cine", "--memory", memory, "--device",
+                        "cpu", "--out", out / "plan")  # fmt: skip
+    print(f"plan ({took:.1f} s): patch {doc['patch']}, batch {doc['batch']}, predicted peak "
+          f"{doc['predicted_bytes'] / 2**20:.0f} MiB of {memory}")  # fmt: skip
+    print(doc["spec"])
+    planned_recipe = out / "plan" / "recipe.yaml"
+    data = f"data.path={(DATA / 'Dataset001_Cine').resolve()}"
+
+    a, a_wall = _stcnnt("train", recipe_a, "--out", out / "a", "--overwrite", "--set", val)
+    print(f"(a) {a['steps']} steps in {a_wall:.0f} s (process), held-out Dice last "
+          f"{a['last']:.4f}, best {a['best']:.4f}: {_curve(out / 'a')}")  # fmt: skip
+
+    # the planned run's step and evaluation times: 6 steps, evaluated after 3 and 6
+    probe, probe_wall = _stcnnt("train", planned_recipe, "--out", out / "probe",
+                                "--overwrite", "--set", data, "--set", val,
+                                "--set", "steps=6", "--set", "eval_every=3",
+                                "--set", "checkpoint_every=0")  # fmt: skip
+    with (out / "probe" / "metrics.csv").open() as f:
+        secs = [float(r["seconds"]) for r in csv.DictReader(f)]
+    step = statistics.median([secs[1] - secs[0], secs[2] - secs[1], secs[4] - secs[3],
+                              secs[5] - secs[4]])  # fmt: skip
+    evaluation = max(0.0, secs[3] - secs[2] - step)
+    fixed = probe_wall - probe["seconds"]  # start-up: imports, data, model
+    evals = 10  # schedule_for's cadence
+    steps = max(10, int((a_wall - fixed - evals * evaluation) / step))
+    print(f"planned: {step:.2f} s per step, {evaluation:.1f} s per evaluation, "
+          f"{fixed:.1f} s start-up -> {steps} steps to fill {a_wall:.0f} s")  # fmt: skip
+    sets = [x for k, v in schedule_for(steps).items() for x in ("--set", f"{k}={json.dumps(v)}")]
+    p, p_wall = _stcnnt("train", planned_recipe, "--out", out / "planned", "--overwrite",
+                        "--set", data, "--set", val, *sets)  # fmt: skip
+    print(f"planned {p['steps']} steps in {p_wall:.0f} s (process), held-out Dice last "
+          f"{p['last']:.4f}, best {p['best']:.4f}: {_curve(out / 'planned')}")  # fmt: skip
+    print(f"same held-out cases; (a) {a_wall:.0f} s -> Dice {a['last']:.4f} (best "
+          f"{a['best']:.4f}); planned {p_wall:.0f} s -> Dice {p['last']:.4f} (best "
+          f"{p['best']:.4f})")  # fmt: skip
 
 
 def overhead(rounds: int = 4, steps: int = 10, warm: int = 2) -> None:
@@ -353,6 +430,7 @@ def main() -> None:
     for flag in ("recipe-a", "overhead", "lora-memory", "distributed", "resume", "adapt",
                  "classify"):  # fmt: skip
         p.add_argument(f"--{flag}", action="store_true")
+    p.add_argument("--planned", metavar="MEMORY", help="the planned recipe for this budget")
     p.add_argument("--curve", metavar="N,N,...", help="labelled case counts, e.g. 4,8,16,32")
     p.add_argument(
         "--arms",
@@ -383,6 +461,8 @@ def main() -> None:
                       ("resume", resume), ("classify", classify)):  # fmt: skip
         if getattr(args, flag):
             run()
+    if args.planned:
+        planned(args.planned)
     if args.adapt:
         adapt(arms, args.reuse_pretrained)
     if args.curve:

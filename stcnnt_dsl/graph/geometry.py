@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from ..errors import SpecError
 from ..language.options import as_pair, options_for_kind
+from ..machine import SDPA_MIN_TOKENS_CPU
 from ..registry import (
     ACTIVATIONS,
     CELLS,
@@ -96,10 +97,10 @@ def conv3d_columns(cin: int, frames: int, t: int, h: int, w: int, padded: bool) 
     return 27 * cin * frames * h * w
 
 
-# CPU attention kernels (`stcnnt_dsl.nn.functional.attend`, the rule's choices): fused
-# SDPA from this many tokens for heads of at most _SDPA_MAX_HEAD features; below, the
-# short kernel works on chunks of _SHORT_CHUNK score elements (1 MiB of float32).
-_SDPA_MIN_TOKENS = 32
+# CPU attention kernels (`stcnnt_dsl.nn.functional.attend`): fused SDPA from
+# `sdpa_min_tokens` tokens (the machine's choice, default SDPA_MIN_TOKENS_CPU) for heads of
+# at most _SDPA_MAX_HEAD features; below, the short kernel works on chunks of
+# _SHORT_CHUNK score elements (1 MiB of float32).
 _SDPA_MAX_HEAD = 512
 _SHORT_CHUNK = 2**18
 
@@ -370,7 +371,9 @@ class CellGeometry:
             total += self.in_channels * pixels  # the input: the projection's or norm1's
         return total
 
-    def workspace(self, frames: int, t: int, h: int, w: int) -> tuple[int, int]:
+    def workspace(
+        self, frames: int, t: int, h: int, w: int, sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU
+    ) -> tuple[int, int]:
         """Elements the cell holds besides what is saved, at its highest while it runs:
         (forward, backward), the backward with the gradient of its input (not its
         parameters' gradients, which stay: the planner adds those)."""
@@ -481,16 +484,17 @@ class _AttentionGeometry(CellGeometry):
                 total += cout * pixels
         return total
 
-    def workspace(self, frames: int, t: int, h: int, w: int) -> tuple[int, int]:
+    def workspace(
+        self, frames: int, t: int, h: int, w: int, sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU
+    ) -> tuple[int, int]:
         # forward: the Q/K/V convolution's output before the partition copies it, or the
         # mixer's activation and output; backward (lean): the mixer recomputes its
         # activation and holds it with its gradient and the hidden map's (3 hidden maps,
-        # 2 output maps); the attention recomputes its output and holds the gradients
-        # of it and of q, k, v, and the scores' (`score_work`) (what the mixer's
-        # backward freed: its hidden and input maps, is used again first)
+        # 2 output maps); the attention recomputes its output (`attention_work`) (what
+        # the mixer's backward freed: its hidden and input maps, is used again first)
         pixels = frames * h * w
         c, hidden = self.out_channels, self.hidden
-        attention = 5 * c * pixels + self.score_work(frames, t, h, w)
+        attention = self.attention_work(frames, t, h, w, sdpa_min_tokens)
         forward = max(3 * c * pixels, (hidden + 2 * c) * pixels if self.mixer else attention)
         backward = attention + self.in_channels * pixels
         if self.mixer:
@@ -501,10 +505,19 @@ class _AttentionGeometry(CellGeometry):
     def score_elements(self, frames: int, t: int, h: int, w: int) -> int:  # pragma: no cover
         return 0
 
-    def score_work(self, frames: int, t: int, h: int, w: int) -> int:
-        """Elements of scores, probabilities and their gradient the attention's backward
-        holds: all of them with the explicit kernel (temporal cells' huge heads)."""
-        return 3 * self.score_elements(frames, t, h, w)
+    def attention_work(
+        self, frames: int, t: int, h: int, w: int, sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU
+    ) -> int:
+        """Elements the attention's lean backward holds at its highest, by the kernel
+        `nn.functional.attend` runs (temporal cells' huge heads: the explicit one)."""
+        return self.explicit_work(frames, t, h, w)
+
+    def explicit_work(self, frames: int, t: int, h: int, w: int) -> int:
+        """Matmul + softmax: the reassembled output, its gradient and v's next to the
+        probabilities, their gradient and the logits' (3 score maps); then the logits'
+        gradient with the gradients of q and k."""
+        maps, scores = self.out_channels * frames * h * w, self.score_elements(frames, t, h, w)
+        return max(3 * maps + 3 * scores, 5 * maps + scores)
 
 
 @dataclass(frozen=True)
@@ -634,16 +647,23 @@ class SpatialGeometry(_AttentionGeometry):
         seqs, s, _ = self.tokens(max(h, 1), max(w, 1))
         return frames * seqs * self.heads * s * s
 
-    def score_work(self, frames: int, t: int, h: int, w: int) -> int:
-        # the kernel `stcnnt_dsl.nn.functional.attend` picks on CPU (with the rule's
-        # choices): fused SDPA from 32 tokens keeps nothing S x S; the short kernel for
-        # heads of 4-64 features one cache-sized chunk; the explicit one all scores
+    def attention_work(
+        self, frames: int, t: int, h: int, w: int, sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU
+    ) -> int:
+        # the kernel `stcnnt_dsl.nn.functional.attend` picks on CPU from `sdpa_min_tokens`
+        # tokens (0 on CUDA): fused SDPA keeps nothing S x S, but its own output and a
+        # copy of its gradient in its layout beside the reassembled output, its gradient
+        # and those of q, k, v (7 maps, measured: tests/test_saved.py); the short kernel
+        # (heads of 4-64 features) 5 maps and one cache-sized chunk of scores; the
+        # explicit one all scores (`explicit_work`)
         _, s, d = self.tokens(max(h, 1), max(w, 1))
         head = d // self.heads
-        if s >= _SDPA_MIN_TOKENS and head <= _SDPA_MAX_HEAD:
-            return 0
-        work = super().score_work(frames, t, h, w)
-        return min(work, 3 * _SHORT_CHUNK) if 4 <= head <= 64 else work
+        maps = self.out_channels * frames * h * w
+        if s >= sdpa_min_tokens and head <= _SDPA_MAX_HEAD:
+            return 7 * maps
+        if 4 <= head <= 64:
+            return 5 * maps + min(3 * self.score_elements(frames, t, h, w), 3 * _SHORT_CHUNK)
+        return self.explicit_work(frames, t, h, w)
 
     def size_rule(self) -> SizeRule:
         rule = super().size_rule()
@@ -766,7 +786,9 @@ class ConvGeometry(CellGeometry):
         kept = 2 if norm_keeps_input(self.options.norm) else 1
         return super().saved(frames, t, h, w) + kept * self.out_channels * frames * h * w
 
-    def workspace(self, frames: int, t: int, h: int, w: int) -> tuple[int, int]:
+    def workspace(
+        self, frames: int, t: int, h: int, w: int, sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU
+    ) -> tuple[int, int]:
         # C2: the convolution's and the norm's outputs forward, the gradients of the
         # branch and of the input backward; C3 (CPU): the unfolded columns as well
         pixels, cin, cout = frames * h * w, self.in_channels, self.out_channels

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ShapeError
 from ..language.spec import ArchSpec, SpecSource
+from ..machine import SDPA_MIN_TOKENS_CPU
 from .nodes import BlockNode, Node
 from .resolve import BlockPlan
 from .rules import SizeRule, check_size, nearest_multiples
@@ -260,14 +261,18 @@ class ModelGraph:
                 out[self._path(node, part)] = value
         return out
 
-    def workspace(self, shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+    def workspace(
+        self, shape: Sequence[int], sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU
+    ) -> dict[str, tuple[int, int]]:
         """(forward, backward) working elements of one training forward and backward, by
-        the module paths of `saved` (see `Node.workspace`)."""
+        the module paths of `saved` (see `Node.workspace`); `sdpa_min_tokens`: the
+        sequence length from which attention runs fused SDPA (no S x S scores kept): the
+        CPU's tuned threshold, 0 on CUDA."""
         b, t, _, h, w = shape
         return {
             self._path(node, part): value
             for node in self.all_nodes
-            for part, value in node.workspace(b * t, t, h, w).items()
+            for part, value in node.workspace(b * t, t, h, w, sdpa_min_tokens).items()
         }
 
 

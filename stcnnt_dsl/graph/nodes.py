@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..machine import SDPA_MIN_TOKENS_CPU
 from .geometry import (
     _conv_flops,
     _conv_params,
@@ -79,7 +80,9 @@ class Node:
         output T."""
         return {}
 
-    def workspace(self, frames: int, t: int, h: int, w: int) -> dict[str, tuple[int, int]]:
+    def workspace(
+        self, frames: int, t: int, h: int, w: int, sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU
+    ) -> dict[str, tuple[int, int]]:
         """(forward, backward) elements held besides the saved ones while the node runs,
         by the same module paths as `saved` (backward: the gradients it computes of its
         saved maps and inputs, not of its parameters)."""
@@ -108,8 +111,10 @@ class BlockNode(Node):
     def saved(self, frames: int, t: int, h: int, w: int) -> dict[str, int]:
         return self.plan.saved(frames, t, h // self.scale, w // self.scale)
 
-    def workspace(self, frames: int, t: int, h: int, w: int) -> dict[str, tuple[int, int]]:
-        return self.plan.workspace(frames, t, h // self.scale, w // self.scale)
+    def workspace(
+        self, frames: int, t: int, h: int, w: int, sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU
+    ) -> dict[str, tuple[int, int]]:
+        return self.plan.workspace(frames, t, h // self.scale, w // self.scale, sdpa_min_tokens)
 
     def rules(self) -> list[tuple[str, SizeRule, int]]:
         return [(where, rule, self.scale) for where, rule in self.plan.size_rules()]
@@ -216,10 +221,14 @@ class ResampleNode(Node):
             return mapped
         return {}
 
-    def workspace(self, frames: int, t: int, h: int, w: int) -> dict[str, tuple[int, int]]:
-        out = super().workspace(frames, t, h, w)
+    def workspace(
+        self, frames: int, t: int, h: int, w: int, sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU
+    ) -> dict[str, tuple[int, int]]:
+        out = super().workspace(frames, t, h, w, sdpa_min_tokens)
         if self.op == "block":
-            inner = self.plan.workspace(frames, t, h // self.scale, w // self.scale)
+            inner = self.plan.workspace(
+                frames, t, h // self.scale, w // self.scale, sdpa_min_tokens
+            )
             out.update({f"block.{k}": v for k, v in inner.items()})
         return out
 
@@ -323,7 +332,9 @@ class ConvUnitNode(Node):
             total += (cin + cout) * padded
         return {"": total}
 
-    def workspace(self, frames: int, t: int, h: int, w: int) -> dict[str, tuple[int, int]]:
+    def workspace(
+        self, frames: int, t: int, h: int, w: int, sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU
+    ) -> dict[str, tuple[int, int]]:
         # each conv's output and the norm's forward; backward the gradients of the maps
         # and of the input; 3x3x3 convolutions may unfold their input (`conv3d_columns`)
         hp, wp = h // self.scale, w // self.scale

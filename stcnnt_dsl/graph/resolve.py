@@ -24,6 +24,7 @@ from ..language.options import (
     validate_options,
 )
 from ..language.parser import parse_block
+from ..machine import SDPA_MIN_TOKENS_CPU
 from ..registry import CONV3D, NORMS, TEMPORAL, cell_kinds
 from .geometry import CellGeometry, cell_geometry
 from .rules import SizeRule, check_size
@@ -140,10 +141,15 @@ class BlockPlan:
         """Saved elements per cell (`cells.1`)."""
         return {f"cells.{c.index}": c.geometry.saved(frames, t, h, w) for c in self.cells}
 
-    def workspace(self, frames: int, t: int, h: int, w: int) -> dict[str, tuple[int, int]]:
+    def workspace(
+        self, frames: int, t: int, h: int, w: int, sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU
+    ) -> dict[str, tuple[int, int]]:
         """(forward, backward) working elements per cell (`cells.1`), see
         `CellGeometry.workspace`."""
-        return {f"cells.{c.index}": c.geometry.workspace(frames, t, h, w) for c in self.cells}
+        return {
+            f"cells.{c.index}": c.geometry.workspace(frames, t, h, w, sdpa_min_tokens)
+            for c in self.cells
+        }
 
 
 def _values(resolved: Mapping[str, Resolved]) -> dict[str, Any]:

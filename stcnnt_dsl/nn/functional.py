@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
+from ..machine import SDPA_MIN_TOKENS_CPU
 from .explicit_attention import attend_explicit, bias_times_v
 from .short_attention import MAX_HEAD_DIM as SHORT_MAX_HEAD_DIM
 from .short_attention import MIN_HEAD_DIM as SHORT_MIN_HEAD_DIM
@@ -49,10 +50,9 @@ __all__ = [
 # stays linear in S (SDPA itself never materialises S x S).
 LONG_SEQUENCE_CHUNK = 256
 
-# Below this many tokens, CPU SDPA was 1.2-3.9x slower than matmul + softmax on this
-# class of machine (2 cores, torch 2.13); from 256 tokens it won 1.6x with 17x less memory.
-# The rule; the machine's own threshold: `tuning.choices().sdpa_min_tokens`.
-SDPA_MIN_TOKENS_CPU = 32
+# Below SDPA_MIN_TOKENS_CPU tokens, CPU SDPA was 1.2-3.9x slower than matmul + softmax
+# on this class of machine (2 cores, torch 2.13); from 256 tokens it won 1.6x with 17x
+# less memory. The rule; the machine's own threshold: `tuning.choices().sdpa_min_tokens`.
 
 
 def partition(x: Tensor, window: tuple[int, int], patch: tuple[int, int], mode: str) -> Tensor:

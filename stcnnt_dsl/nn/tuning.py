@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from ..errors import STCNNTError
-from ..machine import cpu
+from ..machine import SDPA_MIN_TOKENS_CPU, cpu
 
 __all__ = [
     "ENV_CALIBRATE",
@@ -80,7 +80,7 @@ class Choices:
     layout_infer: str = "channels_last"  # feature maps without autograd
     layout_train: str = "channels_last"  # feature maps when autograd records
     qkv: str = "fused"  # one C -> 3C convolution, or "separate": three C -> C
-    sdpa_min_tokens: int = 32  # CPU attention: SDPA from this many tokens, else explicit
+    sdpa_min_tokens: int = SDPA_MIN_TOKENS_CPU  # CPU attention: SDPA from this many tokens
     source: str = "rules"  # rules | calibrated | forced
 
     def channels_last(self, training: bool) -> bool:

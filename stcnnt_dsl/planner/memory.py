@@ -35,6 +35,7 @@ __all__ = [
     "DEVICES",
     "HEADROOM",
     "MemoryEstimate",
+    "attention_threshold",
     "format_bytes",
     "parse_memory",
     "step_memory",
@@ -134,13 +135,24 @@ class _Step:
     params: int
 
 
-def _steps(graph: ModelGraph, shape: Sequence[int]) -> list[_Step]:
+def attention_threshold(device: str) -> int:
+    """From how many tokens attention runs fused SDPA, which keeps no S x S scores, on
+    `device`: always on CUDA (0: `nn.functional.attend`), on CPU from this machine's
+    choice (`nn.tuning.choices()`: the rule's 32, `stcnnt tune`'s or STCNNT_TUNING's)."""
+    if check_device(device) == "cuda":
+        return 0
+    from ..nn.tuning import choices  # torch's: read only for CPU estimates
+
+    return choices("cpu").sdpa_min_tokens
+
+
+def _steps(graph: ModelGraph, shape: Sequence[int], sdpa_min_tokens: int) -> list[_Step]:
     b, t, _, h, w = shape
     params = graph.params()
     steps: list[_Step] = []
     for node in graph.all_nodes:
         saved = node.saved(b * t, t, h, w)
-        work = node.workspace(b * t, t, h, w)
+        work = node.workspace(b * t, t, h, w, sdpa_min_tokens)
         paths = {graph._path(node, part): part for part in dict.fromkeys([*saved, *work])}
         for path, part in paths.items():
             own = sum(v for k, v in params.items() if _owner(k, paths) == path)
@@ -161,10 +173,12 @@ def _elements(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def activation_peak(graph: ModelGraph, shape: Sequence[int]) -> tuple[int, int, str]:
+def activation_peak(
+    graph: ModelGraph, shape: Sequence[int], sdpa_min_tokens: int
+) -> tuple[int, int, str]:
     """The highest element count of a training forward and backward (parameter
     gradients included, weights not) as (kept, working), and its phase ("forward" or
-    "backward")."""
+    "backward"), with attention fused from `sdpa_min_tokens` tokens."""
     shapes = graph.shapes(tuple(shape))
     outputs = [h.name for h in graph.heads] or [graph.output]
     out = {name: _elements(s) for name, s in shapes.items()}
@@ -173,7 +187,7 @@ def activation_peak(graph: ModelGraph, shape: Sequence[int]) -> tuple[int, int, 
     for i, node in enumerate(nodes):
         for name in node.inputs:
             last_use[name] = i
-    steps = _steps(graph, shape)
+    steps = _steps(graph, shape, sdpa_min_tokens)
     by_node: dict[str, list[_Step]] = {}
     for step in steps:
         by_node.setdefault(step.node.name, []).append(step)
@@ -210,16 +224,25 @@ def activation_peak(graph: ModelGraph, shape: Sequence[int]) -> tuple[int, int, 
     return (*backward, "backward")
 
 
-def step_memory(graph: ModelGraph, shape: Sequence[int], device: str = "cuda") -> MemoryEstimate:
+def step_memory(
+    graph: ModelGraph,
+    shape: Sequence[int],
+    device: str = "cuda",
+    *,
+    sdpa_min_tokens: int | None = None,
+) -> MemoryEstimate:
     """The predicted peak of one AdamW training step of `graph` on input (B, T, C, H, W)
-    (float32), from the graph alone (milliseconds)."""
+    (float32), from the graph alone (milliseconds). `sdpa_min_tokens`: from how many
+    tokens attention runs fused SDPA (default: the device's, `attention_threshold`)."""
     device = check_device(device)
+    if sdpa_min_tokens is None:
+        sdpa_min_tokens = attention_threshold(device)
     params = graph.params()
     total = sum(params.values()) * BYTES
     # AdamW's two moments and its temporary: CPU runs it one parameter at a time
     # (torch's default there), CUDA's foreach kernels over all parameters at once
     temporary = total if device == "cuda" else max(params.values(), default=0) * BYTES
-    kept, working, phase = activation_peak(graph, shape)
+    kept, working, phase = activation_peak(graph, shape, sdpa_min_tokens)
     optimizer = 2 * total + temporary
     if total + optimizer > (kept + working) * BYTES:
         phase = "optimizer"

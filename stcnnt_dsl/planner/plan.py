@@ -23,13 +23,27 @@ from .memory import (
     parse_memory,
     step_memory,
 )
-from .rules import MAX_FRAMES, Fingerprint, design, heads_for, read_fingerprint, round_patch
+from .rules import (
+    BASE_WIDTH,
+    CPU_SAMPLE_FLOPS,
+    MAX_FRAMES,
+    MIN_WIDTH,
+    Fingerprint,
+    design,
+    heads_for,
+    read_fingerprint,
+    round_patch,
+)
 
-__all__ = ["Plan", "plan"]
+__all__ = ["Plan", "plan", "schedule_for"]
 
 MIN_BATCH = 2  # nnU-Net's: batch statistics and a stable step need two samples
 DATA_FRACTION = 0.05  # a batch covers at most 5% of the data set's voxels (nnU-Net)
 STEPS = 1000
+# AdamW's learning rate at nnU-Net's start width; a narrower network takes a larger one
+# in proportion (muP, Yang et al. 2021: Adam's best rate for hidden weights scales as
+# 1/width), so a CPU plan's narrower network is not trained at the wide one's rate.
+LR = 1e-3
 
 
 @dataclass
@@ -106,8 +120,20 @@ def _graph(spec: Any) -> ModelGraph:
     return build_graph(spec)
 
 
+def schedule_for(steps: int) -> dict[str, Any]:
+    """The recipe keys that follow the number of steps (a plan's rule): warm-up over the
+    first 5%, a held-out evaluation and a checkpoint every 10%."""
+    tenth = max(1, steps // 10)
+    return {
+        "steps": steps,
+        "schedule": {"name": "cosine", "warmup": steps // 20},
+        "eval_every": tenth,
+        "checkpoint_every": tenth,
+    }
+
+
 def _recipe(fp: Fingerprint, spec: ArchSpec, patch: list[int], batch: int,
-            path: str | None) -> dict[str, Any]:  # fmt: skip
+            path: str | None, lr: float) -> dict[str, Any]:  # fmt: skip
     data = spec.model_dump(mode="json", exclude_none=True, exclude_unset=True)
     heads = data.pop("heads", None)
     task = {"segment": "segment", "classify": "classify"}.get(fp.task, "pretrain")
@@ -123,19 +149,39 @@ def _recipe(fp: Fingerprint, spec: ArchSpec, patch: list[int], batch: int,
             "augment": [{"RandFlip": {"spatial_axis": [1, 2], "prob": 0.5}}],
         },
         "steps": STEPS,
-        "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
-        "schedule": {"name": "cosine", "warmup": STEPS // 20},
+        "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.01},
+        "schedule": None,
         "adapt": {"method": "full"},
         "init": None,
         "precision": "fp32",
         "seed": 0,
-        "eval_every": STEPS // 10,
-        "checkpoint_every": STEPS // 10,
+        "eval_every": None,
+        "checkpoint_every": None,
         "distributed": "ddp",
     }
+    recipe.update(schedule_for(STEPS))
     if task == "pretrain":
         recipe["objective"] = "denoise"
     return recipe
+
+
+def _cpu_width(fp: Fingerprint, patch: list[int]) -> tuple[int, str]:
+    """The widest start width (`BASE_WIDTH` halved, at least `MIN_WIDTH`) whose forward
+    of one `patch` sample takes at most `CPU_SAMPLE_FLOPS`, and why."""
+    width, flops = BASE_WIDTH, 0
+    shape = (1, patch[0], fp.channels, patch[1], patch[2])
+    while True:
+        flops = sum(_graph(design(fp, tuple(patch), width)[0]).flops(shape).values())
+        if flops <= CPU_SAMPLE_FLOPS or width <= MIN_WIDTH:
+            break
+        width //= 2
+    cap = f"{CPU_SAMPLE_FLOPS / 1e9:g} GFLOP"
+    return width, (
+        f"start width {width} (cpu): one sample's forward takes {flops / 1e9:.2f} GFLOP, "
+        + (f"within {cap}" if flops <= CPU_SAMPLE_FLOPS else f"over {cap} even so")
+        + f" (nnU-Net's {BASE_WIDTH} halved while over, at least {MIN_WIDTH}): on a CPU "
+        "compute binds before memory (docs/plan.md)"
+    )
 
 
 def _plain(yaml_text: str, drop: str) -> dict[str, Any]:
@@ -171,6 +217,7 @@ def plan(
         f"{t0}x{h0}x{w0} (T x H x W), spacing {'x'.join(f'{s:g}' for s in fp.spacing)} mm"
     )
 
+    width = BASE_WIDTH
     if base is not None:
         base_spec = load_spec(base)
         if base_spec.heads is None:
@@ -192,12 +239,15 @@ def plan(
         rounded = lambda target, up: round_patch(target, up=up)  # noqa: E731
 
         def make(patch):
-            spec, why = design(fp, patch)
+            spec, why = design(fp, patch, width)
             return _graph(spec), why
 
     target = [min(t0, MAX_FRAMES), h0, w0]
     start = list(rounded(target, True))
     padded = start[1] != h0 or start[2] != w0
+    if base is None and device == "cpu":
+        width, why_width = _cpu_width(fp, start)
+        reasons["architecture"].append(why_width)
     if padded:
         rule = make(tuple(start))[0].rule()
         reasons["patch"].append(
@@ -272,8 +322,16 @@ def plan(
     ]
     spec = graph.spec
     flops = sum(graph.flops(shape).values())
+    lr = LR * BASE_WIDTH / width if base is None else LR
+    reasons["recipe"] = [
+        f"AdamW lr {lr:g}: {LR:g} at width {BASE_WIDTH}, times {BASE_WIDTH}/{width} (muP: "
+        "Adam's best rate scales as 1/width)" if base is None else
+        f"AdamW lr {LR:g} (the architecture is given: its width is kept, so is the rate)",
+        f"{STEPS} steps, cosine with 5% warm-up, a held-out evaluation and a checkpoint "
+        "every 10% (`schedule_for(steps)` gives them for the steps your time allows)",
+    ]  # fmt: skip
     return Plan(
         spec=spec, patch=patch, batch=chosen, predicted_bytes=est.peak_bytes, budget=budget,
-        device=device, memory=est, recipe=_recipe(fp, spec, patch, chosen, path),
+        device=device, memory=est, recipe=_recipe(fp, spec, patch, chosen, path, lr),
         reasons={k: v for k, v in reasons.items() if v}, flops=flops, padded=padded,
     )  # fmt: skip

@@ -5,7 +5,9 @@ for ST-CNNT.
   `MAX_FRAMES`: temporal cells attend over all of them.
 - Levels: halve until the coarsest map reaches the attention window (`WINDOW` pixels),
   at most `MAX_LEVELS`; widths start at `BASE_WIDTH` and double per level up to
-  `MAX_WIDTH` (nnU-Net: 32, doubled, capped at 320/512).
+  `MAX_WIDTH` (nnU-Net: 32, doubled, capped at 320/512). On a CPU, where compute binds
+  before memory does, the start width halves (down to `MIN_WIDTH`) until one sample's
+  forward takes at most `CPU_SAMPLE_FLOPS`.
 - Block strings per level: `T1` where T > 1 (attention over frames), `L1` always (local
   windows), `G1` where the map holds at least `GRID` windows per axis (attention across
   a fixed grid of windows).
@@ -30,6 +32,12 @@ PATCH = 2
 GRID = 4  # global cells: a 4x4 grid of windows
 MAX_LEVELS = 5
 BASE_WIDTH = 32
+MIN_WIDTH = 8
+# CPU plans: one sample's forward at most this many FLOPs. A step of 2 samples (forward
+# and backward, about 3x the forward) then takes about a second on one core at the
+# ~20 GFLOP/s measured for planned architectures on a Xeon (docs/plan.md): the plan's
+# 1000 steps in tens of minutes, where nnU-Net's width 32 took hours (7 s a step).
+CPU_SAMPLE_FLOPS = 3 * 10**9
 MAX_WIDTH = 256
 MAX_FRAMES = 32
 ANISOTROPY = 3.0
@@ -145,11 +153,14 @@ def blocks_for(t: int, size: int) -> str:
     return ("T1" if t > 1 else "") + "L1" + ("G1" if size >= GRID * WINDOW else "")
 
 
-def design(fp: Fingerprint, patch: tuple[int, int, int]) -> tuple[dict[str, Any], list[str]]:
-    """The U-Net spec (a mapping `load_spec` accepts) for `patch` [T, H, W], and why."""
+def design(
+    fp: Fingerprint, patch: tuple[int, int, int], width: int = BASE_WIDTH
+) -> tuple[dict[str, Any], list[str]]:
+    """The U-Net spec (a mapping `load_spec` accepts) for `patch` [T, H, W] with widths
+    from `width`, and why."""
     t, h, w = patch
     levels = levels_for(h, w)
-    widths = [min(BASE_WIDTH * 2**i, MAX_WIDTH) for i in range(levels)]
+    widths = [min(width * 2**i, MAX_WIDTH) for i in range(levels)]
     short = min(h, w)
     blocks = [blocks_for(t, short // 2**i) for i in range(levels + 1)]
     coarsest = short // 2**levels
@@ -165,7 +176,7 @@ def design(fp: Fingerprint, patch: tuple[int, int, int]) -> tuple[dict[str, Any]
     reasons = [
         f"levels {levels}: halving {h}x{w} until the coarsest map ({coarsest} px) reaches "
         f"the {WINDOW}-pixel attention window (at most {MAX_LEVELS})",
-        f"widths {widths}: {BASE_WIDTH} doubled per level, at most {MAX_WIDTH}",
+        f"widths {widths}: {width} doubled per level, at most {MAX_WIDTH}",
         "blocks " + ", ".join(blocks) + ": "
         + ("T1 attends over the T frames (T > 1); " if t > 1 else "no T1 (T = 1); ")
         + f"L1 local {WINDOW}x{WINDOW} windows at every level; G1 where the map holds at "
