@@ -17,7 +17,14 @@ from stcnnt_dsl import STCNNTError, load_spec, plan, plan_for_spec
 from stcnnt_dsl.graph.build import build_graph
 from stcnnt_dsl.planner import parse_memory, step_memory
 from stcnnt_dsl.planner.memory import HEADROOM
-from stcnnt_dsl.planner.rules import BASE_WIDTH, CPU_SAMPLE_FLOPS, MIN_WIDTH, WINDOW
+from stcnnt_dsl.planner.rules import (
+    BASE_WIDTH,
+    CPU_SAMPLE_FLOPS,
+    MIN_WIDTH,
+    WINDOW,
+    design,
+    read_fingerprint,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,20 +106,25 @@ def test_rules_temporal_levels_widths():
 
 def test_a_cpu_plan_halves_the_start_width_until_a_sample_fits_the_compute_cap():
     """On a CPU compute binds first: the widest start width whose one-sample forward
-    stays within CPU_SAMPLE_FLOPS (the next wider one does not); CUDA keeps nnU-Net's."""
-    for fp in (CINE, IMAGE):
+    stays within CPU_SAMPLE_FLOPS (twice as wide does not); CUDA keeps nnU-Net's 32.
+    The generated cine clips get width 8, small 2D images 16."""
+    for fp, want in (
+        (fingerprint((7, 41, 43), (40.0, 1.2, 1.2)), 8),
+        (fingerprint((1, 64, 64)), 16),
+    ):
         cpu, cuda = (plan(fp, memory="16GiB", device=d) for d in ("cpu", "cuda"))
         assert cuda.spec.unet.channels[0] == BASE_WIDTH
-        width = cpu.spec.unet.channels[0]
+        assert cpu.spec.unet.channels[0] == want
+        assert any(f"start width {want} (cpu)" in r for r in cpu.reasons["architecture"])
         t, h, w = cpu.patch
         shape = (1, t, 1, h, w)
         assert sum(build_graph(cpu.spec).flops(shape).values()) <= CPU_SAMPLE_FLOPS
-        assert any(f"start width {width} (cpu)" in r for r in cpu.reasons["architecture"])
-        assert MIN_WIDTH <= width
-        if width < BASE_WIDTH:
-            wider = yaml.safe_load(cpu.spec_yaml)
-            wider["unet"]["channels"] = [2 * c for c in wider["unet"]["channels"]]
-            assert sum(build_graph(wider).flops(shape).values()) > CPU_SAMPLE_FLOPS
+        wider = design(read_fingerprint(fp), (t, h, w), 2 * want)[0]
+        assert sum(build_graph(wider).flops(shape).values()) > CPU_SAMPLE_FLOPS
+        assert cpu.recipe["optimizer"]["lr"] == pytest.approx(1e-3 * BASE_WIDTH / want)
+    big = plan(CINE, memory="16GiB", device="cpu")  # over the cap even at the narrowest
+    assert big.spec.unet.channels[0] == MIN_WIDTH
+    assert any("over 3 GFLOP even so" in r for r in big.reasons["architecture"])
 
 
 def test_anisotropic_axis_keeps_its_resolution_longest():
@@ -160,11 +172,11 @@ def test_recipe_is_valid_for_train(tmp_path):
 
 def test_budget_too_small_names_the_smallest_that_fits():
     with pytest.raises(STCNNTError) as err:
-        plan(CINE, memory="1MiB", device="cpu")
+        plan(CINE, memory="1MiB", device="cuda")
     message = str(err.value)
     assert "too small for any valid patch" in message
     need = message.split("give --memory ")[1].split()[0]
-    p = plan(CINE, memory=need, device="cpu")  # the size it names is enough
+    p = plan(CINE, memory=need, device="cuda")  # the size it names is enough
     assert p.patch == [1, 16, 16]
 
 
@@ -208,7 +220,7 @@ def test_search_front(tmp_path):
     pytest.importorskip("optuna", reason="the plan extra (Optuna) is not installed")
     from stcnnt_dsl.planner.search import search
 
-    front = search(CINE, memory="1GiB", device="cpu", trials=24, seed=1)
+    front = search(CINE, memory="1GiB", device="cuda", trials=24, seed=1)
     assert front.points and front.trials == 24
     pairs = [(p.flops, p.memory) for p in front.points]
     for f, m in pairs:  # nothing on the front is dominated (FLOPs up, memory down)
