@@ -1,7 +1,7 @@
 """Training from recipes, measured: the numbers in README.md's training section.
 
     python tools/bench_train.py --recipe-a      # (a): held-out Dice over wall time
-    python tools/bench_train.py --planned 1GiB # `stcnnt plan`'s recipe against (a), same time
+    python tools/bench_train.py --planned 2GiB # `stcnnt plan`'s recipe against (a), same time
     python tools/bench_train.py --overhead      # the engine against a bare loop, step by step
     python tools/bench_train.py --lora-memory   # peak memory of LoRA against full fine-tuning
     python tools/bench_train.py --distributed   # torchrun 2 processes (gloo) against one
