@@ -10,7 +10,7 @@ from typing import Any
 
 from ...errors import ResourceError, SpecError, did_you_mean
 from ...language.blockspec import BlockSpec
-from ...language.options import resolve_options
+from ...language.cascade import resolve_options
 from ...language.spec import SpecSource, StageSpec
 from ..nodes import BlockNode
 from ..resolve import BlockPlan, Layer, resolve_block
