@@ -41,7 +41,9 @@ def serve() -> tuple[str, uvicorn.Server]:
     return f"http://127.0.0.1:{sock.getsockname()[1]}/", app
 
 
-def browser(chromium: str, driver: str, profile: str) -> webdriver.Chrome:
+def browser(chromium: str, driver: str, profile: str, height: int = 800) -> webdriver.Chrome:
+    """Headless Chromium, 1280 px wide, with its own profile folder (the studio's
+    screenshot tools share it)."""
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
@@ -51,7 +53,7 @@ def browser(chromium: str, driver: str, profile: str) -> webdriver.Chrome:
     chrome = webdriver.Chrome(service=Service(driver), options=options)
     chrome.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
-        {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False},
     )
     return chrome
 
