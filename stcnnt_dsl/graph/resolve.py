@@ -77,7 +77,7 @@ class BlockPlan:
         return [{**block, **{k: r.value for k, r in c.options.items()}} for c in self.cells]
 
     def cell_label(self, i: int) -> str:
-        return f"{self.where} cell {i} ({self.cells[i].spec})"
+        return f"{self.where} cell {i} ({self.cells[i].spec.text})"
 
     def size_rules(self) -> list[tuple[str, SizeRule]]:
         """(where, rule) of every cell, at the block's own resolution."""
