@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 import stcnnt_dsl
+from stcnnt_dsl.machine import cpu
 
 TUNED_GLIBC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 DEFAULT_INPUTS = ("1,8,1,64,64", "1,16,1,128,128")
@@ -161,16 +162,9 @@ def commit() -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    with_cpuinfo = Path("/proc/cpuinfo")
-    if with_cpuinfo.exists():
-        for line in with_cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": cpu().describe(),
         "logical_cpus": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
