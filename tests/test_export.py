@@ -332,6 +332,30 @@ def test_every_bundled_architecture_exports_and_runs_at_two_sizes(arch, tmp_path
 
 
 @pytest.mark.slow
+def test_upernet_heads_export_and_run_at_other_sizes(tmp_path):
+    """UperNet's pyramid pooling and resizes follow the input's size in the file (issue
+    20): torch's exporter turned AdaptiveAvgPool into an AvgPool with the traced size's
+    kernel and the file failed in Concat at any other size; a pooling bin of 3 does not
+    divide the sizes, and in mode 3d its resize to T fixed T (T == 3) at trace time."""
+    head = {"kind": "segmentation", "classes": 2, "decoder": "upernet", "bins": [1, 3]}
+    spec = {
+        "unet": {"channels": [4, 8], "blocks": "C2"},
+        "heads": {"flat": head, "deep": {**head, "mode": "3d"}},
+    }
+    model = stcnnt_dsl.build(spec, seed=0).eval()
+    result = stcnnt_dsl.export(model, tmp_path / "upernet.onnx", (2, 2, 1, 16, 16))
+    session = _session(result.path)
+    for shape in [(2, 3, 1, 16, 48), (1, 5, 1, 40, 24)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            want = model(x)
+        got = session.run(["flat", "deep"], {"input": x.numpy()})
+        for name, have in zip(["flat", "deep"], got, strict=True):
+            assert have.shape == tuple(want[name].shape), (name, shape)
+            assert _relative_error(have, want[name]) <= TOLERANCE, (name, shape)
+
+
+@pytest.mark.slow
 def test_a_model_that_halves_t_exports_with_t_a_multiple(tmp_path):
     """mixed_unetr with halve_time: the file takes T = 2 x frame blocks (refused as "it
     fixes frames" before) and says so in its metadata."""

@@ -50,6 +50,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..errors import SpecError, STCNNTError
 from .functional import is_exporting
@@ -118,8 +119,10 @@ def _add_residual(head: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 def _resize(x: Tensor, size: Sequence[int], mode: str, align_corners: bool) -> Tensor:
-    """Interpolate the trailing dims of `x` to `size` (a no-op when they already match)."""
-    if tuple(x.shape[2:]) == tuple(size):
+    """Interpolate the trailing dims of `x` to `size` (a no-op when they already match).
+    Under export the sizes are symbols: they match only where that is known without a
+    guard (asking would fix the traced size, e.g. T == 3 for a pooling bin of 3)."""
+    if all(statically_known_true(a == b) for a, b in zip(x.shape[2:], size, strict=True)):
         return x
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=align_corners)
 
