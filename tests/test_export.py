@@ -199,6 +199,30 @@ def test_a_whole_model_exports_one_named_output_per_head(tmp_path):
         assert _relative_error(have, want[name]) <= TOLERANCE, name
 
 
+def test_the_export_traces_the_model_once(tmp_path, monkeypatch):
+    """torch's exporter re-traces the whole program to decompose it (half of an export's
+    CPU, issue 23): this library's graphs go to ONNX as torch.export traced them, batch
+    norms in eval mode included, and the file still computes what PyTorch computes."""
+    retraces = []
+    original = torch.export.ExportedProgram.run_decompositions
+
+    def counted(self, *args, **kwargs):
+        retraces.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", counted)
+    model = stcnnt_dsl.build(f"{TINY_LLM[:-1]}, norm=batch2d)", seed=0).eval()
+    result = stcnnt_dsl.export(model, tmp_path / "once.onnx", (1, 1, 1, 8, 8))
+    assert retraces == []
+    ops = {node.op_type for node in onnx.load(str(result.path)).graph.node}
+    assert "BatchNormalization" in ops
+    x = torch.randn(2, 3, 1, 16, 8)
+    with torch.no_grad():
+        want = model(x)
+    (got,) = _session(result.path).run(None, {"input": x.numpy()})
+    assert _relative_error(got, want) <= TOLERANCE
+
+
 def test_a_model_built_with_another_layout_exports_in_that_layout(tmp_path):
     model = stcnnt_dsl.build(TINY_LLM, seed=0, layout="BCHW").eval()  # 2D: [B, C, H, W]
     result = stcnnt_dsl.export(model, tmp_path / "2d.onnx", (1, 1, 8, 8))
