@@ -13,7 +13,8 @@ With H itself as the symbol, the window partitions' `H // window` arithmetic doe
 simplify (nothing tells it that H is a multiple of 32) and tracing the bundled U-Net
 took over 20 minutes. So the traced graph takes H and W as blocks x multiple: its input
 has each of H and W split in two axes, (H/m, m), whose first is the symbol; every size
-inside is then a clean multiple of it and tracing takes seconds. One Reshape prepended
+inside is then a clean multiple of it and tracing takes a minute at most (14-20 CPU s
+for unet-2d-small; docs/export.md "Export time"). One Reshape prepended
 to the ONNX graph gives the file its plain input (it accepts exactly the valid sizes:
 H, W multiples of m).
 """
