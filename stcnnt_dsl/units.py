@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["human"]
+__all__ = ["human", "human_bytes"]
 
 
 def human(value: float, unit: str = "", base: int = 1000) -> str:
@@ -17,3 +17,8 @@ def human(value: float, unit: str = "", base: int = 1000) -> str:
     scaled = value / base**k
     text = f"{scaled:.3g}" if k else f"{value:.0f}" if float(value).is_integer() else f"{value:.3g}"
     return f"{text} {prefixes[k]}{unit}".strip()
+
+
+def human_bytes(n: float) -> str:
+    """A size in bytes, binary prefixes: 1288490188 -> '1.2 GiB'."""
+    return human(n, "B", 1024)

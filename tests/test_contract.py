@@ -130,10 +130,7 @@ def test_contract(what, name, tmp_path):
 
 # Known bugs, open in the issue tracker (strict: the test fails once they are fixed, so
 # the entry must go then). Found when the slow step first ran whole.
-KNOWN_EXPORT_BUGS = {
-    ("head", "upernet"): "the UperNet decoder's resizes to its levels' sizes are exported "
-    "as fixed sizes: ONNX Runtime's Concat fails at another input size (issue 23)",
-}
+KNOWN_EXPORT_BUGS: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.slow

@@ -199,6 +199,30 @@ def test_a_whole_model_exports_one_named_output_per_head(tmp_path):
         assert _relative_error(have, want[name]) <= TOLERANCE, name
 
 
+def test_the_export_traces_the_model_once(tmp_path, monkeypatch):
+    """torch's exporter re-traces the whole program to decompose it (half of an export's
+    CPU, issue 23): this library's graphs go to ONNX as torch.export traced them, batch
+    norms in eval mode included, and the file still computes what PyTorch computes."""
+    retraces = []
+    original = torch.export.ExportedProgram.run_decompositions
+
+    def counted(self, *args, **kwargs):
+        retraces.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", counted)
+    model = stcnnt_dsl.build(f"{TINY_LLM[:-1]}, norm=batch2d)", seed=0).eval()
+    result = stcnnt_dsl.export(model, tmp_path / "once.onnx", (1, 1, 1, 8, 8))
+    assert retraces == []
+    ops = {node.op_type for node in onnx.load(str(result.path)).graph.node}
+    assert "BatchNormalization" in ops
+    x = torch.randn(2, 3, 1, 16, 8)
+    with torch.no_grad():
+        want = model(x)
+    (got,) = _session(result.path).run(None, {"input": x.numpy()})
+    assert _relative_error(got, want) <= TOLERANCE
+
+
 def test_a_model_built_with_another_layout_exports_in_that_layout(tmp_path):
     model = stcnnt_dsl.build(TINY_LLM, seed=0, layout="BCHW").eval()  # 2D: [B, C, H, W]
     result = stcnnt_dsl.export(model, tmp_path / "2d.onnx", (1, 1, 8, 8))
@@ -329,6 +353,30 @@ def test_every_bundled_architecture_exports_and_runs_at_two_sizes(arch, tmp_path
             want = model(x)
         (got,) = session.run(None, {"input": x.numpy()})
         assert _relative_error(got, want) <= TOLERANCE, shape
+
+
+@pytest.mark.slow
+def test_upernet_heads_export_and_run_at_other_sizes(tmp_path):
+    """UperNet's pyramid pooling and resizes follow the input's size in the file (issue
+    20): torch's exporter turned AdaptiveAvgPool into an AvgPool with the traced size's
+    kernel and the file failed in Concat at any other size; a pooling bin of 3 does not
+    divide the sizes, and in mode 3d its resize to T fixed T (T == 3) at trace time."""
+    head = {"kind": "segmentation", "classes": 2, "decoder": "upernet", "bins": [1, 3]}
+    spec = {
+        "unet": {"channels": [4, 8], "blocks": "C2"},
+        "heads": {"flat": head, "deep": {**head, "mode": "3d"}},
+    }
+    model = stcnnt_dsl.build(spec, seed=0).eval()
+    result = stcnnt_dsl.export(model, tmp_path / "upernet.onnx", (2, 2, 1, 16, 16))
+    session = _session(result.path)
+    for shape in [(2, 3, 1, 16, 48), (1, 5, 1, 40, 24)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            want = model(x)
+        got = session.run(["flat", "deep"], {"input": x.numpy()})
+        for name, have in zip(["flat", "deep"], got, strict=True):
+            assert have.shape == tuple(want[name].shape), (name, shape)
+            assert _relative_error(have, want[name]) <= TOLERANCE, (name, shape)
 
 
 @pytest.mark.slow

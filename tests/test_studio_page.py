@@ -492,6 +492,34 @@ def test_a_half_typed_text_keeps_the_last_analysis_and_the_bar_still(page):
     assert page.execute_script(rect, toggle) == before
 
 
+def test_compare_mode_keeps_the_last_valid_comparison_while_a_text_is_half_typed(page):
+    set_text(page, "editor", TINY)
+    analyzed(page, TINY, "1,1,1,64,64")
+    part(page, "compare-toggle").click()
+    b_text = TINY.replace("[4, 8]", "[8, 8]")
+    set_text(page, "editor-b", b_text)
+    delta = analysis.compare(TINY, "1,1,1,64,64", b_text)["deltas"]["params"]["delta"]
+    title = f"B − A = {delta:,}"
+    wait(page, lambda: part(page, "delta-params").get_attribute("title") == title, "the delta")
+    rows = len(page.find_elements(By.CSS_SELECTOR, "[data-testid=stages] tbody tr"))
+    shown = params_shown(page)
+    for editor, text in (("editor-b", b_text), ("editor", TINY)):
+        caret_to(page, editor, text.index("L1G1") + 4)
+        part(page, editor).send_keys("X")  # "L1G1X": half a cell, in B and then in A
+        error = "error-b" if editor == "editor-b" else "error"
+        wait(page, lambda e=error: part(page, e).is_displayed(), f"the error of {editor}")
+        wait(page, lambda: part(page, "totals").get_attribute("data-stale") == "true", "stale")
+        assert "stale" in part(page, "totals").get_attribute("class")
+        assert params_shown(page) == shown  # the last valid comparison, dimmed
+        assert part(page, "delta-params").get_attribute("title") == title
+        assert part(page, "stages").get_attribute("data-stale") == "true"
+        assert len(page.find_elements(By.CSS_SELECTOR, "[data-testid=stages] tbody tr")) == rows
+        part(page, editor).send_keys(Keys.BACKSPACE)
+        wait(page, lambda: part(page, "totals").get_attribute("data-stale") == "false", "fresh")
+    assert part(page, "delta-params").get_attribute("title") == title
+    part(page, "compare-toggle").click()
+
+
 def test_an_error_past_the_last_line_is_marked_at_the_end(page):
     text = TINY + "  defaults: {"  # YAML's end of stream: the line after the last
     set_text(page, "editor", text)

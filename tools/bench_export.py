@@ -30,7 +30,7 @@ Usage:
     python tools/bench_export.py --pairs 9 --json export-bench.json
     python tools/bench_export.py --arch hrnet --input 1,4,1,128,128 --profile
     python tools/bench_export.py --export-only --arch unet-2d-small,unet   # export time
-    python tools/bench_export.py --export-only --variants full-optimiser,cached-trace,current
+    python tools/bench_export.py --export-only --variants full-optimiser,retrace,current
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 import stcnnt_dsl
+from stcnnt_dsl.machine import cpu
 
 TUNED_GLIBC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 DEFAULT_INPUTS = ("1,8,1,64,64", "1,16,1,128,128")
@@ -161,16 +162,9 @@ def commit() -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    with_cpuinfo = Path("/proc/cpuinfo")
-    if with_cpuinfo.exists():
-        for line in with_cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": cpu().describe(),
         "logical_cpus": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
@@ -179,11 +173,13 @@ def machine() -> dict[str, Any]:
 
 # The export's settings being compared (`stcnnt_dsl.tools.export` module attributes):
 # "full-optimiser" is the export before issue 23's first session, "cached-trace" before
-# its third (main at f92d868), "current" what the library does now.
+# its third (main at f92d868), "retrace" before its fourth (torch's decomposition
+# re-trace of the whole graph; main at 9a2231e), "current" what the library does now.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "full-optimiser": {"OPTIMIZE": "full", "FAKE_TENSOR_CACHE": True},
-    "cached-trace": {"OPTIMIZE": "lean", "FAKE_TENSOR_CACHE": True},
-    "current": {"OPTIMIZE": "lean", "FAKE_TENSOR_CACHE": False},
+    "full-optimiser": {"OPTIMIZE": "full", "FAKE_TENSOR_CACHE": True, "RETRACE": True},
+    "cached-trace": {"OPTIMIZE": "lean", "FAKE_TENSOR_CACHE": True, "RETRACE": True},
+    "retrace": {"OPTIMIZE": "lean", "FAKE_TENSOR_CACHE": False, "RETRACE": True},
+    "current": {"OPTIMIZE": "lean", "FAKE_TENSOR_CACHE": False, "RETRACE": False},
 }
 PHASES = {"_trace": "trace", "_to_onnx": "onnx", "_optimize": "optimise", "_verify": "ort_check"}
 
@@ -191,7 +187,8 @@ PHASES = {"_trace": "trace", "_to_onnx": "onnx", "_optimize": "optimise", "_veri
 def export_once(arch: str, variant: str, threads: int) -> dict[str, Any]:
     """One export of `arch` with the settings of `variant`, in this (fresh) process:
     seconds of wall-clock and of this process's CPU per phase. `onnx` is torch's
-    translation (its decompositions re-trace the graph) and includes `optimise`."""
+    translation (with torch's decomposition re-trace of the graph in "retrace") and
+    includes `optimise`."""
     from stcnnt_dsl.tools import export as exporter
 
     torch.set_num_threads(threads)
@@ -289,9 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--variants",
-        default="cached-trace,current",
+        default="retrace,current",
         help="with --export-only: the export settings compared, from "
-        f"{', '.join(VARIANTS)} (default: cached-trace,current)",
+        f"{', '.join(VARIANTS)} (default: retrace,current)",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="with --export-only: exports per variant"

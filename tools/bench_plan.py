@@ -21,7 +21,6 @@ import argparse
 import ctypes
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -133,15 +132,10 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=0, help="skip the first N measurements")
     args = parser.parse_args()
     from stcnnt_dsl.graph.build import build_graph
+    from stcnnt_dsl.machine import cpu
     from stcnnt_dsl.planner.memory import step_memory
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))  # fmt: skip
-    except (OSError, StopIteration):
-        pass
-    print(f"CPU: {cpu}; one thread per measurement; fresh process each")
+    print(f"CPU: {cpu().describe()}; one thread per measurement; fresh process each")
     rows = []
     print(f"{'architecture':22s} {'input':18s} {'predicted':>10s} {'measured':>10s} error")
     todo = [c for c in cases(args.quick) if args.only is None or args.only in c[0]]

@@ -68,6 +68,8 @@ from stcnnt_dsl.nn import tuning
 MODELS = {"unet": "STCNNT_UNET", "hrnet": "STCNNT_HRNET"}
 DEFAULT_SIZES = "1x8x1x64x64,1x16x1x64x64"
 AGREEMENT = 1e-4
+# the C allocator settings that change a step's resident peak (docs/performance.md)
+ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 Shape = tuple[int, int, int, int, int]
 
 
@@ -434,11 +436,39 @@ def bench_one(args, classes, model: str, size: str) -> dict[str, Any]:
             row[f"{name}_fastest_layout"] = min(timed, key=timed.__getitem__)
     del ref, ours
     if not args.no_memory:
-        mem = measure_memory(args, model, size)
-        row["memory"] = mem
-        row["peak_ratio"] = mem["ours"]["peak_mib"] / mem["ref"]["peak_mib"]
-        row["growth_ratio"] = mem["ours"]["growth_mib"] / mem["ref"]["growth_mib"]
+        row.update(memory_row(args, model, size))
     return row
+
+
+def memory_row(args: argparse.Namespace, model: str, size: str) -> dict[str, Any]:
+    mem = measure_memory(args, model, size)
+    return {
+        "memory": mem,
+        "peak_ratio": mem["ours"]["peak_mib"] / mem["ref"]["peak_mib"],
+        "growth_ratio": mem["ours"]["growth_mib"] / mem["ref"]["growth_mib"],
+    }
+
+
+def print_memory_table(env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """--memory-only: one training step per side, each in a fresh process."""
+    cpu = env["cpu"]
+    allocator = ", ".join(f"{k}={v}" for k, v in env["allocator"].items() if v) or "defaults"
+    print(f"CPU: {cpu['model']}; torch {env['torch']}, {env['threads']} threads, float32; "
+          f"glibc malloc: {allocator}")  # fmt: skip
+    head = ("model", "input", "peak ref", "peak ours", "ratio", "growth ref", "growth ours",
+            "ratio")  # fmt: skip
+    lines = [(
+        r["model"], r["size"],
+        *(f"{r['memory'][side]['peak_mib']:.0f} MiB" for side in ("ref", "ours")),
+        f"{r['peak_ratio']:.2f}",
+        *(f"{r['memory'][side]['growth_mib']:.0f} MiB" for side in ("ref", "ours")),
+        f"{r['growth_ratio']:.2f}",
+    ) for r in rows]  # fmt: skip
+    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(head)]
+    for ln in (head, *lines):
+        print("  ".join(v.ljust(w) for v, w in zip(ln, widths, strict=True)).rstrip())
+    print("peak: VmHWM of one training step in a fresh process; growth: peak - RSS before "
+          "the step.")  # fmt: skip
 
 
 def add_roof_fractions(row: dict[str, Any], roof: dict[str, Any]) -> None:
@@ -531,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also time ours with these layouts forced: comma-separated nchw, channels_last",
     )  # fmt: skip
     parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
+    parser.add_argument(
+        "--memory-only", action="store_true",
+        help="only the memory processes (no timing: memory does not depend on the load)",
+    )  # fmt: skip
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--memory-child", choices=["ref", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -556,8 +590,15 @@ def main(argv: list[str] | None = None) -> int:
         env = {
             "cpu": cpu_info(), "torch": torch.__version__, "threads": args.threads,
             "repeats": args.repeats, "load_before": _load(), "python": platform.python_version(),
-            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+            "allocator": {name: os.environ.get(name, "") for name in ALLOCATOR_VARIABLES},
         }  # fmt: skip
+        if args.memory_only:
+            rows = [{"model": model, "size": size, **memory_row(args, model, size)}
+                    for model in models for size in sizes]  # fmt: skip
+            print_memory_table(env, rows)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+            return 0
         active = tuning.choices("cpu")  # the cache of `stcnnt tune`, or the rules
         env["choices"] = dataclasses.asdict(active)
         env["rules_by_cpu"] = {

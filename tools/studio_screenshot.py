@@ -3,6 +3,7 @@
     python tools/studio_screenshot.py                      # docs/studio.png (light, unet)
     python tools/studio_screenshot.py --scheme dark -o /tmp/studio-dark.png
     python tools/studio_screenshot.py --stage encoder.1    # with a stage's options open
+    python tools/studio_screenshot.py --compare "$(cat b.yaml)"  # Compare on, B's text
 
 Starts the studio app in this process on a free port (no browser window), loads the
 bundled architecture given by --arch, waits for its analysis, and saves a PNG. Needs
@@ -41,7 +42,9 @@ def serve() -> tuple[str, uvicorn.Server]:
     return f"http://127.0.0.1:{sock.getsockname()[1]}/", app
 
 
-def browser(chromium: str, driver: str, profile: str) -> webdriver.Chrome:
+def browser(chromium: str, driver: str, profile: str, height: int = 800) -> webdriver.Chrome:
+    """Headless Chromium, 1280 px wide, with its own profile folder (the studio's
+    screenshot tools share it)."""
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
@@ -51,7 +54,7 @@ def browser(chromium: str, driver: str, profile: str) -> webdriver.Chrome:
     chrome = webdriver.Chrome(service=Service(driver), options=options)
     chrome.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
-        {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False},
     )
     return chrome
 
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheme", choices=("light", "dark"), default="light")
     parser.add_argument("--arch", default="unet", help="a bundled architecture")
     parser.add_argument("--text", help="an architecture to type into the editor instead")
+    parser.add_argument("--compare", metavar="TEXT", help="turn Compare on with this as spec B")
     parser.add_argument("--stage", help="open this stage's options (e.g. encoder.1)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--driver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver")
@@ -93,6 +97,20 @@ def main(argv: list[str] | None = None) -> int:
                 "arguments[0].value = arguments[1];arguments[0].dispatchEvent(new Event('input'));",
                 editor,
                 args.text,
+            )
+            time.sleep(3)
+        if args.compare is not None:
+            chrome.find_element(By.CSS_SELECTOR, "[data-testid=compare-toggle]").click()
+            deadline = time.monotonic() + 120  # B starts as A's copy: wait for that comparison
+            while "analyzed" not in chrome.find_element(By.ID, "status").text:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the comparison did not finish")
+                time.sleep(0.1)
+            editor = chrome.find_element(By.CSS_SELECTOR, "[data-testid=editor-b]")
+            chrome.execute_script(
+                "arguments[0].value = arguments[1];arguments[0].dispatchEvent(new Event('input'));",
+                editor,
+                args.compare,
             )
             time.sleep(3)
         if args.stage:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import uvicorn
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
@@ -33,6 +32,7 @@ from stcnnt_dsl.studio.app import create_app
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 from make_dataset import make_dataset  # noqa: E402
+from studio_screenshot import browser  # noqa: E402  (tools/, this script's folder)
 
 
 def serve(data: Path, runs: Path) -> tuple[str, uvicorn.Server]:
@@ -74,16 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="stcnnt-studio-shots-"))
     data = make_dataset(work / "Dataset001_Shapes", kind="2d+t", cases=8)
     url, served = serve(data, work / "runs")
-    options = webdriver.ChromeOptions()
-    options.binary_location = args.chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                 "--no-first-run", f"--user-data-dir={work / 'profile'}"):  # fmt: skip
-        options.add_argument(flag)
-    chrome = webdriver.Chrome(service=Service(args.driver), options=options)
-    chrome.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": 1280, "height": 1000, "deviceScaleFactor": 1, "mobile": False},
-    )
+    chrome = browser(args.chromium, args.driver, str(work / "profile"), height=1000)
     try:
         chrome.get(url)
         until(chrome, "return document.body.dataset.benchReady", "the page")

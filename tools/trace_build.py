@@ -10,11 +10,13 @@ the calls into a module after calls into other modules since the last call into 
     python tools/trace_build.py unet            # modules, returns, calls
     python tools/trace_build.py unet --list     # the modules in first-call order
     python tools/trace_build.py unet --packages # the same for layers (language, graph, nn)
+    python tools/trace_build.py unet --edges    # the most frequent returns, from -> to
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 from typing import Any
 
@@ -47,6 +49,7 @@ def main() -> None:
         "--packages", action="store_true",
         help="count layers (stcnnt_dsl.language, .graph, .nn, ...) instead of modules",
     )  # fmt: skip
+    parser.add_argument("--edges", action="store_true", help="the most frequent returns")
     args = parser.parse_args()
     calls = trace(args.arch)
     if args.packages:
@@ -57,6 +60,15 @@ def main() -> None:
           f"to a module left earlier, {len(calls)} calls")  # fmt: skip
     if args.list:
         print("\n".join(distinct))
+    if args.edges:
+        seen: set[str] = set()
+        edges: collections.Counter[tuple[str, str]] = collections.Counter()
+        for before, module in zip(["", *runs], runs, strict=False):
+            if module in seen:
+                edges[(before, module)] += 1
+            seen.add(module)
+        for (before, module), count in edges.most_common(15):
+            print(f"{count:6d}  {before} -> {module}")
 
 
 if __name__ == "__main__":

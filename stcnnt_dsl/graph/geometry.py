@@ -815,8 +815,9 @@ def cell_geometry(
 ) -> CellGeometry:
     """The geometry of a cell from resolved option values (a mapping with at least the
     options its kind reads), validated: a `SpecError` whose path is the option at fault."""
-    geom = CELLS[kind].geometry(
-        kind=kind, mixer=mixer and has_mixer_digit(kind), in_channels=in_channels,
+    cell = CELLS[kind]
+    geom = cell.geometry(
+        kind=kind, mixer=mixer and cell.mixer, in_channels=in_channels,
         out_channels=out_channels, options=option_record(kind, values),
         input_size=None if input_size is None else as_pair(input_size),
     )  # fmt: skip

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import SpecError
+from ..language.cascade import Resolved
 from ..language.heads import HEAD_KINDS
-from ..language.options import Resolved
 from ..language.spec import HeadSpec
 from ..registry import HEADS, HeadContext, HeadDecoder
 from . import head_decoders  # noqa: F401  (registers the built-in decoders)

@@ -1,10 +1,6 @@
-"""The option cascade: from layers of options to resolved cells and blocks.
-
-A `Layer` is one place of the spec that sets options (`defaults:`, the topology section,
-a stage entry, an override, window sizing, the block string's inline options, a
-`Block`'s keywords), with the spec path where it sets them. Resolving a block walks its
-cells through the layers (weakest first, library defaults below all) and gives every
-cell its geometry, every value its source, and every error the place that caused it.
+"""Resolved blocks: the language's option cascade (`stcnnt_dsl.language.cascade`)
+turned into cells with geometry, and the checks that need the whole model: every option
+set is read by some cell, causal attention stays causal.
 """
 
 from __future__ import annotations
@@ -15,14 +11,8 @@ from typing import Any
 
 from ..errors import SpecError
 from ..language.blockspec import BlockSpec, CellSpec
-from ..language.options import (
-    BLOCK_OPTION_NAMES,
-    OPTIONS,
-    Resolved,
-    options_for_kind,
-    resolve_options,
-    validate_options,
-)
+from ..language.cascade import Layer, Resolved, resolve_cells
+from ..language.options import BLOCK_OPTION_NAMES, OPTIONS, validate_options
 from ..language.parser import parse_block
 from ..machine import SDPA_MIN_TOKENS_CPU
 from ..registry import CONV3D, NORMS, TEMPORAL, cell_kinds
@@ -38,33 +28,6 @@ __all__ = [
     "resolve_block",
     "standalone_block",
 ]
-
-# Layers whose options may be read by only some cells, or by none: the spec's
-# `defaults:` (a shared baseline) and the values the library derives per level.
-_LENIENT = frozenset({"defaults", "window_sizing", "input_size"})
-
-
-@dataclass(frozen=True)
-class Layer:
-    """Options set in one place. `source` names the kind of place (`defaults`,
-    `topology`, `stage`, `overrides`, `window_sizing`, `input_size`, `options`,
-    `inline`); `path` is the spec path of the place (`unet.encoder[1]`), and an option
-    set there lives at `path.name` (inline options: at the block string itself)."""
-
-    source: str
-    values: Mapping[str, Any]
-    path: str = ""
-    inline: bool = False
-
-    def where(self, name: str) -> str:
-        if self.inline or not self.path:
-            return self.path or name
-        return f"{self.path}.{name}"
-
-    @property
-    def strict(self) -> bool:
-        """Whether every option here must be read by a cell of its scope."""
-        return self.source not in _LENIENT
 
 
 @dataclass(frozen=True)
@@ -115,7 +78,7 @@ class BlockPlan:
         return [{**block, **{k: r.value for k, r in c.options.items()}} for c in self.cells]
 
     def cell_label(self, i: int) -> str:
-        return f"{self.where} cell {i} ({self.cells[i].spec})"
+        return f"{self.where} cell {i} ({self.cells[i].spec.text})"
 
     def size_rules(self) -> list[tuple[str, SizeRule]]:
         """(where, rule) of every cell, at the block's own resolution."""
@@ -170,12 +133,10 @@ def resolve_block(
     string (inline options are reported there). Raises a `SpecError` whose path is the
     place that set the offending option."""
     layers = tuple(layers)
-    stage = resolve_options((*_cell_names(), *BLOCK_OPTION_NAMES), layers)
-    block_options = {name: stage[name] for name in BLOCK_OPTION_NAMES}
+    cascade = resolve_cells(block, layers, block_path)
+    block_options = cascade.block
     cells = []
-    for i, cell in enumerate(block.cells):
-        inline = Layer("inline", cell.options, block_path, inline=True)
-        options = resolve_options(options_for_kind(cell.kind), (*layers, inline))
+    for i, (cell, options) in enumerate(zip(block.cells, cascade.cells, strict=True)):
         cin = in_channels if i == 0 else out_channels
         try:
             geometry = cell_geometry(
@@ -198,18 +159,11 @@ def resolve_block(
         out_channels,
         tuple(cells),
         block_options,
-        stage,
+        cascade.stage,
         layers,
         where,
         block_path,
     )
-
-
-def _cell_names() -> tuple[str, ...]:
-    names: dict[str, None] = {}
-    for kind in cell_kinds():
-        names.update(dict.fromkeys(options_for_kind(kind)))
-    return tuple(names)
 
 
 def _blame(err: SpecError, cell: str, options: Mapping[str, Resolved], fallback: str) -> SpecError:

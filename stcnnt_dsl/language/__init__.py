@@ -4,7 +4,8 @@ registry, strict YAML, and the pydantic spec models with their loading and writi
 Nothing here needs torch; the model graph (`stcnnt_dsl.graph`) is built from these."""
 
 from .blockspec import BlockSpec, CellSpec
-from .options import OPTIONS, Option, Resolved, validate_option, validate_options
+from .cascade import Resolved
+from .options import OPTIONS, Option, validate_option, validate_options
 from .parser import (
     Expression,
     format_block,

@@ -3,6 +3,7 @@ a spec with the positions of the text it was read from."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from pydantic.fields import FieldInfo
 
 from ..errors import SpecError, caret_excerpt, either
 from ..registry import TOPOLOGIES, Topology, on_register, topology_names
+from .cascade import Layer
 from .fields import (
     PositiveInt,
     _error,
@@ -154,3 +156,13 @@ class SpecSource:
         if self.file == "<expression>" and self.text is not None:
             err.args = (f"{err}\n{caret_excerpt(self.text, where[0], where[1])}",)
         return err
+
+    @functools.cached_property
+    def base_layers(self) -> tuple[Layer, ...]:
+        """The option layers every stage starts from (`defaults:` < the topology
+        section), made once per spec rather than once per stage."""
+        spec = self.spec
+        return (
+            Layer("defaults", spec.defaults.options(), "defaults"),
+            Layer("topology", spec.body.options(), spec.topology),
+        )

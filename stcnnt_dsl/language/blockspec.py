@@ -33,20 +33,28 @@ class CellSpec:
 
     def __post_init__(self) -> None:
         # C2/C3 have no mixer digit: one canonical value keeps text round trips exact.
-        if not has_mixer_digit(self.kind) and self.mixer:
+        # The registry is asked once, here; messages and labels read the token.
+        digit = has_mixer_digit(self.kind)
+        if not digit and self.mixer:
             object.__setattr__(self, "mixer", False)
+        letter = KIND_TO_LETTER.get(self.kind)
+        if letter is None:  # an unknown kind has no text
+            return
+        token = f"{letter}{int(self.mixer)}" if digit else letter
+        object.__setattr__(self, "token", token)
+        inner = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(self.options.items()))
+        object.__setattr__(self, "text", f"{token}[{inner}]" if inner else token)
+
+    token: str = field(init=False, repr=False, compare=False)
+    """The cell as written in a block string, without options (`L1`, `C2`)."""
+    text: str = field(init=False, repr=False, compare=False)
+    """The cell as written in a block string (`L1[window=4]`), computed once: messages
+    and labels of every cell read it."""
 
     @property
     def letter(self) -> str:
         """`L`, `G`, `T`, `V`, `C2` or `C3`."""
         return KIND_TO_LETTER[self.kind]
-
-    @property
-    def token(self) -> str:
-        """The cell as written in a block string, without options (`L1`, `C2`)."""
-        if not has_mixer_digit(self.kind):
-            return self.letter
-        return f"{self.letter}{int(self.mixer)}"
 
     def __getattr__(self, name: str) -> Any:
         # Called only for names that are not real attributes: option look-ups.
@@ -62,10 +70,7 @@ class CellSpec:
         return hash((self.kind, self.mixer, tuple(sorted(self.options.items()))))
 
     def __str__(self) -> str:
-        if not self.options:
-            return self.token
-        inner = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(self.options.items()))
-        return f"{self.token}[{inner}]"
+        return self.text
 
 
 @dataclass(frozen=True)

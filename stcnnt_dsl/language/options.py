@@ -13,9 +13,10 @@ otherwise, booleans are `bool`, enumerations are `str`, ratios are `float`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -62,14 +63,13 @@ __all__ = [
     "Option",
     "OptionType",
     "OptionValueError",
-    "Resolved",
     "Size",
     "as_pair",
+    "cell_option_names",
     "format_value",
     "option",
     "options_for_kind",
     "reads",
-    "resolve_options",
     "validate_option",
     "validate_options",
 ]
@@ -417,14 +417,27 @@ def reads(option: Option, kind: str, mixer: bool | None) -> bool:
     return not option.mixer_only or mixer is not False or kind in CONV_KINDS
 
 
+@functools.cache
 def options_for_kind(kind: str, mixer: bool | None = None) -> tuple[str, ...]:
-    """Names of the cell-level options that a cell of `kind` (and mixer digit) may read."""
+    """Names of the cell-level options that a cell of `kind` (and mixer digit) may read
+    (one table per kind, rebuilt when a cell kind is registered or removed)."""
     return tuple(o.name for o in OPTIONS.values() if reads(o, kind, mixer))
+
+
+@functools.cache
+def cell_option_names() -> tuple[str, ...]:
+    """Names of the cell-level options that some cell kind may read."""
+    names: dict[str, None] = {}
+    for kind in cell_kinds():
+        names.update(dict.fromkeys(options_for_kind(kind)))
+    return tuple(names)
 
 
 def _sync_cell(kind: str, cell: Any) -> None:
     """A registered cell kind reads the options every cell reads and those it names;
     a removed one reads none. (The table above names the built-in kinds' options.)"""
+    options_for_kind.cache_clear()
+    cell_option_names.cache_clear()
     if kind in CELL_KINDS:
         return
     for name, opt in list(OPTIONS.items()):
@@ -435,38 +448,6 @@ def _sync_cell(kind: str, cell: Any) -> None:
 
 
 on_register("cell", _sync_cell)
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A fully resolved option value, the layer it came from (`library` for the
-    library's default, `defaults`, `topology`, a stage, `inline`, ...) and the spec path
-    where that layer set it ("" for the library default)."""
-
-    value: Any
-    source: str
-    path: str = ""
-
-
-def resolve_options(names: Iterable[str], layers: Sequence[Any]) -> dict[str, Resolved]:
-    """Cascade: later layers win; the library default fills what no layer sets.
-
-    `layers` are weakest first; each is a (source, values) pair or an object with
-    `.source`, `.values` and `.where(name)` (the spec path of a value it sets, see
-    `stcnnt_dsl.graph.resolve.Layer`).
-    """
-    out: dict[str, Resolved] = {}
-    for name in names:
-        resolved = Resolved(OPTIONS[name].default, "library")
-        for layer in layers:
-            if isinstance(layer, tuple):
-                source, values, where = layer[0], layer[1], ""
-            else:
-                source, values, where = layer.source, layer.values, layer.where(name)
-            if name in values:
-                resolved = Resolved(values[name], source, where)
-        out[name] = resolved
-    return out
 
 
 def as_pair(size: int | Sequence[int]) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 from lark.parsers.lalr_interactive_parser import InteractiveParser
 
 from ..errors import DSLSyntaxError, SpecError
-from ..registry import has_mixer_digit, load_plugins
+from ..registry import has_mixer_digit, load_plugins, on_register
 from .blockspec import BlockSpec, CellSpec
 from .options import LETTER_TO_KIND, OPTIONS, reads, validate_options
 
@@ -68,7 +68,10 @@ class _Letters:
 
 
 @cache
-def _letters_of(letters: tuple[tuple[str, bool], ...]) -> _Letters:
+def _letters_table() -> _Letters:
+    """The letters of the registered cell kinds, read once per registration (not once
+    per parse)."""
+    letters = [(letter, has_mixer_digit(kind)) for letter, kind in LETTER_TO_KIND.items()]
     mixer = "".join(letter for letter, digit in letters if digit)
     fixed = tuple(letter for letter, digit in letters if not digit)
     cell = "|".join([f"[{mixer}][01]", *(re.escape(f) for f in fixed)])
@@ -82,8 +85,10 @@ def _letters() -> _Letters:
     """The current letters (registered cell kinds join the grammar; plugins load on the
     first parse)."""
     load_plugins()
-    return _letters_of(tuple((letter, has_mixer_digit(kind))
-                             for letter, kind in LETTER_TO_KIND.items()))  # fmt: skip
+    return _letters_table()
+
+
+on_register("cell", lambda name, cell: _letters_table.cache_clear())
 
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z0-9_]+)*")

@@ -7,12 +7,14 @@ kind's descriptor names the factory that builds its module from its geometry
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from ..nn.cells import AttentionCell, ConvCell
-from ..registry import CELLS, TEMPORAL, resolve_ref
+from ..registry import CELLS, TEMPORAL, on_register, resolve_ref
 
 __all__ = ["builtin_cell", "make_cell"]
 
@@ -20,7 +22,17 @@ __all__ = ["builtin_cell", "make_cell"]
 def make_cell(geom: Any) -> nn.Module:
     """The module of a cell geometry (`stcnnt_dsl.graph.geometry.cell_geometry`), by its
     kind's registered factory."""
-    return resolve_ref(CELLS[geom.kind].module)(geom)
+    return _factory(geom.kind)(geom)
+
+
+@functools.cache
+def _factory(kind: str) -> Callable[[Any], nn.Module]:
+    """A kind's module factory, resolved once per kind (a `"package.module:Name"`
+    string is imported on first use; registering a kind forgets them)."""
+    return resolve_ref(CELLS[kind].module)
+
+
+on_register("cell", lambda name, cell: _factory.cache_clear())
 
 
 def builtin_cell(geom: Any) -> nn.Module:

@@ -50,8 +50,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..errors import SpecError, STCNNTError
+from .functional import is_exporting
 
 __all__ = [
     "ConvAvgHead",
@@ -117,8 +119,10 @@ def _add_residual(head: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 def _resize(x: Tensor, size: Sequence[int], mode: str, align_corners: bool) -> Tensor:
-    """Interpolate the trailing dims of `x` to `size` (a no-op when they already match)."""
-    if tuple(x.shape[2:]) == tuple(size):
+    """Interpolate the trailing dims of `x` to `size` (a no-op when they already match).
+    Under export the sizes are symbols: they match only where that is known without a
+    guard (asking would fix the traced size, e.g. T == 3 for a pooling bin of 3)."""
+    if all(statically_known_true(a == b) for a, b in zip(x.shape[2:], size, strict=True)):
         return x
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=align_corners)
 
@@ -333,12 +337,33 @@ class _PoolStage(nn.Module):
         super().__init__()
         pool = nn.AdaptiveAvgPool2d if layout.dims == 2 else nn.AdaptiveAvgPool3d
         self.pool = pool(bin_size)
+        self.bin_size = bin_size
         self.conv = layout.conv(c_in, c_out, 1, bias=False)
         self.norm = layout.batch_norm(c_out)
         self.act = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.norm(self.conv(self.pool(x))))
+        pooled = _adaptive_mean(x, self.bin_size) if is_exporting() else self.pool(x)
+        return self.act(self.norm(self.conv(pooled)))
+
+
+def _adaptive_mean(x: Tensor, bins: int) -> Tensor:
+    """Adaptive average pooling of the trailing dims of `x` [N, C, *dims] to `bins` cells
+    each, as products with averaging matrices: cell i of a size-n axis averages
+    [floor(i n / bins), ceil((i + 1) n / bins)), as AdaptiveAvgPool does. For export:
+    torch's ONNX exporter decomposes AdaptiveAvgPool into an AvgPool whose kernel is the
+    traced size, so the file fails at any other size; these matrices follow the input's
+    symbolic sizes."""
+    for axis in range(2, x.dim()):
+        n = x.shape[axis]
+        cells = torch.arange(bins, device=x.device)
+        start = (cells * n).div(bins, rounding_mode="floor")
+        end = ((cells + 1) * n + bins - 1).div(bins, rounding_mode="floor")
+        at = torch.arange(n, device=x.device)
+        inside = (at >= start[:, None]) & (at < end[:, None])
+        weights = inside.to(x.dtype) / (end - start)[:, None].to(x.dtype)  # [bins, n]
+        x = torch.movedim(torch.movedim(x, axis, -1) @ weights.T, -1, axis)
+    return x
 
 
 class _PSP(nn.Module):

@@ -16,10 +16,10 @@ from typing import Any
 from ..errors import STCNNTError
 from ..graph.build import build_graph
 from ..graph.model import ModelGraph, parse_shape
+from ..units import human_bytes
 from .memory import (
     MemoryEstimate,
     check_device,
-    format_bytes,
     parse_memory,
     step_memory,
     within,
@@ -127,8 +127,8 @@ def plan_for_spec(spec: Any, shape: Sequence[int] | str, memory: str | int,
     notes = []
     batch = largest_batch(graph, (t, h, w), budget, device)
     if batch == 0:
-        notes.append(f"one sample of {t}x{h}x{w} needs {format_bytes(est.peak_bytes / b)}"
-                     f" or more; the budget is {format_bytes(budget)}")  # fmt: skip
+        notes.append(f"one sample of {t}x{h}x{w} needs {human_bytes(est.peak_bytes / b)}"
+                     f" or more; the budget is {human_bytes(budget)}")  # fmt: skip
     return SpecFit(
         shape=full, budget=budget, device=device, predicted_bytes=est.peak_bytes,
         fits=within(est.peak_bytes, budget), largest_batch=batch,

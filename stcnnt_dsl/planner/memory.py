@@ -36,7 +36,6 @@ __all__ = [
     "HEADROOM",
     "MemoryEstimate",
     "attention_threshold",
-    "format_bytes",
     "parse_memory",
     "step_memory",
     "within",
@@ -82,14 +81,6 @@ def parse_memory(value: str | int | float) -> int:
 def within(peak: int, budget: int) -> bool:
     """Whether a predicted peak fits a budget, with the headroom (`HEADROOM`)."""
     return peak <= HEADROOM * budget
-
-
-def format_bytes(n: float) -> str:
-    """1288490188 -> '1.20 GiB'."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from ..graph.build import build_graph
 from ..graph.model import ModelGraph, describe_rule
 from ..language.spec import ArchSpec, dump_spec, load_spec
 from ..language.yamlio import dump_yaml
+from ..units import human_bytes
 from .fit import ceil_to, largest_batch, shrink_axis
 from .memory import (
     HEADROOM,
     MemoryEstimate,
     check_device,
-    format_bytes,
     parse_memory,
     step_memory,
 )
@@ -102,13 +102,13 @@ class Plan:
         t, h, w = self.patch
         lines = [
             f"plan: patch {t}x{h}x{w} (T x H x W), batch {self.batch}, predicted peak "
-            f"{format_bytes(self.predicted_bytes)} of {format_bytes(self.budget)} "
+            f"{human_bytes(self.predicted_bytes)} of {human_bytes(self.budget)} "
             f"({self.device}, AdamW, float32)",
-            f"  weights {format_bytes(self.memory.weights)}, gradients "
-            f"{format_bytes(self.memory.gradients)}, AdamW state "
-            f"{format_bytes(self.memory.optimizer)}, activations "
-            f"{format_bytes(self.memory.activations)}, workspace "
-            f"{format_bytes(self.memory.workspace)} (peak in the {self.memory.phase} phase)",
+            f"  weights {human_bytes(self.memory.weights)}, gradients "
+            f"{human_bytes(self.memory.gradients)}, AdamW state "
+            f"{human_bytes(self.memory.optimizer)}, activations "
+            f"{human_bytes(self.memory.activations)}, workspace "
+            f"{human_bytes(self.memory.workspace)} (peak in the {self.memory.phase} phase)",
         ]
         for topic, items in self.reasons.items():
             lines.append(f"{topic}:")
@@ -282,9 +282,9 @@ def plan(
                                device).peak_bytes  # fmt: skip
             need = peak / HEADROOM
             raise STCNNTError(
-                f"memory {format_bytes(budget)} is too small for any valid patch: the "
+                f"memory {human_bytes(budget)} is too small for any valid patch: the "
                 f"smallest, {patch[0]}x{patch[1]}x{patch[2]} (T x H x W) with batch {want}, "
-                f"needs {format_bytes(peak)} ({device}, AdamW, float32; plans keep "
+                f"needs {human_bytes(peak)} ({device}, AdamW, float32; plans keep "
                 f"{1 - HEADROOM:.0%} headroom); give --memory "
                 f"{math.ceil(need / 2**20)}MiB or more"
             )
@@ -316,7 +316,7 @@ def plan(
     shape = (chosen, patch[0], graph.in_channels, patch[1], patch[2])
     est = step_memory(graph, shape, device)
     reasons["memory"] = [
-        f"predicted peak {format_bytes(est.peak_bytes)} of {format_bytes(budget)}: weights, "
+        f"predicted peak {human_bytes(est.peak_bytes)} of {human_bytes(budget)}: weights, "
         f"gradients, AdamW state, activations kept for backward, workspace; at most "
         f"{HEADROOM:.0%} of the budget (the prediction's error, docs/plan.md)"
     ]

@@ -25,7 +25,8 @@ from ..errors import STCNNTError
 from ..graph.build import build_graph
 from ..language.spec import dump_spec
 from ..language.yamlio import dump_yaml
-from .memory import HEADROOM, format_bytes, parse_memory, step_memory, within
+from ..units import human_bytes
+from .memory import HEADROOM, parse_memory, step_memory, within
 from .plan import plan
 from .rules import GRID, MAX_LEVELS, MAX_WIDTH, heads_for, read_fingerprint
 
@@ -78,7 +79,7 @@ class Front:
         rows = [("#", "trial", "GFLOPs/sample", "peak", "proxy", "architecture")]
         for i, p in enumerate(self.points):
             proxy = "-" if p.proxy is None else f"{p.proxy:.4f}"
-            rows.append((str(i), str(p.trial), f"{p.flops / 1e9:.3f}", format_bytes(p.memory),
+            rows.append((str(i), str(p.trial), f"{p.flops / 1e9:.3f}", human_bytes(p.memory),
                          proxy, p.summary))  # fmt: skip
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [head] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
@@ -113,7 +114,7 @@ class Front:
         out.append(f'<line x1="{pad}" y1="{by:.1f}" x2="{w - pad}" y2="{by:.1f}" '
                    'stroke="red" stroke-dasharray="4"/>'
                    f'<text x="{w - pad}" y="{by - 4:.1f}" text-anchor="end" fill="red">budget '
-                   f'{format_bytes(self.budget)}</text>')  # fmt: skip
+                   f'{human_bytes(self.budget)}</text>')  # fmt: skip
         for flops, mem in self.others:
             x, y = at(flops, mem)
             out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#bbb"/>')

@@ -20,18 +20,11 @@ from typing import Any
 from ..errors import SpecError, did_you_mean
 from ..graph.build import build_graph
 from ..graph.nodes import Node
-from ..graph.resolve import BlockPlan, Layer, resolve_block
+from ..graph.resolve import BlockPlan, resolve_block
 from ..language.blockspec import BlockSpec
+from ..language.cascade import Layer, Resolved, resolve_cells
 from ..language.loading import _is_file, list_architectures
-from ..language.options import (
-    BLOCK_OPTION_NAMES,
-    OPTIONS,
-    Resolved,
-    format_value,
-    options_for_kind,
-    resolve_options,
-    validate_options,
-)
+from ..language.options import OPTIONS, format_value, validate_options
 from ..language.parser import parse_block
 from ..registry import KIND_TO_LETTER
 
@@ -274,14 +267,13 @@ def _block_only(
         plan = resolve_block(block, *channels, layers, where="block", block_path="block")
         one = _stage("block", "block", "block", 1, plan)
         return Explanation("block", str(block), None, [one])
-    cells = []
-    for i, cell in enumerate(block.cells):
-        inline = Layer("inline", cell.options, "", inline=True)
-        resolved = resolve_options(options_for_kind(cell.kind), [*layers, inline])
-        cells.append(CellExplanation(i, str(cell), cell.kind, cell.mixer, None, None, resolved))
-    block_options = resolve_options(BLOCK_OPTION_NAMES, layers)
+    cascade = resolve_cells(block, layers, "")
+    cells = [
+        CellExplanation(i, str(cell), cell.kind, cell.mixer, None, None, resolved)
+        for i, (cell, resolved) in enumerate(zip(block.cells, cascade.cells, strict=True))
+    ]
     one = StageExplanation("block", "block", "block", str(block), None, None, 1,
-                           block_options, cells)  # fmt: skip
+                           cascade.block, cells)  # fmt: skip
     return Explanation("block", str(block), None, [one])
 
 

@@ -13,7 +13,8 @@ With H itself as the symbol, the window partitions' `H // window` arithmetic doe
 simplify (nothing tells it that H is a multiple of 32) and tracing the bundled U-Net
 took over 20 minutes. So the traced graph takes H and W as blocks x multiple: its input
 has each of H and W split in two axes, (H/m, m), whose first is the symbol; every size
-inside is then a clean multiple of it and tracing takes seconds. One Reshape prepended
+inside is then a clean multiple of it and tracing takes a minute at most (14-20 CPU s
+for unet-2d-small; docs/export.md "Export time"). One Reshape prepended
 to the ONNX graph gives the file its plain input (it accepts exactly the valid sizes:
 H, W multiples of m).
 """
@@ -355,19 +356,96 @@ def _violated(err: Exception) -> str:
 OPTIMIZE = "lean"
 
 
+# torch's exporter re-traces the whole exported program to decompose it (its
+# `run_decompositions`), although torch.export's graph of these models holds ops that
+# ONNX translates as they are, but for two training-IR spellings (batch_norm, to); that
+# re-trace was half of an export's CPU. False: translate the traced graph itself when
+# every op has an ONNX translation (else torch's full path); True: always torch's path.
+# tools/bench_export.py --export-only --variants retrace,current times both.
+RETRACE = False
+
+
 def _to_onnx(program: torch.export.ExportedProgram, names: tuple[str, ...]) -> Any:
     """The ONNX ModelProto of an exported program (torch's dynamo-based exporter)."""
-    onnx_program = torch.onnx.export(
-        program,
-        dynamo=True,
-        input_names=[_BLOCKS_INPUT],
-        output_names=list(names),
-        optimize=OPTIMIZE == "full",
-        verbose=False,
-    )
+    from torch.onnx._internal.exporter import _core, _fx_passes, _ir_passes, _registration
+
+    registry = _registration.ONNXRegistry.from_torchlib()
+    if RETRACE or OPTIMIZE == "full" or not _translatable(program, registry):
+        onnx_program = torch.onnx.export(
+            program,
+            dynamo=True,
+            input_names=[_BLOCKS_INPUT],
+            output_names=list(names),
+            optimize=OPTIMIZE == "full",
+            verbose=False,
+        )
+    else:  # torch's `_prepare_exported_program_for_export`, without the re-trace
+        _inference_spellings(program.graph_module)
+        _fx_passes.insert_type_promotion_nodes(program.graph_module)
+        program._graph_module = _fx_passes.remove_assertion_nodes(program.graph_module)
+        onnx_program = _core._exported_program_to_onnx_program(program, registry=registry)
+        _ir_passes.rename_inputs(onnx_program.model, [_BLOCKS_INPUT])
+        _ir_passes.rename_outputs(onnx_program.model, list(names))
     if OPTIMIZE != "full":
         _optimize(onnx_program.model)
     return onnx_program.model_proto
+
+
+_ASSERTIONS = ("aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
+               "aten.sym_constrain_range_for_size.default")  # fmt: skip
+
+
+def _translatable(program: torch.export.ExportedProgram, registry: Any) -> bool:
+    """Whether every op of the traced graph has an ONNX translation as it is (after
+    `_inference_spellings`), so that torch's decomposition re-trace would change nothing
+    that matters; a graph with any other op (or a mutation) takes torch's full path."""
+    from torch.onnx._internal.exporter import _decomp
+
+    known = set(_decomp.get_onnx_implemented_overloads(registry))
+    for node in program.graph.nodes:
+        if node.op != "call_function" or str(node.target) in _ASSERTIONS:
+            continue
+        schema = getattr(node.target, "_schema", None)
+        if schema is not None and schema.is_mutable:
+            return False
+        if node.target not in known and _inference_spelling(node) is None:
+            return False
+    return True
+
+
+def _inference_spelling(node: torch.fx.Node) -> tuple[Any, tuple, dict] | None:
+    """(op, args, kwargs) the decomposition gives a training-IR op of these graphs
+    (batch_norm in eval mode, to(dtype)), or None for any other node."""
+    aten = torch.ops.aten
+    if node.target is aten.batch_norm.default and len(node.args) >= 8 and not node.args[5]:
+        x, weight, bias, mean, var, _, momentum, eps = node.args[:8]
+        op = aten._native_batch_norm_legit_no_training.default
+        return op, (x, weight, bias, mean, var, momentum, eps), {}
+    if node.target is aten.to.dtype and len(node.args) == 2 and not node.kwargs:
+        return aten._to_copy.default, node.args[:1], {"dtype": node.args[1]}
+    return None
+
+
+def _inference_spellings(module: torch.fx.GraphModule) -> None:
+    """Replace the training-IR ops of `_inference_spelling` in place (batch_norm's
+    single result is item 0 of the inference op's triple)."""
+    import operator
+
+    graph = module.graph
+    for node in list(graph.nodes):
+        spelling = _inference_spelling(node) if node.op == "call_function" else None
+        if spelling is None:
+            continue
+        op, args, kwargs = spelling
+        with graph.inserting_before(node):
+            out = graph.call_function(op, args, kwargs)
+            out.meta = dict(node.meta)
+            if op is torch.ops.aten._native_batch_norm_legit_no_training.default:
+                out = graph.call_function(operator.getitem, (out, 0))
+                out.meta = dict(node.meta)
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+    module.recompile()
 
 
 def _optimize(model: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ...errors import ResourceError, SpecError, did_you_mean
 from ...language.blockspec import BlockSpec
-from ...language.options import resolve_options
+from ...language.cascade import resolve_options
 from ...language.spec import SpecSource, StageSpec
 from ..nodes import BlockNode
 from ..resolve import BlockPlan, Layer, resolve_block
@@ -56,14 +56,6 @@ def broadcast(value: Any, n: int) -> list[Any]:
     return list(value) if isinstance(value, list) else [value] * n
 
 
-def _base(source: SpecSource) -> list[Layer]:
-    spec = source.spec
-    return [
-        Layer("defaults", spec.defaults.options(), "defaults"),
-        Layer("topology", spec.body.options(), spec.topology),
-    ]
-
-
 def _window_sizing(source: SpecSource, scale: int) -> Layer | None:
     """`window` and `patch` of the level running at 1/scale (topology `window_sizing`)."""
     spec = source.spec
@@ -76,7 +68,7 @@ def _window_sizing(source: SpecSource, scale: int) -> Layer | None:
             "size; set input_size: [H, W] at the top level (or use window_sizing: fixed)",
             f"{spec.topology}.window_sizing",
         )
-    base = resolve_options(("window", "patch"), _base(source))
+    base = resolve_options(("window", "patch"), source.base_layers)
     sizes = level_sizes(
         method, base["window"].value, base["patch"].value, spec.input_size,
         scale.bit_length() - 1,
@@ -88,7 +80,7 @@ def stage_layers(
     source: SpecSource, stage: StageSpec | None, path: str, scale: int
 ) -> tuple[Layer, ...]:
     """The cascade of a stage at 1/scale whose own entry (if any) is at `path`."""
-    layers = _base(source)
+    layers = list(source.base_layers)
     sizing = _window_sizing(source, scale)
     if sizing is not None:
         layers.append(sizing)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ...language.options import resolve_options
+from ...language.cascade import resolve_options
 from ...language.spec import MixedUNetrSpec, SpecSource
 from ..model import Feature, Layout, ModelGraph
 from ..nodes import ConvUnitNode, GateNode, MergeNode, Node, PartitionNode, ResampleNode

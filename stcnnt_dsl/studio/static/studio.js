@@ -667,6 +667,7 @@
     timer: null,
     result: null, // last /api/analyze (single) or /api/compare answer
     lastGood: null, // the last single analysis of a valid spec (shown dimmed while the text is not)
+    lastCompare: null, // the last comparison of two valid specs (the same, in compare mode)
     svgs: { a: null, b: null },
     stale: { a: false, b: false },
     selected: null,
@@ -731,17 +732,23 @@
     if (state.compare && b) showError($("#error-b"), editorB, b.error, "b");
     const inputError = [a, b].some((x) => x && x.error && x.error.path === "input");
     $("#input-shape").setAttribute("aria-invalid", String(inputError));
-    // While the text has a mistake (no analysis at all), the last analysis of a valid
-    // spec stays, dimmed: half-typed words do not empty the page.
-    if (a.params != null) state.lastGood = a;
-    const stale = !b && a.params == null && state.lastGood != null;
-    const shown = stale ? state.lastGood : a;
+    // While a text has a mistake (no analysis at all), the last analysis of a valid spec
+    // (in compare mode: the last comparison of two valid specs) stays, dimmed: half-typed
+    // words do not empty the page.
+    const valid = a.params != null && (!b || b.params != null);
+    if (valid && b) state.lastCompare = state.result;
+    else if (valid) state.lastGood = a;
+    const last = b ? state.lastCompare : state.lastGood;
+    const stale = !valid && last != null;
+    const compared = stale && b ? last : state.result;
+    const shown = stale ? (b ? last.a : last) : a;
+    const shownB = b && (stale ? last.b : b);
     const accepts = $("#accepts");
     accepts.textContent = shown.accepts ? `accepts ${shown.accepts}` : "";
     accepts.classList.toggle("stale", stale);
-    renderTotals(shown, b, stale);
+    renderTotals(shown, shownB, stale, compared);
     renderDiagram(a, b);
-    renderStages(shown, b, stale);
+    renderStages(shown, shownB, stale, compared);
     // Keep a stage's options open while the text has a mistake; refresh them once valid.
     const names = stageNames();
     if (state.selected && names.length && !names.includes(state.selected)) closeExplain();
@@ -788,7 +795,7 @@
     return `from input ${fmtShape((a.input || "").split(","))}`;
   }
 
-  function renderTotals(a, b, stale) {
+  function renderTotals(a, b, stale, compared) {
     const box = $("[data-testid=totals]");
     box.innerHTML = "";
     box.dataset.stale = String(!!stale);
@@ -808,8 +815,8 @@
       return;
     }
     box.classList.add("compare-totals");
-    box.classList.remove("stale");
-    const d = state.result.deltas;
+    box.classList.toggle("stale", !!stale);
+    const d = compared.deltas;
     const vs = (key, format) => (a[key] == null ? "A: –" : `A: ${format(a[key])}`);
     box.append(
       card("Parameters, B", fmtCount(b.params), vs("params", fmtCount), deltaNode(d.params, fmtCount, "delta-params"), "total-params"),
@@ -877,7 +884,7 @@
     return [...new Set([...(a ? a.stages : []), ...(b ? b.stages : [])].map((s) => s.name))];
   }
 
-  function renderStages(a, b, stale) {
+  function renderStages(a, b, stale, compared) {
     const table = $("[data-testid=stages]");
     table.classList.toggle("stale", !!stale);
     table.dataset.stale = String(!!stale);
@@ -928,7 +935,7 @@
       el("th", { scope: "col", text: "Stage" }), el("th", { scope: "col", text: "Block A / B" }),
       el("th", { scope: "col", class: "num", text: "Params A → B" }), el("th", { scope: "col", class: "num", text: "FLOPs A → B" }),
       el("th", { scope: "col", class: "num", text: "Memory A → B" })));
-    for (const s of state.result.stages) {
+    for (const s of compared.stages) {
       const ra = s.a;
       const rb = s.b;
       const metric = (key) => {
@@ -1100,6 +1107,7 @@
     }
     if (!on) state.show = "a";
     state.result = null;
+    state.lastCompare = null;
     analyzeNow();
   }
 
