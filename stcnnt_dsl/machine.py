@@ -13,13 +13,30 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CPU", "SDPA_MIN_TOKENS_CPU", "cpu", "read_cpuinfo"]
+__all__ = [
+    "CPU",
+    "ENV_CACHE",
+    "ENV_CALIBRATE",
+    "ENV_TUNING",
+    "SDPA_MIN_TOKENS_CPU",
+    "calibration_enabled",
+    "cpu",
+    "read_cpuinfo",
+    "tuning_cache_path",
+    "tuning_configured",
+]
 
 # CPU attention's kernel switch, the rule's default: fused SDPA from this many tokens,
 # explicit or cache-chunked kernels below (`stcnnt_dsl.nn.functional.attend`). A machine
 # may choose another (`stcnnt tune`, STCNNT_TUNING=attention=...: `nn.tuning.Choices.
 # sdpa_min_tokens`); the graph's memory estimate is given the threshold in use.
 SDPA_MIN_TOKENS_CPU = 32
+
+# Where a machine's choices other than the rules come from (`stcnnt_dsl.nn.tuning` reads
+# them; they live here so that asking whether there are any needs no torch).
+ENV_TUNING = "STCNNT_TUNING"
+ENV_CALIBRATE = "STCNNT_CALIBRATE"
+ENV_CACHE = "STCNNT_CACHE_DIR"
 
 
 @dataclass(frozen=True)
@@ -85,3 +102,28 @@ def cpu() -> CPU:
     with contextlib.suppress(OSError):
         text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
     return read_cpuinfo(text)
+
+
+def tuning_cache_path() -> Path:
+    """The file `stcnnt tune` writes its measured choices to."""
+    if os.environ.get(ENV_CACHE):
+        root = Path(os.environ[ENV_CACHE])
+    elif os.environ.get("XDG_CACHE_HOME"):
+        root = Path(os.environ["XDG_CACHE_HOME"]) / "stcnnt-dsl"
+    else:
+        root = Path.home() / ".cache" / "stcnnt-dsl"
+    return root / "tuning.json"
+
+
+def calibration_enabled() -> bool:
+    """Whether the tune cache is read (STCNNT_CALIBRATE=0 ignores it)."""
+    return os.environ.get(ENV_CALIBRATE, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def tuning_configured() -> bool:
+    """Whether this process's choices may differ from the rules: STCNNT_TUNING is set or a
+    tune cache is read. Without either, the rules apply, known without importing torch
+    (a CPU plan stays fast)."""
+    if os.environ.get(ENV_TUNING, "").strip():
+        return True
+    return calibration_enabled() and tuning_cache_path().exists()

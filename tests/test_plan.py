@@ -4,6 +4,7 @@ studio's `plan_for_spec`, the command, and the prediction against a measured ste
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -15,6 +16,7 @@ import yaml
 import stcnnt_dsl
 from stcnnt_dsl import STCNNTError, load_spec, plan, plan_for_spec
 from stcnnt_dsl.graph.build import build_graph
+from stcnnt_dsl.machine import SDPA_MIN_TOKENS_CPU
 from stcnnt_dsl.planner import parse_memory, step_memory
 from stcnnt_dsl.planner.memory import HEADROOM
 from stcnnt_dsl.planner.rules import (
@@ -279,3 +281,19 @@ def test_prediction_against_a_measured_step():
         assert abs(est.step_bytes - measured) / measured < 0.10, (arch, est, measured)
         if arch == planned:
             assert est.weights + measured <= 2**30
+
+
+def test_a_cpu_plan_on_an_untuned_machine_does_not_import_torch(tmp_path):
+    """The attention threshold of a CPU plan is the rules' until `stcnnt tune` or
+    STCNNT_TUNING says otherwise; knowing that needs no torch (1 s of a 2 s budget)."""
+    code = (
+        "import sys, stcnnt_dsl\n"
+        "from stcnnt_dsl.planner.memory import attention_threshold\n"
+        "print(attention_threshold('cpu'), 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "STCNNT_CACHE_DIR": str(tmp_path)}
+    env.pop("STCNNT_TUNING", None)
+    run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True,  # noqa: E731
+                                   text=True, check=True).stdout.strip()  # fmt: skip
+    assert run(env) == f"{SDPA_MIN_TOKENS_CPU} False"
+    assert run({**env, "STCNNT_TUNING": "attention=64"}) == "64 True"  # the tuning is read

@@ -40,9 +40,18 @@ from pathlib import Path
 import torch
 
 from ..errors import STCNNTError
-from ..machine import SDPA_MIN_TOKENS_CPU, cpu
+from ..machine import (
+    ENV_CACHE,
+    ENV_CALIBRATE,
+    ENV_TUNING,
+    SDPA_MIN_TOKENS_CPU,
+    calibration_enabled,
+    cpu,
+)
+from ..machine import tuning_cache_path as cache_path
 
 __all__ = [
+    "ENV_CACHE",
     "ENV_CALIBRATE",
     "ENV_TUNING",
     "LAYOUTS",
@@ -57,9 +66,6 @@ __all__ = [
     "write_cache_entry",
 ]
 
-ENV_TUNING = "STCNNT_TUNING"
-ENV_CALIBRATE = "STCNNT_CALIBRATE"
-ENV_CACHE = "STCNNT_CACHE_DIR"
 NEVER = 1 << 30  # sdpa_min_tokens that keeps CPU attention off SDPA
 LAYOUTS = ("channels_last", "nchw")
 QKV = ("fused", "separate")
@@ -124,16 +130,6 @@ def machine_key() -> str:
     return f"{cpu().model} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
-def cache_path() -> Path:
-    if os.environ.get(ENV_CACHE):
-        root = Path(os.environ[ENV_CACHE])
-    elif os.environ.get("XDG_CACHE_HOME"):
-        root = Path(os.environ["XDG_CACHE_HOME"]) / "stcnnt-dsl"
-    else:
-        root = Path.home() / ".cache" / "stcnnt-dsl"
-    return root / "tuning.json"
-
-
 def _forced() -> dict[str, object]:
     """The choices `STCNNT_TUNING` forces, validated."""
     text = os.environ.get(ENV_TUNING, "").strip()
@@ -154,10 +150,6 @@ def _forced() -> dict[str, object]:
         else:
             raise STCNNTError(f"{ENV_TUNING}={text!r}: cannot read {item.strip()!r}; {TUNING_HELP}")
     return out
-
-
-def _calibration_enabled() -> bool:
-    return os.environ.get(ENV_CALIBRATE, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def _read_cache() -> dict:
@@ -231,7 +223,7 @@ def choices(device: torch.device | str | None = None) -> Choices:
 def _resolve() -> Choices:
     forced = _forced()
     base = rules()
-    if _calibration_enabled() and len(forced) < 4:
+    if calibration_enabled() and len(forced) < 4:
         entry = read_cache_entry()
         if entry is not None:
             base = Choices(**{**entry["choices"], "source": "calibrated"})

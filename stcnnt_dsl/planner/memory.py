@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 from ..errors import STCNNTError
 from ..graph.model import ModelGraph
 from ..graph.nodes import Node
+from ..machine import SDPA_MIN_TOKENS_CPU, tuning_configured
 
 __all__ = [
     "DEVICES",
@@ -132,7 +134,9 @@ def attention_threshold(device: str) -> int:
     choice (`nn.tuning.choices()`: the rule's 32, `stcnnt tune`'s or STCNNT_TUNING's)."""
     if check_device(device) == "cuda":
         return 0
-    from ..nn.tuning import choices  # torch's: read only for CPU estimates
+    if "stcnnt_dsl.nn.tuning" not in sys.modules and not tuning_configured():
+        return SDPA_MIN_TOKENS_CPU  # the rules' choice, known without importing torch
+    from ..nn.tuning import choices  # imports torch (the cache's key names its version)
 
     return choices("cpu").sdpa_min_tokens
 
