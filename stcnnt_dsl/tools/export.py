@@ -367,10 +367,13 @@ RETRACE = False
 
 def _to_onnx(program: torch.export.ExportedProgram, names: tuple[str, ...]) -> Any:
     """The ONNX ModelProto of an exported program (torch's dynamo-based exporter)."""
-    from torch.onnx._internal.exporter import _core, _fx_passes, _ir_passes, _registration
+    try:  # torch's private exporter steps (torch 2.13): another torch takes its public path
+        from torch.onnx._internal.exporter import _core, _fx_passes, _ir_passes, _registration
 
-    registry = _registration.ONNXRegistry.from_torchlib()
-    if RETRACE or OPTIMIZE == "full" or not _translatable(program, registry):
+        registry = _registration.ONNXRegistry.from_torchlib()
+    except (ImportError, AttributeError):
+        registry = None
+    if RETRACE or OPTIMIZE == "full" or registry is None or not _translatable(program, registry):
         onnx_program = torch.onnx.export(
             program,
             dynamo=True,
@@ -399,9 +402,12 @@ def _translatable(program: torch.export.ExportedProgram, registry: Any) -> bool:
     """Whether every op of the traced graph has an ONNX translation as it is (after
     `_inference_spellings`), so that torch's decomposition re-trace would change nothing
     that matters; a graph with any other op (or a mutation) takes torch's full path."""
-    from torch.onnx._internal.exporter import _decomp
+    try:
+        from torch.onnx._internal.exporter import _decomp
 
-    known = set(_decomp.get_onnx_implemented_overloads(registry))
+        known = set(_decomp.get_onnx_implemented_overloads(registry))
+    except (ImportError, AttributeError):  # another torch: its public path
+        return False
     for node in program.graph.nodes:
         if node.op != "call_function" or str(node.target) in _ASSERTIONS:
             continue
