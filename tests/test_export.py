@@ -201,8 +201,12 @@ def test_a_whole_model_exports_one_named_output_per_head(tmp_path):
 
 def test_the_export_traces_the_model_once(tmp_path, monkeypatch):
     """torch's exporter re-traces the whole program to decompose it (half of an export's
-    CPU, issue 23): this library's graphs go to ONNX as torch.export traced them, batch
-    norms in eval mode included, and the file still computes what PyTorch computes."""
+    CPU, issue 23): with `RETRACE = False` (opt-in: its file runs slower in ONNX Runtime)
+    this library's graphs go to ONNX as torch.export traced them, batch norms in eval mode
+    included, and the file still computes what PyTorch computes."""
+    from stcnnt_dsl.tools import export as exporter
+
+    monkeypatch.setattr(exporter, "RETRACE", False)
     retraces = []
     original = torch.export.ExportedProgram.run_decompositions
 

@@ -13,10 +13,9 @@ With H itself as the symbol, the window partitions' `H // window` arithmetic doe
 simplify (nothing tells it that H is a multiple of 32) and tracing the bundled U-Net
 took over 20 minutes. So the traced graph takes H and W as blocks x multiple: its input
 has each of H and W split in two axes, (H/m, m), whose first is the symbol; every size
-inside is then a clean multiple of it and tracing takes a minute at most (14-20 CPU s
-for unet-2d-small; docs/export.md "Export time"). One Reshape prepended
-to the ONNX graph gives the file its plain input (it accepts exactly the valid sizes:
-H, W multiples of m).
+inside is then a clean multiple of it, and a whole export of unet-2d-small takes about
+30-50 CPU s (docs/export.md "Export time"). One Reshape prepended to the ONNX graph gives
+the file its plain input (it accepts exactly the valid sizes: H, W multiples of m).
 """
 
 from __future__ import annotations
@@ -360,14 +359,18 @@ OPTIMIZE = "lean"
 # `run_decompositions`), although torch.export's graph of these models holds ops that
 # ONNX translates as they are, but for two training-IR spellings (batch_norm, to); that
 # re-trace was half of an export's CPU. False: translate the traced graph itself when
-# every op has an ONNX translation (else torch's full path); True: always torch's path.
-# tools/bench_export.py --export-only --variants retrace,current times both.
-RETRACE = False
+# every op has an ONNX translation (else torch's full path): 2.6x less export CPU, but
+# the file keeps GELU as five ops and ~400 more shape ops, and ONNX Runtime ran it 1.2-1.3x
+# slower (unet-2d-small at 1x8x1x64x64). True (the default: a file runs more often than it
+# is exported): torch's path. tools/bench_export.py --variants retrace,one-trace times both.
+RETRACE = True
 
 
 def _to_onnx(program: torch.export.ExportedProgram, names: tuple[str, ...]) -> Any:
     """The ONNX ModelProto of an exported program (torch's dynamo-based exporter)."""
     try:  # torch's private exporter steps (torch 2.13): another torch takes its public path
+        from torch.onnx._constants import ONNX_DEFAULT_OPSET
+        from torch.onnx._internal._lazy_import import onnxscript_apis
         from torch.onnx._internal.exporter import _core, _fx_passes, _ir_passes, _registration
 
         registry = _registration.ONNXRegistry.from_torchlib()
@@ -387,6 +390,8 @@ def _to_onnx(program: torch.export.ExportedProgram, names: tuple[str, ...]) -> A
         _fx_passes.insert_type_promotion_nodes(program.graph_module)
         program._graph_module = _fx_passes.remove_assertion_nodes(program.graph_module)
         onnx_program = _core._exported_program_to_onnx_program(program, registry=registry)
+        # torch.onnx.export's opset conversion (torchlib's 18 -> 20), as its path does
+        onnx_program.model = onnxscript_apis.convert_version(onnx_program.model, ONNX_DEFAULT_OPSET)
         _ir_passes.rename_inputs(onnx_program.model, [_BLOCKS_INPUT])
         _ir_passes.rename_outputs(onnx_program.model, list(names))
     if OPTIMIZE != "full":
