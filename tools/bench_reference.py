@@ -52,7 +52,7 @@ import statistics
 import subprocess
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -449,6 +449,13 @@ def memory_row(args: argparse.Namespace, model: str, size: str) -> dict[str, Any
     }
 
 
+def print_columns(head: Sequence[str], lines: list[Sequence[str]]) -> None:
+    """A text table: each column as wide as its widest cell, two spaces between."""
+    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(head)]
+    for ln in (head, *lines):
+        print("  ".join(v.ljust(w) for v, w in zip(ln, widths, strict=True)))
+
+
 def print_memory_table(env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """--memory-only: one training step per side, each in a fresh process."""
     cpu = env["cpu"]
@@ -464,9 +471,7 @@ def print_memory_table(env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         *(f"{r['memory'][side]['growth_mib']:.0f} MiB" for side in ("ref", "ours")),
         f"{r['growth_ratio']:.2f}",
     ) for r in rows]  # fmt: skip
-    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(head)]
-    for ln in (head, *lines):
-        print("  ".join(v.ljust(w) for v, w in zip(ln, widths, strict=True)).rstrip())
+    print_columns(head, lines)
     print("peak: VmHWM of one training step in a fresh process; growth: peak - RSS before "
           "the step.")  # fmt: skip
 
@@ -516,10 +521,7 @@ def print_table(env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
             f"{mem['ours']['growth_mib']:.0f} MiB" if mem else "-",
             f"{r['growth_ratio']:.2f}" if mem else "-",
         ))  # fmt: skip
-    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(head)]
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    for ln in lines:
-        print("  ".join(v.ljust(w) for v, w in zip(ln, widths, strict=True)))
+    print_columns(head, lines)
     if any("step_fastest_layout" in r for r in rows):
         layouts = rows[0]["layouts"]
         print()
@@ -538,10 +540,7 @@ def print_table(env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
                   for k in layouts), r["step_fastest_layout"],
                 f"{c['layout_infer']} / {c['layout_train']} ({c['source']})",
             ))  # fmt: skip
-        widths = [max(len(h), *(len(ln[i]) for ln in lines2)) for i, h in enumerate(head2)]
-        print("  ".join(h.ljust(w) for h, w in zip(head2, widths, strict=True)))
-        for ln in lines2:
-            print("  ".join(v.ljust(w) for v, w in zip(ln, widths, strict=True)))
+        print_columns(head2, lines2)
     print("x: reference time / our time (> 1: we are faster). roof: FLOP rate / conv roof. "
           "peak: VmHWM of one training step in a fresh process; growth: peak - RSS before "
           "the step.")  # fmt: skip
