@@ -100,11 +100,10 @@ def _held_out(recipe: Path) -> list[str]:
     return [source.dataset.cases[i].name for i in source.val]
 
 
-def _curve(out: Path) -> str:
-    with (out / "metrics.csv").open() as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val_dice")]
-    return ", ".join(f"{float(r['val_dice']):.3f} at {float(r['seconds']):.0f} s "
-                     f"(step {r['step']})" for r in rows)  # fmt: skip
+def _curve(out: str) -> str:
+    rows = [r for r in metrics(out) if "val_dice" in r]
+    return ", ".join(f"{r['val_dice']:.3f} at {r['seconds']:.0f} s (step {int(r['step'])})"
+                     for r in rows)  # fmt: skip
 
 
 def planned(memory: str) -> None:
@@ -131,15 +130,14 @@ def planned(memory: str) -> None:
 
     a, a_wall = _stcnnt("train", recipe_a, "--out", out / "a", "--overwrite", "--set", val)
     print(f"(a) {a['steps']} steps in {a_wall:.0f} s (process), held-out Dice last "
-          f"{a['last']:.4f}, best {a['best']:.4f}: {_curve(out / 'a')}")  # fmt: skip
+          f"{a['last']:.4f}, best {a['best']:.4f}: {_curve('bench_planned/a')}")  # fmt: skip
 
     # the planned run's step and evaluation times: 6 steps, evaluated after 3 and 6
     probe, probe_wall = _stcnnt("train", planned_recipe, "--out", out / "probe",
                                 "--overwrite", "--set", data, "--set", val,
                                 "--set", "steps=6", "--set", "eval_every=3",
                                 "--set", "checkpoint_every=0")  # fmt: skip
-    with (out / "probe" / "metrics.csv").open() as f:
-        secs = [float(r["seconds"]) for r in csv.DictReader(f)]
+    secs = [r["seconds"] for r in metrics("bench_planned/probe")]
     step = statistics.median([secs[1] - secs[0], secs[2] - secs[1], secs[4] - secs[3],
                               secs[5] - secs[4]])  # fmt: skip
     evaluation = max(0.0, secs[3] - secs[2] - step)
@@ -152,7 +150,7 @@ def planned(memory: str) -> None:
     p, p_wall = _stcnnt("train", planned_recipe, "--out", out / "planned", "--overwrite",
                         "--set", data, "--set", val, *sets)  # fmt: skip
     print(f"planned {p['steps']} steps in {p_wall:.0f} s (process), held-out Dice last "
-          f"{p['last']:.4f}, best {p['best']:.4f}: {_curve(out / 'planned')}")  # fmt: skip
+          f"{p['last']:.4f}, best {p['best']:.4f}: {_curve('bench_planned/planned')}")  # fmt: skip
     print(f"same held-out cases; (a) {a_wall:.0f} s -> Dice {a['last']:.4f} (best "
           f"{a['best']:.4f}); planned {p_wall:.0f} s -> Dice {p['last']:.4f} (best "
           f"{p['best']:.4f})")  # fmt: skip
