@@ -322,7 +322,7 @@ def plan(
     ]
     spec = graph.spec
     flops = sum(graph.flops(shape).values())
-    lr = LR * BASE_WIDTH / width if base is None else LR
+    lr = LR * BASE_WIDTH / width  # with --base the width stays BASE_WIDTH: LR
     reasons["recipe"] = [
         f"AdamW lr {lr:g}: {LR:g} at width {BASE_WIDTH}, times {BASE_WIDTH}/{width} (muP: "
         "Adam's best rate scales as 1/width)" if base is None else
