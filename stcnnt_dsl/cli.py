@@ -31,7 +31,7 @@ from .registry import list_kinds
 from .studio import server as studio_server
 from .tools.diagram import GraphvizMissingWarning, render_graph, to_dot
 from .tools.explain import explain
-from .units import human
+from .units import human, human_bytes
 
 __all__ = ["main"]
 
@@ -247,7 +247,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                   f"(1/{info['reduction']} resolution)")  # fmt: skip
     if saved is not None:
         size = Path(saved).stat().st_size
-        print(f"  saved weights and spec to {saved} ({human(size, 'B', 1024)}); "
+        print(f"  saved weights and spec to {saved} ({human_bytes(size)}); "
               "load with stcnnt_dsl.load_model(path)")  # fmt: skip
     if graph is not None:
         print(f"  diagram: {graph['path']}")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ResourceError, SpecError
-from ..units import human
+from ..units import human_bytes
 from .build import build_graph
 from .model import ModelGraph, parse_shape
 from .topologies.common import MAX_MODEL_CELLS
@@ -186,7 +186,7 @@ def _count(n: int) -> str:
 def _human(n: float) -> str:
     if n >= 2**50:  # past the prefixes: the exact count of TiB, or its order
         return f"{_count(int(n) // 2**40)} TiB"
-    return human(n, "B", 1024)
+    return human_bytes(n)
 
 
 def _limit_text(value: float) -> str:

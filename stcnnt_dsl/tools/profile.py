@@ -47,7 +47,7 @@ from ..graph.shapes import checked
 from ..machine import cpu
 from ..models.build import build
 from ..models.model import model_of
-from ..units import human
+from ..units import human, human_bytes
 from .flops import (
     FLOP_CONVENTION,
     FlopCount,
@@ -707,7 +707,7 @@ def _format(report: ProfileReport, detail: str) -> str:
         lines.append(f"    by operator      {operators}")
     if report.activation_bytes is not None:
         lines.append(
-            f"  activation memory  {human(report.activation_bytes, 'B', 1024)} "
+            f"  activation memory  {human_bytes(report.activation_bytes)} "
             f"(saved for backward in training; {_short_method(report.activation_method)})"
         )
     if report.latency_ms is not None:
@@ -719,7 +719,7 @@ def _format(report: ProfileReport, detail: str) -> str:
     else:
         lines.append("  latency            not measured (runs=0)")
     memory = (
-        f"{human(report.peak_memory_bytes, 'B', 1024)} (growth during one forward)"
+        f"{human_bytes(report.peak_memory_bytes)} (growth during one forward)"
         if report.peak_memory_bytes is not None
         else "not measured"
     )
@@ -743,7 +743,7 @@ def _table(report: ProfileReport, detail: str) -> list[str]:
         share = 100 * row.flops / report.flops if report.flops else 0.0
         body.append((
             indent + row.name, indent + row.label, human(row.params), _shape_text(row.output_shape),
-            human(row.flops), f"{share:.1f}", human(row.activation_bytes, "B", 1024),
+            human(row.flops), f"{share:.1f}", human_bytes(row.activation_bytes),
         ))  # fmt: skip
     rows = [header, *body]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
