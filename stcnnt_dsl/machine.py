@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
+import json
 import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "CALIBRATION_VERSION",
     "CPU",
     "ENV_CACHE",
     "ENV_CALIBRATE",
     "ENV_TUNING",
     "SDPA_MIN_TOKENS_CPU",
+    "agreed_cached_choice",
     "calibration_enabled",
     "cpu",
+    "machine_key",
     "read_cpuinfo",
     "tuning_cache_path",
     "tuning_configured",
@@ -37,6 +42,9 @@ SDPA_MIN_TOKENS_CPU = 32
 ENV_TUNING = "STCNNT_TUNING"
 ENV_CALIBRATE = "STCNNT_CALIBRATE"
 ENV_CACHE = "STCNNT_CACHE_DIR"
+# What the cache entries were measured with; entries of another version are not used
+# (3: whole-model training steps by `stcnnt tune`, never at a first forward).
+CALIBRATION_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -127,3 +135,31 @@ def tuning_configured() -> bool:
     if os.environ.get(ENV_TUNING, "").strip():
         return True
     return calibration_enabled() and tuning_cache_path().exists()
+
+
+def machine_key(torch_version: str, threads: int | str) -> str:
+    """The tune cache's key: what a calibration is valid for (CPU model, torch, threads)."""
+    return f"{cpu().model} | torch {torch_version} | {threads} threads"
+
+
+def agreed_cached_choice(name: str) -> object | None:
+    """The value of choice `name` in every current tune-cache entry for this CPU and the
+    installed torch, whatever their thread counts; None where there is no such entry,
+    they disagree, STCNNT_TUNING is set or the cache cannot be read (then ask
+    `nn.tuning.choices()`, which imports torch and reports a bad cache). Needs no torch,
+    so that a CPU plan on a tuned machine stays fast."""
+    if os.environ.get(ENV_TUNING, "").strip() or not calibration_enabled():
+        return None
+    try:
+        prefix = machine_key(importlib.metadata.version("torch"), "")[: -len(" threads")]
+        data = json.loads(tuning_cache_path().read_text())
+    except (OSError, ValueError, importlib.metadata.PackageNotFoundError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    values = set()
+    for key, entry in data.items():
+        if key.startswith(prefix) and isinstance(entry, dict):
+            if entry.get("version") == CALIBRATION_VERSION:
+                values.add(json.dumps((entry.get("choices") or {}).get(name)))
+    return json.loads(values.pop()) if len(values) == 1 else None

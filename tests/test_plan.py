@@ -297,3 +297,36 @@ def test_a_cpu_plan_on_an_untuned_machine_does_not_import_torch(tmp_path):
                                    text=True, check=True).stdout.strip()  # fmt: skip
     assert run(env) == f"{SDPA_MIN_TOKENS_CPU} False"
     assert run({**env, "STCNNT_TUNING": "attention=64"}) == "64 True"  # the tuning is read
+
+
+def test_a_cpu_plan_on_a_tuned_machine_imports_torch_only_when_the_cache_must_be_keyed(tmp_path):
+    """A tune cache whose entries for this CPU and torch agree on the threshold is read
+    without torch; entries that differ by thread count need torch's thread count."""
+    import importlib.metadata
+
+    from stcnnt_dsl.machine import CALIBRATION_VERSION, machine_key
+
+    code = (
+        "import sys\n"
+        "from stcnnt_dsl.planner.memory import attention_threshold\n"
+        "print(attention_threshold('cpu'), 'torch' in sys.modules)\n"
+    )
+    chosen = {"layout_infer": "channels_last", "layout_train": "channels_last", "qkv": "fused"}
+
+    def cache(*thresholds: int, torch_version: str = importlib.metadata.version("torch")):
+        entries = {machine_key(torch_version, threads): {
+            "version": CALIBRATION_VERSION, "choices": {**chosen, "sdpa_min_tokens": n}}
+            for threads, n in enumerate(thresholds, 1)}  # fmt: skip
+        (tmp_path / "tuning.json").write_text(json.dumps(entries))
+
+    env = {**os.environ, "STCNNT_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env.pop("STCNNT_TUNING", None)
+    env.pop("STCNNT_CALIBRATE", None)
+    run = lambda: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
+                                 text=True, check=True).stdout.strip()  # fmt: skip
+    cache(16, 16)
+    assert run() == "16 False"
+    cache(64, 16)
+    assert run() == "64 True"  # this process's entry: torch says 1 thread
+    cache(64, torch_version="0.0")  # another torch's only
+    assert run() == f"{SDPA_MIN_TOKENS_CPU} True"

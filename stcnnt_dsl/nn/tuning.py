@@ -41,6 +41,7 @@ import torch
 
 from ..errors import STCNNTError
 from ..machine import (
+    CALIBRATION_VERSION,
     ENV_CACHE,
     ENV_CALIBRATE,
     ENV_TUNING,
@@ -48,6 +49,7 @@ from ..machine import (
     calibration_enabled,
     cpu,
 )
+from ..machine import machine_key as _key
 from ..machine import tuning_cache_path as cache_path
 
 __all__ = [
@@ -69,9 +71,6 @@ __all__ = [
 NEVER = 1 << 30  # sdpa_min_tokens that keeps CPU attention off SDPA
 LAYOUTS = ("channels_last", "nchw")
 QKV = ("fused", "separate")
-# What the cache entries were measured with; entries of another version are not used
-# (3: whole-model training steps by `stcnnt tune`, never at a first forward).
-CALIBRATION_VERSION = 3
 TUNING_HELP = (
     "write comma-separated key=value with layout / layout_train / layout_infer = "
     "channels_last | nchw, qkv = fused | separate, attention = sdpa | matmul | <tokens "
@@ -127,7 +126,7 @@ def rules(flags: set[str] | None = None) -> Choices:
 
 def machine_key() -> str:
     """What a calibration is valid for: CPU model, torch version, threads."""
-    return f"{cpu().model} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return _key(torch.__version__, torch.get_num_threads())
 
 
 def _forced() -> dict[str, object]:

@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import STCNNTError
 from ..graph.model import ModelGraph
 from ..graph.nodes import Node
-from ..machine import SDPA_MIN_TOKENS_CPU, tuning_configured
+from ..machine import SDPA_MIN_TOKENS_CPU, agreed_cached_choice, tuning_configured
 
 __all__ = [
     "DEVICES",
@@ -134,9 +134,13 @@ def attention_threshold(device: str) -> int:
     choice (`nn.tuning.choices()`: the rule's 32, `stcnnt tune`'s or STCNNT_TUNING's)."""
     if check_device(device) == "cuda":
         return 0
-    if "stcnnt_dsl.nn.tuning" not in sys.modules and not tuning_configured():
-        return SDPA_MIN_TOKENS_CPU  # the rules' choice, known without importing torch
-    from ..nn.tuning import choices  # imports torch (the cache's key names its version)
+    if "stcnnt_dsl.nn.tuning" not in sys.modules:  # known without importing torch?
+        if not tuning_configured():
+            return SDPA_MIN_TOKENS_CPU  # the rules' choice
+        agreed = agreed_cached_choice("sdpa_min_tokens")  # every thread count's the same
+        if isinstance(agreed, int) and not isinstance(agreed, bool) and agreed >= 0:
+            return agreed
+    from ..nn.tuning import choices  # imports torch (the cache's key names its threads)
 
     return choices("cpu").sdpa_min_tokens
 
