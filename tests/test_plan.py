@@ -19,6 +19,7 @@ from stcnnt_dsl.graph.build import build_graph
 from stcnnt_dsl.machine import SDPA_MIN_TOKENS_CPU
 from stcnnt_dsl.planner import parse_memory, step_memory
 from stcnnt_dsl.planner.memory import HEADROOM
+from stcnnt_dsl.planner.plan import CPU_BATCH
 from stcnnt_dsl.planner.rules import (
     BASE_WIDTH,
     CPU_SAMPLE_FLOPS,
@@ -26,6 +27,7 @@ from stcnnt_dsl.planner.rules import (
     WINDOW,
     design,
     read_fingerprint,
+    round_patch,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,19 +70,22 @@ def test_budget_typos_are_refused_with_the_forms(text):
 
 @pytest.mark.parametrize("fp", [CINE, IMAGE, VOLUME], ids=["cine", "image", "volume"])
 @pytest.mark.parametrize("memory", ["512MiB", "4GiB"])
-def test_plan_fits_the_budget_and_runs(fp, memory):
-    p = plan(fp, memory=memory, device="cpu")
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_plan_fits_the_budget_and_runs(fp, memory, device):
+    p = plan(fp, memory=memory, device=device)
     graph = build_graph(p.spec)
     t, h, w = p.patch
     graph.check(t, h, w, batch=p.batch)  # the architecture runs on the patch
     shape = (p.batch, t, graph.in_channels, h, w)
-    assert p.predicted_bytes == step_memory(graph, shape, "cpu").peak_bytes
+    assert p.predicted_bytes == step_memory(graph, shape, device).peak_bytes
     assert p.predicted_bytes <= HEADROOM * parse_memory(memory)
     assert p.batch >= 2
     assert t <= fp["shape"]["median"][0]
-    # the largest: one more sample does not fit, or the batch is capped by the data
-    more = step_memory(graph, (p.batch + 1, t, graph.in_channels, h, w), "cpu").peak_bytes
-    assert more > HEADROOM * parse_memory(memory) or "at most" in " ".join(p.reasons["batch"])
+    more = step_memory(graph, (p.batch + 1, t, graph.in_channels, h, w), device).peak_bytes
+    if device == "cpu":  # CPU_BATCH crops, fewer only where memory binds
+        assert p.batch == CPU_BATCH or more > HEADROOM * parse_memory(memory)
+    else:  # the largest: one more sample does not fit, or the batch is capped by the data
+        assert more > HEADROOM * parse_memory(memory) or "at most" in " ".join(p.reasons["batch"])
     assert load_spec(p.spec_yaml) == p.spec  # the YAML round-trips, heads included
     assert p.spec.heads["seg"].keys()["classes"] == 3
 
@@ -118,11 +123,12 @@ def test_a_cpu_plan_halves_the_start_width_until_a_sample_fits_the_compute_cap()
         assert cuda.spec.unet.channels[0] == BASE_WIDTH
         assert cpu.spec.unet.channels[0] == want
         assert any(f"start width {want} (cpu)" in r for r in cpu.reasons["architecture"])
-        t, h, w = cpu.patch
+        # the cap holds for one whole (median) sample; the plan trains on crops of it
+        t, h, w = round_patch(read_fingerprint(fp).median, up=True)
         shape = (1, t, 1, h, w)
-        assert sum(build_graph(cpu.spec).flops(shape).values()) <= CPU_SAMPLE_FLOPS
-        wider = design(read_fingerprint(fp), (t, h, w), 2 * want)[0]
-        assert sum(build_graph(wider).flops(shape).values()) > CPU_SAMPLE_FLOPS
+        for width, fits in ((want, True), (2 * want, False)):
+            spec = design(read_fingerprint(fp), (t, h, w), width)[0]
+            assert (sum(build_graph(spec).flops(shape).values()) <= CPU_SAMPLE_FLOPS) is fits
         assert cpu.recipe["optimizer"]["lr"] == pytest.approx(1e-3 * BASE_WIDTH / want)
     big = plan(CINE, memory="16GiB", device="cpu")  # over the cap even at the narrowest
     assert big.spec.unet.channels[0] == MIN_WIDTH
@@ -130,13 +136,13 @@ def test_a_cpu_plan_halves_the_start_width_until_a_sample_fits_the_compute_cap()
 
 
 def test_anisotropic_axis_keeps_its_resolution_longest():
-    p = plan(VOLUME, memory="1GiB", device="cpu")
+    p = plan(VOLUME, memory="1GiB", device="cuda")
     assert p.patch[0] == 32  # every slice up to the cap: H and W gave way first
     assert p.patch[1] < 160
 
 
 def test_padding_is_planned_and_said():
-    p = plan(CINE, memory="16GiB", device="cpu")
+    p = plan(CINE, memory="16GiB", device="cuda")
     assert p.padded and p.patch[1:] == [128, 128]
     assert "padded to 128x128" in " ".join(p.reasons["patch"])
 
@@ -330,3 +336,35 @@ def test_a_cpu_plan_on_a_tuned_machine_imports_torch_only_when_the_cache_must_be
     assert run() == "64 True"  # this process's entry: torch says 1 thread
     cache(64, torch_version="0.0")  # another torch's only
     assert run() == f"{SDPA_MIN_TOKENS_CPU} True"
+
+
+def test_a_cpu_plan_spreads_two_whole_patches_over_eight_crops():
+    """On a CPU a step's voxels are what cost: the voxels of nnU-Net's 2 whole patches
+    go into CPU_BATCH crops, every axis scaled alike (T too), none padded; CUDA keeps the
+    whole padded image. Memory that binds gives fewer crops, never a failure."""
+    cine = fingerprint((7, 41, 43), (40.0, 1.2, 1.2), cases=40)
+    cpu, cuda = (plan(cine, memory="2GiB", device=d) for d in ("cpu", "cuda"))
+    assert (cuda.patch, cuda.batch, cuda.padded) == ([7, 48, 48], 2, True)
+    assert (cpu.patch, cpu.batch, cpu.padded) == ([4, 32, 32], CPU_BATCH, False)
+    assert CPU_BATCH * 4 * 32 * 32 == pytest.approx(2 * 7 * 48 * 48, rel=0.05)
+    assert any("8 crops" in r for r in cpu.reasons["patch"])
+    image = plan(fingerprint((1, 256, 256)), memory="2GiB", device="cpu")
+    assert image.patch == [1, 128, 128] and image.batch == CPU_BATCH  # H and W halved
+    tight = plan(cine, memory=f"{cpu.predicted_bytes * 0.6 / 2**20:.0f}MiB", device="cpu")
+    assert tight.batch < CPU_BATCH or tight.patch != cpu.patch
+    assert tight.predicted_bytes <= HEADROOM * tight.budget
+
+
+def test_quarter_turns_only_where_they_keep_the_geometry_and_the_patch_shape():
+    """Mirroring always; quarter turns where H and W have the same spacing and the patch
+    is square (a turn of a 32x48 patch would not stack into a batch)."""
+    from stcnnt_dsl.planner.plan import augment_for
+
+    names = lambda augment: [next(iter(a)) for a in augment]  # noqa: E731
+    square = read_fingerprint(fingerprint((7, 41, 43), (40.0, 1.2, 1.2)))
+    assert names(augment_for(square, [4, 32, 32])) == ["RandFlip", "RandRotate90"]
+    assert names(augment_for(square, [4, 32, 48])) == ["RandFlip"]
+    oblique = read_fingerprint(fingerprint((7, 41, 43), (40.0, 1.2, 2.0)))
+    assert names(augment_for(oblique, [4, 32, 32])) == ["RandFlip"]
+    cine = plan(fingerprint((7, 41, 43), (40.0, 1.2, 1.2)), memory="2GiB", device="cpu")
+    assert cine.recipe["data"]["augment"] == augment_for(square, cine.patch)
