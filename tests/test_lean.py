@@ -76,6 +76,73 @@ def test_mixer_equals_plain_ops_and_keeps_only_input_and_hidden(activation, padd
     assert _saved_bytes(lambda: plain(x.flatten(0, 1))) >= saved + hidden - biases
 
 
+@pytest.mark.parametrize(
+    ("activation", "slope", "keeps_output"),
+    [("prelu", 0.25, True), ("prelu", -0.2, False), ("prelu", 0.0, False), ("relu", None, True),
+     ("leaky_relu", None, True), ("gelu", None, False)],
+)  # fmt: skip
+def test_a_sign_keeping_activation_runs_in_place_and_only_its_output_is_kept(
+    activation, slope, keeps_output
+):
+    """A leaky ReLU with a slope >= 0 tells the backward everything from its output (a
+    PReLU slope's own gradient from output / slope, so not at slope 0): one hidden map
+    kept either way, and the same gradients as plain autograd for every slope."""
+    torch.manual_seed(0)
+    mixer = Mixer(4, 4, hidden=12, kernel=3, activation=activation, dropout=0.0,
+                  padding="reflect")  # fmt: skip
+    if slope is not None:
+        with torch.no_grad():
+            mixer[1].weight.fill_(slope)
+    x = torch.randn(2, 3, 4, 8, 8, requires_grad=True)
+    kept: list[torch.Tensor] = []
+
+    def pack(t):
+        kept.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = mixer(x)
+    hidden = [t for t in kept if t.shape[-3:] == (12, 8, 8)]
+    assert len(hidden) == 1
+    with torch.no_grad():
+        before = mixer[0](x.flatten(0, 1))
+        after = mixer[1](before)
+    assert torch.equal(hidden[0], after if keeps_output else before)
+    grad = torch.randn(out.shape)
+    params = list(mixer.parameters())
+    got = torch.autograd.grad(out, [x, *params], grad)
+    plain = nn.Sequential(*mixer)
+    want = torch.autograd.grad(plain(x.flatten(0, 1)).unflatten(0, (2, 3)), [x, *params], grad)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_keeps_only_its_input_and_recomputes_q_k_v(monkeypatch):
+    """A Q/K/V convolution is run again in the backward: the cell keeps its norm's output
+    (the attention's input) and nothing of q, k, v; a Q/K/V layer that cannot be re-run
+    (here: one with a hook) keeps q, k and v instead. Gradients equal either way."""
+    torch.manual_seed(0)
+    block = Block("L0", 8, 8, window=4, patch=2, padding="reflect", heads=2)
+    x = torch.randn(1, 2, 8, 16, 16, requires_grad=True)
+    one_map = x.numel() * 4
+    weights = sum(p.numel() * 4 for p in block.parameters())
+    recomputed = _saved_bytes(lambda: block(x))
+    assert recomputed <= one_map + weights + 1024  # (and the norm's statistics)
+    grad = torch.randn(x.shape)
+    params = list(block.parameters())
+    got = _grads(lambda: block(x), [x], params, grad)
+    cell = block.cells[0]
+    cell.attn.qkv.register_forward_hook(lambda *args: None)
+    kept = _saved_bytes(lambda: block(x))
+    assert kept >= recomputed + 3 * one_map
+    hooked = _grads(lambda: block(x), [x], params, grad)
+    monkeypatch.setattr(lean, "LEAN_TRAINING", False)
+    plain = _grads(lambda: block(x), [x], params, grad)
+    for a, b, c in zip(got, hooked, plain, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6)
+
+
 def test_double_backward_through_lean_ops():
     torch.manual_seed(0)
     conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect").double()

@@ -223,8 +223,11 @@ def test_profile_without_timing_and_with_autocast():
                    dtype="bfloat16", flop_counter="torch")  # fmt: skip
     assert bf16.dtype.startswith("bfloat16") and bf16.latency_ms > 0
     assert bf16.flop_counter == "torch" and bf16.flops == fast.flops
-    # Saved activations are mostly half as large in bfloat16 (norms keep float32).
-    assert bf16.activation_bytes < fast.activation_bytes
+    # Saved activations are mostly half as large in bfloat16 (norms keep float32) than in
+    # float32 measured the same way (saved-tensor hooks on the meta device)
+    fp32 = profile("llm(channels=8, blocks=L1G1)", "1,1,1,32,32", runs=1, warmup=0,
+                   flop_counter="torch")  # fmt: skip
+    assert bf16.activation_bytes < 0.7 * fp32.activation_bytes
 
 
 def test_profile_a_built_model_and_a_plain_module():

@@ -123,9 +123,9 @@ def test_predicted_step_peak_matches_the_allocator(arch, shape):
     assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
 
 
-# 256-token windows and one 128-feature head: neither the short kernel nor the rule's
+# 1024-token windows and one 128-feature head: neither the short kernel nor the rule's
 # threshold decides here, only the tuning's SDPA threshold
-LONG_WINDOWS = "unet(channels=[32], blocks=L0, window=32, patch=2, rel_pos_bias=false, heads=1)"
+LONG_WINDOWS = "unet(channels=[128], blocks=L0, window=32, patch=1, rel_pos_bias=false, heads=1)"
 
 
 def test_the_tuned_attention_kernel_moves_the_prediction_as_it_moves_the_step(

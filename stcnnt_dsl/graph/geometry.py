@@ -473,7 +473,8 @@ class _AttentionGeometry(CellGeometry):
         pixels = frames * h * w
         cout = self.out_channels
         total = super().saved(frames, t, h, w)
-        total += 3 * cout * pixels  # q, k, v (the attention itself is recomputed)
+        if not self.recomputes_qkv():
+            total += 3 * cout * pixels  # q, k, v (the attention itself is recomputed)
         if o.att_dropout or not o.out_proj:  # kept: the output (two layouts), the scores
             total += 2 * cout * pixels + self.score_elements(frames, t, h, w)
             if getattr(o, "rel_pos_bias", None) == "after_softmax":  # v laid out for bias @ v
@@ -495,12 +496,21 @@ class _AttentionGeometry(CellGeometry):
         pixels = frames * h * w
         c, hidden = self.out_channels, self.hidden
         attention = self.attention_work(frames, t, h, w, sdpa_min_tokens)
+        if self.recomputes_qkv():  # q, k and v again, held while the attention's backward runs
+            attention += 3 * c * pixels
         forward = max(3 * c * pixels, (hidden + 2 * c) * pixels if self.mixer else attention)
         backward = attention + self.in_channels * pixels
         if self.mixer:
             freed = (hidden + (0 if self.parallel else c)) * pixels
             backward = max((3 * hidden + 2 * c) * pixels, backward - freed)
         return forward, backward + self.in_channels * pixels
+
+    def recomputes_qkv(self) -> bool:
+        """Whether training keeps only the attention's input and recomputes q, k and v in
+        the backward (`nn.lean.attention`: a Q/K/V convolution, an output projection, no
+        attention dropout)."""
+        o = self.options
+        return o.qkv == "conv" and o.out_proj and not o.att_dropout
 
     def score_elements(self, frames: int, t: int, h: int, w: int) -> int:  # pragma: no cover
         return 0
@@ -513,11 +523,12 @@ class _AttentionGeometry(CellGeometry):
         return self.explicit_work(frames, t, h, w)
 
     def explicit_work(self, frames: int, t: int, h: int, w: int) -> int:
-        """Matmul + softmax: the reassembled output, its gradient and v's next to the
-        probabilities, their gradient and the logits' (3 score maps); then the logits'
-        gradient with the gradients of q and k."""
+        """Matmul + softmax, at the highest of its three steps (measured:
+        tests/test_saved.py): the output's gradient in two layouts, v's and the
+        reassembled output's beside the probabilities and their gradient; the softmax's
+        backward (3 score maps); the logits' gradient with the gradients of q and k."""
         maps, scores = self.out_channels * frames * h * w, self.score_elements(frames, t, h, w)
-        return max(3 * maps + 3 * scores, 5 * maps + scores)
+        return max(4 * maps + 2 * scores, maps + 3 * scores, 5 * maps + scores)
 
 
 @dataclass(frozen=True)

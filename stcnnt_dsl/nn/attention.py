@@ -13,6 +13,7 @@ All map [B, T, C_in, H, W] -> [B, T, C_out, H, W].
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -224,32 +225,51 @@ class SpatialAttention(nn.Module):
         x = x.flatten(0, 1)
         c = self.out_channels
         window, patch = self.geometry(h, w)
-        if self.qkv_mode == "conv" and _separate_qkv(self.qkv, x):
-            weight = self.qkv.weight
-            q, k, v = (
-                partition_qkv(
-                    lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]),
-                    window, patch, self.mode, self.heads,
-                )[0]
-                for i in range(3)
-            )  # fmt: skip
-        elif self.qkv_mode == "conv":
-            qkv = lean.conv2d(self.qkv, x).unflatten(1, (3, c))  # [N, 3, C, H, W]
-            # one copy: q, k, v as contiguous [Nb, heads, S, d]
-            q, k, v = partition_qkv(qkv, window, patch, self.mode, self.heads)
-        else:
+
+        def qkv(x: Tensor) -> tuple[Tensor, ...]:  # q, k, v: [Nb, heads, S, d] each
+            if self.qkv_mode == "conv" and _separate_qkv(self.qkv, x):
+                weight = self.qkv.weight
+                return tuple(
+                    partition_qkv(
+                        lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]),
+                        window, patch, self.mode, self.heads,
+                    )[0]
+                    for i in range(3)
+                )  # fmt: skip
+            if self.qkv_mode == "conv":
+                stacked = lean.conv2d(self.qkv, x).unflatten(1, (3, c))  # [N, 3, C, H, W]
+                # one copy: q, k, v as contiguous [Nb, heads, S, d]
+                return partition_qkv(stacked, window, patch, self.mode, self.heads)
             tokens = self.qkv(partition(x, window, patch, self.mode))  # [Nb, S, 3D]
             tokens = tokens.unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
-            q, k, v = tokens.contiguous().unbind(0)  # [Nb, heads, S, d] each
+            return tokens.contiguous().unbind(0)
 
         def core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             out = self._attend(q, k, v, h, w)
             return unpartition_heads(out, (h, w), window, patch, self.mode, channels_last)
 
-        if add is None and not (self.training and self.att_dropout):
-            table = () if self.bias_table is None else (self.bias_table,)
-            return lean.attend_project(core, self.proj, q, k, v, table).unflatten(0, (b, t))
-        return _project(self.proj, core(q, k, v), add).unflatten(0, (b, t))
+        table = () if self.bias_table is None else (self.bias_table,)
+        return _attention(self, qkv, core, x, add, [self.qkv], table).unflatten(0, (b, t))
+
+
+def _attention(
+    attn: nn.Module,
+    qkv: Callable[[Tensor], Sequence[Tensor]],
+    core: Callable[[Tensor, Tensor, Tensor], Tensor],
+    x: Tensor,
+    add: Tensor | None,
+    qkv_layers: Sequence[nn.Module],
+    params: Sequence[Tensor] = (),
+) -> Tensor:
+    """proj(core(*qkv(x))) [+ add], [N, C, H, W]: in training, lean where it can be
+    (`lean.attention` recomputes q, k and v where their layers are plain convolutions,
+    `lean.attend_project` keeps them otherwise; neither with attention dropout)."""
+    if add is not None or (attn.training and attn.att_dropout):
+        return _project(attn.proj, core(*qkv(x)), add)
+    if attn.proj is not None and bypassable(*qkv_layers):
+        weights = [layer.weight for layer in qkv_layers]
+        return lean.attention(qkv, core, attn.proj, x, [*weights, *params])
+    return lean.attend_project(core, attn.proj, *qkv(x), params)
 
 
 class TemporalAttention(nn.Module):
@@ -298,18 +318,21 @@ class TemporalAttention(nn.Module):
         cl = frames_channels_last(x)
         x = x.flatten(0, 1)
         c = self.out_channels
-        if self.stride == 1 and _separate_qkv(self.qkv, x):
-            weight = self.qkv.weight
-            q, k, v = (
-                frame_tokens(lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]), b, 1,
-                             self.heads, cl)[0]
-                for i in range(3)
-            )  # fmt: skip
-        elif self.stride == 1:
-            q, k, v = frame_tokens(lean.conv2d(self.qkv, x), b, 3, self.heads, cl)
-        else:
+        layers = [self.qkv] if self.stride == 1 else [self.qk, self.v]
+
+        def qkv(x: Tensor) -> tuple[Tensor, ...]:  # q, k, v: [B, heads, T, features]
+            if self.stride == 1 and _separate_qkv(self.qkv, x):
+                weight = self.qkv.weight
+                return tuple(
+                    frame_tokens(lean.conv2d(self.qkv, x, weight[i * c : (i + 1) * c]), b, 1,
+                                 self.heads, cl)[0]
+                    for i in range(3)
+                )  # fmt: skip
+            if self.stride == 1:
+                return frame_tokens(lean.conv2d(self.qkv, x), b, 3, self.heads, cl)
             q, k = frame_tokens(lean.conv2d(self.qk, x), b, 2, self.heads, cl)
             (v,) = frame_tokens(lean.conv2d(self.v, x), b, 1, self.heads, cl)
+            return q, k, v
 
         def core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             out = attend(
@@ -321,6 +344,4 @@ class TemporalAttention(nn.Module):
             )  # fmt: skip
             return frames_from_tokens(out, b, (h, w), cl)  # [B*T, C, H, W], one copy
 
-        if add is None and not (self.training and self.att_dropout):
-            return lean.attend_project(core, self.proj, q, k, v).unflatten(0, (b, t))
-        return _project(self.proj, core(q, k, v), add).unflatten(0, (b, t))
+        return _attention(self, qkv, core, x, add, layers).unflatten(0, (b, t))
