@@ -76,6 +76,37 @@ def test_feature_maps_follow_the_layout(forced):
         assert seen and all(t.is_contiguous(memory_format=fmt) for t in seen), layout
 
 
+def test_weights_follow_the_layout_both_ways_and_keep_the_feature_maps_in_it(forced):
+    """`weights_in_layout`: 2D convolution weights channels-last where both layouts are,
+    NCHW again where either is not (a channels-last weight would make the convolution's
+    output channels-last); C3's 3D weights untouched; the same outputs and gradients."""
+    from stcnnt_dsl.nn.layout import weights_in_layout
+
+    spec = "unet(channels=[8, 16], blocks=L1C3, window=4, patch=2, padding=reflect)"
+    model = stcnnt_dsl.build(spec, seed=0, dtype=torch.double).train()
+    x = torch.randn(1, 2, 1, 16, 16, dtype=torch.double)
+    grad = torch.randn(1, 2, 8, 16, 16, dtype=torch.double)
+    forced()  # channels-last both ways
+    want = _run(model, x, grad)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1]
+    conv3d = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+    assert weights_in_layout(model) is model
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not any(c.weight.is_contiguous() for c in convs if c.in_channels > 1)
+    assert conv3d.weight.is_contiguous()
+    for got, ref in zip(_run(model, x, grad), want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    forced(layout_train="nchw")
+    weights_in_layout(model)
+    assert all(c.weight.is_contiguous() for c in convs)
+    seen = []
+    for c in convs:
+        if c.in_channels > 1:  # (a 1-channel input is stored both ways)
+            c.register_forward_hook(lambda m, args, out: seen.append(out))
+    model(x)
+    assert seen and all(t.is_contiguous() for t in seen)  # training stays NCHW
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_frame_tokens_round_trip_and_gradient(channels_last):
     y = torch.randn(6, 12, 4, 5, dtype=torch.double)

@@ -14,7 +14,9 @@ For each model (`unet`, `hrnet`: the reference's defaults, C=32, 3 levels, T1L1G
 instance2d, 32 heads) and input size it:
 
 1. builds the reference backbone from a configuration (`REFERENCE_DEFAULTS` plus the
-   size), takes its random-init `state_dict`, and `import_reference`s it into ours;
+   size), takes its random-init `state_dict`, and `import_reference`s it into ours,
+   whose convolution weights it then lays out as `stcnnt train` does
+   (`weights_in_layout`: channels-last where the layers run channels-last);
 2. checks that the outputs agree (eval, no_grad, relative error <= 1e-4) and stops if not;
 3. times forward (eval, no_grad) and a training step (train mode, forward + backward of
    a fixed random output gradient, gradients reset each step) as interleaved pairs
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -64,6 +67,7 @@ import stcnnt_dsl
 from stcnnt_dsl.compat import REFERENCE_DEFAULTS, import_reference, reference_spec
 from stcnnt_dsl.machine import cpu
 from stcnnt_dsl.nn import tuning
+from stcnnt_dsl.nn.layout import weights_in_layout
 
 MODELS = {"unet": "STCNNT_UNET", "hrnet": "STCNNT_HRNET"}
 DEFAULT_SIZES = "1x8x1x64x64,1x16x1x64x64"
@@ -204,7 +208,7 @@ def build_pair(classes: dict[str, Any], model: str, shape: Shape, seed: int = 0)
     torch.manual_seed(seed)
     with contextlib.redirect_stdout(io.StringIO()):  # it prints its window sizes
         ref = classes[model](_namespace(config))
-    ours = import_reference(ref.state_dict(), config)
+    ours = weights_in_layout(import_reference(ref.state_dict(), config))
     return ref, ours, config
 
 
@@ -243,6 +247,16 @@ def _forced(side: str, run: Callable[[], None]) -> Callable[[], None]:
             run()
 
     return forced
+
+
+def _ours_for(side: str, ours: nn.Module) -> nn.Module:
+    """Our model for `side`: "ours" as `stcnnt train` lays its weights out here
+    (`weights_in_layout`); a forced layout, a copy with its weights in that layout."""
+    if " " not in side:
+        return ours
+    layout = side.split(" ", 1)[1]
+    with tuning.using(layout_train=layout, layout_infer=layout):
+        return weights_in_layout(copy.deepcopy(ours))
 
 
 def _train_step(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
@@ -330,7 +344,7 @@ def memory_child(args: argparse.Namespace) -> None:
             model = classes[args.model](_namespace(config))
         x = _inputs(shape, seed=2)[0]
     else:
-        model = stcnnt_dsl.build(reference_spec(config), seed=0)
+        model = weights_in_layout(stcnnt_dsl.build(reference_spec(config), seed=0))
         x = _inputs(shape, seed=2)[1]
         tuning.choices(x.device)  # a first calibration (if any) happens before, not during
     model.train()
@@ -407,17 +421,19 @@ def bench_one(args, classes, model: str, size: str) -> dict[str, Any]:
     x_ref, x_ours = _inputs(shape, seed=2)
     ref.eval(), ours.eval()
     sides = ["ref", "ours", *(f"ours {layout}" for layout in args.layouts)]
+    models = {side: ref if side == "ref" else _ours_for(side, ours) for side in sides}
     fwd = tuning.interleaved_times(
-        {side: _forced(side, _forward(ref, x_ref) if side == "ref" else _forward(ours, x_ours))
+        {side: _forced(side, _forward(models[side], x_ref if side == "ref" else x_ours))
          for side in sides}, args.repeats,
     )  # fmt: skip
-    ref.train(), ours.train()
+    for side_model in models.values():
+        side_model.train()
     with torch.no_grad():
         grad = torch.randn_like(ours(x_ours))
     grad_ref = grad.transpose(1, 2).contiguous()
     step = tuning.interleaved_times(
         {side: _forced(side, _train_step(ref, x_ref, grad_ref) if side == "ref"
-                       else _train_step(ours, x_ours, grad)) for side in sides},
+                       else _train_step(models[side], x_ours, grad)) for side in sides},
         args.repeats,
     )  # fmt: skip
     for name, times in (("forward", fwd), ("step", step)):

@@ -10,12 +10,17 @@ is) keeps every later layer on that layout; the layers that write new feature ma
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .functional import is_exporting
 from .tuning import choices
 
-__all__ = ["channels_last_frames", "frames_channels_last", "frames_in_layout"]
+__all__ = [
+    "channels_last_frames",
+    "frames_channels_last",
+    "frames_in_layout",
+    "weights_in_layout",
+]
 
 
 def frames_channels_last(x: Tensor) -> bool:
@@ -44,3 +49,25 @@ def channels_last_frames(x: Tensor) -> Tensor:
     if frames.is_contiguous(memory_format=torch.channels_last):
         return x
     return frames.contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
+
+
+def weights_in_layout(module: nn.Module, device: torch.device | str | None = None) -> nn.Module:
+    """Store `module`'s 2D convolution weights (in place) channels-last where the layers
+    run channels-last for training and inference alike on `device` (`tuning.choices`),
+    else NCHW. A convolution whose weight is not in its input's layout reorders the
+    weight on every call, forward and backward: the reference U-Net's training step at
+    1x8x1x64x64 is 4% faster with its weights stored channels-last. NCHW where either
+    layout is NCHW: a channels-last weight makes a convolution's output channels-last,
+    whatever its input's layout.
+
+    `stcnnt train` calls this before training (not under FSDP2, which shards contiguous
+    parameters only); `build` does not, so that a built model's parameters stay
+    contiguous for whatever wraps them."""
+    chosen = choices(device)
+    both = chosen.channels_last(training=True) and chosen.channels_last(training=False)
+    layout = torch.channels_last if both else torch.contiguous_format
+    with torch.no_grad():
+        for conv in module.modules():
+            if isinstance(conv, nn.Conv2d) and not conv.weight.is_contiguous(memory_format=layout):
+                conv.weight.data = conv.weight.data.contiguous(memory_format=layout)
+    return module

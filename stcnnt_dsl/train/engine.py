@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import SpecError, TrainError
+from ..nn.layout import weights_in_layout
 from ..tools.adapt import _built, param_groups
 from ..tools.io import unwrap
 from .data import Batch, TrainData, crop, open_sources
@@ -287,6 +288,8 @@ class Run:
             self.total = recipe.steps
         device = procs.device
         self.model = self.prepared.model.to(device)
+        if not (procs.on and recipe.distributed == "fsdp"):  # FSDP2: contiguous only
+            weights_in_layout(self.model, device)
         self.wrapped = _wrap(self.model, recipe, procs, len(self.prepared.spec["heads"]))
         self.optimizer = _optimizer(recipe, self.model)
         self.checkpoint = Checkpoint(folder)
