@@ -1,3 +1,3 @@
 """The package version (one place; read by the package and by saved files)."""
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
