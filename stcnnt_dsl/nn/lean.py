@@ -188,10 +188,10 @@ class _LeanMixer(torch.autograd.Function):
         ctx.keeps_output = _keeps_output(act, slope)
         with torch.no_grad():
             if ctx.keeps_output:  # in place: hidden becomes the activation's output
-                out = _conv(F.leaky_relu_(hidden, slope), w2, b2, conv2)
+                a = F.leaky_relu_(hidden, slope)
             else:
                 a = act(hidden) if slope is None else F.leaky_relu(hidden, slope)
-                out = _conv(a, w2, b2, conv2)
+            out = _conv(a, w2, b2, conv2)
         ctx.modules = (act, conv0, conv2)
         ctx.slope = slope
         ctx.save_for_backward(x, hidden, w0, b0, w2, b2)
